@@ -1,0 +1,322 @@
+use bytes::{Bytes, BytesMut};
+
+use crate::{escape::unescape, Command, Error, Frame, Headers, Version};
+
+/// Input limits, checked before large input is buffered or copied.
+///
+/// `#[non_exhaustive]`: start from [`Limits::default`] and set fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Largest whole frame (command, headers, body, NUL) in bytes.
+    pub max_frame: usize,
+    /// Most header lines in one frame.
+    pub max_headers: usize,
+    /// Longest command or header line in bytes (EOL excluded).
+    pub max_header_line: usize,
+    /// Largest body in bytes.
+    pub max_body: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame: 1024 * 1024,
+            max_headers: 64,
+            max_header_line: 8 * 1024,
+            max_body: 1024 * 1024,
+        }
+    }
+}
+
+/// One item read from the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded {
+    /// A complete frame.
+    Frame(Frame),
+    /// An EOL between frames (`\n` or `\r\n`): a heart-beat.
+    HeartBeat,
+}
+
+/// A streaming STOMP decoder.
+///
+/// Feed it a buffer that the caller appends to; each [`Decoder::decode`] call
+/// removes at most one item from the front. The decoder keeps no partial
+/// state between calls, so a frame split over any number of reads decodes the
+/// same as a frame read at once.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    limits: Limits,
+    version: Version,
+}
+
+/// Where the header section's lines lie in the buffer: (start, colon, end).
+type LineSpan = (usize, usize, usize);
+
+const LONGEST_COMMAND: usize = 11; // UNSUBSCRIBE, DISCONNECT ...
+
+impl Decoder {
+    /// A decoder with the given limits, unescaping as STOMP 1.2 until
+    /// [`Decoder::set_version`] is called (CONNECT is never escaped, so the
+    /// handshake decodes the same under any version).
+    pub fn new(limits: Limits) -> Self {
+        Decoder {
+            limits,
+            version: Version::V1_2,
+        }
+    }
+
+    /// Sets the negotiated version, which decides header unescaping.
+    pub fn set_version(&mut self, version: Version) {
+        self.version = version;
+    }
+
+    /// The version used for unescaping.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Decodes one item from the front of `buf`.
+    ///
+    /// Returns `Ok(None)` when more input is needed (never an error for a
+    /// valid but incomplete stream), `Ok(Some(_))` after removing the item's
+    /// bytes from `buf`, or an error as soon as the input is known to be bad
+    /// or over a limit. After an error the stream cannot be resynchronised.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, Error> {
+        match buf.first() {
+            None => return Ok(None),
+            Some(b'\n') => {
+                let _ = buf.split_to(1);
+                return Ok(Some(Decoded::HeartBeat));
+            }
+            Some(b'\r') => {
+                return match buf.get(1) {
+                    None => Ok(None),
+                    Some(b'\n') => {
+                        let _ = buf.split_to(2);
+                        Ok(Some(Decoded::HeartBeat))
+                    }
+                    Some(_) => Err(Error::BadEol),
+                };
+            }
+            Some(_) => {}
+        }
+
+        let limits = self.limits;
+        let mut lines: Vec<LineSpan> = Vec::new();
+        let mut command = None;
+        let mut content_length: Option<usize> = None;
+        let mut pos = 0usize;
+        let body_start = loop {
+            let window_end = buf.len().min(pos + limits.max_header_line + 2);
+            let Some(nl) = memchr::memchr(b'\n', &buf[pos..window_end]).map(|i| pos + i) else {
+                // Incomplete line: decide now whether it can still become valid.
+                let partial = &buf[pos..];
+                if command.is_none() {
+                    check_command_prefix(partial)?;
+                }
+                if partial.len() > limits.max_header_line + 1 {
+                    return Err(Error::HeaderLineTooLong);
+                }
+                if memchr::memchr(0, partial).is_some() {
+                    return Err(if command.is_none() {
+                        Error::UnknownCommand
+                    } else {
+                        Error::NulInHeader
+                    });
+                }
+                if buf.len() > limits.max_frame {
+                    return Err(Error::FrameTooLarge);
+                }
+                return Ok(None);
+            };
+            let mut end = nl;
+            if end > pos && buf[end - 1] == b'\r' {
+                end -= 1;
+            }
+            let line = &buf[pos..end];
+            if line.len() > limits.max_header_line {
+                return Err(Error::HeaderLineTooLong);
+            }
+            if nl + 1 > limits.max_frame {
+                return Err(Error::FrameTooLarge);
+            }
+            if command.is_none() {
+                command = Some(Command::parse(line).ok_or(Error::UnknownCommand)?);
+            } else if line.is_empty() {
+                break nl + 1;
+            } else {
+                if memchr::memchr(0, line).is_some() {
+                    return Err(Error::NulInHeader);
+                }
+                if lines.len() >= limits.max_headers {
+                    return Err(Error::TooManyHeaders);
+                }
+                let colon = match memchr::memchr(b':', line) {
+                    None => return Err(Error::HeaderWithoutColon),
+                    Some(0) => return Err(Error::EmptyHeaderName),
+                    Some(c) => pos + c,
+                };
+                if content_length.is_none() && &buf[pos..colon] == b"content-length" {
+                    let n = parse_content_length(&buf[colon + 1..end])?;
+                    if n > limits.max_body {
+                        return Err(Error::BodyTooLarge);
+                    }
+                    content_length = Some(n);
+                }
+                lines.push((pos, colon, end));
+            }
+            pos = nl + 1;
+        };
+        let Some(command) = command else {
+            return Err(Error::UnknownCommand);
+        };
+
+        let body_end = match content_length {
+            Some(n) => {
+                let needed = body_start + n + 1;
+                if needed > limits.max_frame {
+                    return Err(Error::FrameTooLarge);
+                }
+                if buf.len() < needed {
+                    buf.reserve(needed - buf.len());
+                    return Ok(None);
+                }
+                if buf[body_start + n] != 0 {
+                    return Err(Error::MissingNul);
+                }
+                body_start + n
+            }
+            None => match memchr::memchr(0, &buf[body_start..]) {
+                Some(i) => body_start + i,
+                None => {
+                    let buffered = buf.len() - body_start;
+                    if buffered > 0 && !command.allows_body() {
+                        return Err(Error::BodyNotAllowed);
+                    }
+                    if buffered > limits.max_body {
+                        return Err(Error::BodyTooLarge);
+                    }
+                    if buf.len() > limits.max_frame {
+                        return Err(Error::FrameTooLarge);
+                    }
+                    return Ok(None);
+                }
+            },
+        };
+        if body_end > body_start && !command.allows_body() {
+            return Err(Error::BodyNotAllowed);
+        }
+
+        let frame_bytes: Bytes = buf.split_to(body_end + 1).freeze();
+        let version = if command.escapes_headers() {
+            self.version
+        } else {
+            Version::V1_0
+        };
+        let mut headers = Headers::with_capacity(lines.len());
+        for (start, colon, end) in lines {
+            let name = unescape(frame_bytes.slice(start..colon), version)?;
+            let value = unescape(frame_bytes.slice(colon + 1..end), version)?;
+            headers.push(name, value);
+        }
+        Ok(Some(Decoded::Frame(Frame {
+            command,
+            headers,
+            body: frame_bytes.slice(body_start..body_end),
+        })))
+    }
+}
+
+/// Rejects a partial command line early when no command starts with it.
+fn check_command_prefix(partial: &[u8]) -> Result<(), Error> {
+    const COMMANDS: [&[u8]; 15] = [
+        b"CONNECT",
+        b"STOMP",
+        b"SEND",
+        b"SUBSCRIBE",
+        b"UNSUBSCRIBE",
+        b"ACK",
+        b"NACK",
+        b"BEGIN",
+        b"COMMIT",
+        b"ABORT",
+        b"DISCONNECT",
+        b"CONNECTED",
+        b"MESSAGE",
+        b"RECEIPT",
+        b"ERROR",
+    ];
+    let p = partial.strip_suffix(b"\r").unwrap_or(partial);
+    if p.len() <= LONGEST_COMMAND && COMMANDS.iter().any(|c| c.starts_with(p)) {
+        Ok(())
+    } else {
+        Err(Error::UnknownCommand)
+    }
+}
+
+fn parse_content_length(raw: &[u8]) -> Result<usize, Error> {
+    use nom::{character::complete::digit1, combinator::all_consuming, Parser};
+    let digits = all_consuming(digit1::<&[u8], nom::error::Error<&[u8]>>)
+        .parse(raw)
+        .map_err(|_| Error::InvalidContentLength)?
+        .1;
+    // At most 19 digits fit any usize; longer is nonsense, not an overflow to wrap.
+    if digits.len() > 19 {
+        return Err(Error::InvalidContentLength);
+    }
+    digits.iter().try_fold(0usize, |acc, &d| {
+        acc.checked_mul(10)
+            .and_then(|a| a.checked_add(usize::from(d - b'0')))
+            .ok_or(Error::InvalidContentLength)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dec(input: &[u8]) -> Result<Option<Decoded>, Error> {
+        Decoder::new(Limits::default()).decode(&mut BytesMut::from(input))
+    }
+
+    #[test]
+    fn partial_garbage_command_is_rejected_early() {
+        assert_eq!(dec(b"GET / HTTP/1.1"), Err(Error::UnknownCommand));
+        assert_eq!(dec(b"SUBSCR"), Ok(None));
+    }
+
+    #[test]
+    fn content_length_parses_strictly() {
+        assert_eq!(parse_content_length(b"12"), Ok(12));
+        assert_eq!(parse_content_length(b""), Err(Error::InvalidContentLength));
+        assert_eq!(
+            parse_content_length(b"-1"),
+            Err(Error::InvalidContentLength)
+        );
+        assert_eq!(
+            parse_content_length(b"1 "),
+            Err(Error::InvalidContentLength)
+        );
+        assert_eq!(
+            parse_content_length(b"99999999999999999999999"),
+            Err(Error::InvalidContentLength)
+        );
+    }
+
+    #[test]
+    fn body_is_a_zero_copy_slice() {
+        let mut buf = BytesMut::from(&b"SEND\ndestination:/a\ncontent-length:3\n\nabc\0"[..]);
+        let base = buf.as_ptr() as usize;
+        let Some(Decoded::Frame(f)) = Decoder::new(Limits::default()).decode(&mut buf).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(f.body.as_ptr() as usize, base + 38);
+    }
+}
