@@ -1,1 +1,54 @@
-fn main() {}
+//! `stomp-broker`: run the broker with embedded defaults, a TOML file,
+//! environment variables or flags (`stomp-broker --help`).
+
+use clap::Parser;
+use stomp_broker::{
+    config::{Args, LogFormat},
+    Broker,
+};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> anyhow::Result<()> {
+    let config = Args::parse().into_config()?;
+    let filter = EnvFilter::try_new(&config.log.level)?;
+    match config.log.format {
+        LogFormat::Human => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init(),
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let broker = Broker::start(config, shutdown.clone()).await?;
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown signal received");
+            shutdown.cancel();
+        });
+        broker.wait().await;
+        anyhow::Ok(())
+    })?;
+    // Don't wait for stragglers beyond the shutdown timeout.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,415 @@
+//! One typed configuration struct with every default in one place.
+//!
+//! Filled, in order, from [`Config::default`], a TOML file (`--config`),
+//! environment variables (`STOMP_BROKER_*`) and command-line flags; see
+//! [`Args`]. `config/example.toml` in the repository lists every key.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+/// The whole broker configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listeners.
+    pub listen: ListenConfig,
+    /// Input and resource limits.
+    pub limits: LimitsConfig,
+    /// Heart-beating.
+    pub heartbeat: HeartbeatConfig,
+    /// `/queue/...` destinations.
+    pub queues: QueueConfig,
+    /// What to do with a subscriber whose outbound queue is full.
+    pub slow_consumer: SlowConsumerPolicy,
+    /// How long graceful shutdown may take before connections are cut, ms.
+    pub shutdown_timeout_ms: u64,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// Listener addresses. An empty string disables a listener.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenConfig {
+    /// STOMP over TCP (RabbitMQ's port 61613).
+    pub stomp: String,
+    /// HTTP: WebSocket endpoint, metrics, health (RabbitMQ Web-STOMP's 15674).
+    pub http: String,
+    /// Path of the STOMP WebSocket endpoint.
+    pub ws_path: String,
+    /// After binding, write `{"stomp": addr, "http": addr}` as JSON here.
+    pub port_file: Option<PathBuf>,
+}
+
+/// Input and resource limits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest STOMP frame in bytes (headers and body).
+    pub max_frame_bytes: usize,
+    /// Largest body in bytes.
+    pub max_body_bytes: usize,
+    /// Most headers in one frame.
+    pub max_headers: usize,
+    /// Longest command or header line in bytes.
+    pub max_header_line: usize,
+    /// Most subscriptions one connection may hold.
+    pub max_subscriptions_per_connection: usize,
+    /// Most connections open at once (both listeners together).
+    pub max_connections: usize,
+    /// Time allowed between accepting a connection and its CONNECT, ms.
+    pub connect_timeout_ms: u64,
+    /// Outbound bytes queued for one connection before the slow-consumer
+    /// policy applies.
+    pub max_pending_bytes_per_connection: usize,
+    /// Unacknowledged messages one `client`/`client-individual`
+    /// subscription may hold (the prefetch window).
+    pub max_unacked_per_subscription: usize,
+    /// Open transactions per connection.
+    pub max_transactions_per_connection: usize,
+    /// SENDs and ACKs one transaction may hold.
+    pub max_frames_per_transaction: usize,
+}
+
+/// Heart-beat settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeartbeatConfig {
+    /// The server's offer `sx,sy` in ms: how often it can send, how often it
+    /// wants to receive. `0,0` disables heart-beats.
+    pub server: String,
+    /// A silent client is closed after `interval * tolerance + grace_ms`.
+    pub tolerance: f64,
+    /// Added to the tolerated silence, ms (background tabs throttle timers).
+    pub grace_ms: u64,
+}
+
+/// Queue settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Messages a queue keeps while no consumer can take them.
+    pub max_messages: usize,
+    /// Bytes a queue keeps while no consumer can take them.
+    pub max_bytes: usize,
+    /// What happens when a queue is full.
+    pub overflow: QueueOverflow,
+}
+
+/// Queue overflow policy.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum QueueOverflow {
+    /// Drop the oldest buffered message to make room.
+    DropOldest,
+    /// Drop the new message.
+    DropNewest,
+    /// Refuse the SEND with an ERROR to the publisher.
+    RejectPublish,
+}
+
+/// Slow-consumer policy.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlowConsumerPolicy {
+    /// Send ERROR `slow consumer` and close the connection.
+    Disconnect,
+    /// Drop messages to that subscriber and count them.
+    Drop,
+}
+
+/// Log settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `human` or `json`.
+    pub format: LogFormat,
+    /// A `tracing_subscriber::EnvFilter` directive, e.g. `info` or `stomp_broker=debug`.
+    pub level: String,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: ListenConfig::default(),
+            limits: LimitsConfig::default(),
+            heartbeat: HeartbeatConfig::default(),
+            queues: QueueConfig::default(),
+            slow_consumer: SlowConsumerPolicy::Disconnect,
+            shutdown_timeout_ms: 5_000,
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            stomp: "127.0.0.1:61613".into(),
+            http: "127.0.0.1:15674".into(),
+            ws_path: "/ws".into(),
+            port_file: None,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_frame_bytes: 1024 * 1024,
+            max_body_bytes: 1024 * 1024,
+            max_headers: 64,
+            max_header_line: 8 * 1024,
+            max_subscriptions_per_connection: 1024,
+            max_connections: 100_000,
+            connect_timeout_ms: 10_000,
+            max_pending_bytes_per_connection: 2 * 1024 * 1024,
+            max_unacked_per_subscription: 1_000,
+            max_transactions_per_connection: 16,
+            max_frames_per_transaction: 1_000,
+        }
+    }
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        HeartbeatConfig {
+            server: "10000,10000".into(),
+            tolerance: 2.0,
+            grace_ms: 5_000,
+        }
+    }
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            max_messages: 10_000,
+            max_bytes: 64 * 1024 * 1024,
+            overflow: QueueOverflow::DropOldest,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Human,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; missing keys keep their defaults.
+    pub fn from_toml_file(path: &std::path::Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        Config::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    /// Parses TOML text; missing keys keep their defaults.
+    pub fn from_toml(text: &str) -> anyhow::Result<Config> {
+        let cfg: Config = toml::from_str(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that serde cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.server_heart_beat()?;
+        for addr in [&self.listen.stomp, &self.listen.http] {
+            if !addr.is_empty() {
+                addr.parse::<SocketAddr>()
+                    .map_err(|e| anyhow::anyhow!("listen address {addr:?}: {e}"))?;
+            }
+        }
+        if !self.listen.ws_path.starts_with('/') {
+            anyhow::bail!("listen.ws_path must start with '/'");
+        }
+        if self.limits.max_frame_bytes == 0 || self.limits.max_pending_bytes_per_connection == 0 {
+            anyhow::bail!("limits must be positive");
+        }
+        if !(self.heartbeat.tolerance >= 1.0) {
+            anyhow::bail!("heartbeat.tolerance must be >= 1.0");
+        }
+        Ok(())
+    }
+
+    /// The server's heart-beat offer `(sx, sy)`.
+    pub fn server_heart_beat(&self) -> anyhow::Result<(u32, u32)> {
+        stomp_codec::parse_heart_beat(&self.heartbeat.server)
+            .map_err(|_| anyhow::anyhow!("heartbeat.server must be 'sx,sy' in ms"))
+    }
+
+    /// Codec limits derived from [`LimitsConfig`].
+    pub fn codec_limits(&self) -> stomp_codec::Limits {
+        let mut l = stomp_codec::Limits::default();
+        l.max_frame = self.limits.max_frame_bytes;
+        l.max_body = self.limits.max_body_bytes;
+        l.max_headers = self.limits.max_headers;
+        l.max_header_line = self.limits.max_header_line;
+        l
+    }
+
+    /// `connect_timeout_ms` as a duration.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.limits.connect_timeout_ms)
+    }
+}
+
+/// Command-line flags; each also reads an environment variable.
+///
+/// Flags override the environment, which overrides the file, which
+/// overrides the defaults of [`Config`].
+#[derive(Debug, Clone, Default, clap::Parser)]
+#[command(
+    name = "stomp-broker",
+    version,
+    about = "A standalone STOMP broker over WebSocket and TCP, with a Kafka bridge."
+)]
+pub struct Args {
+    /// TOML configuration file (see config/example.toml).
+    #[arg(long, env = "STOMP_BROKER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// STOMP over TCP listen address; empty disables [default: 127.0.0.1:61613].
+    #[arg(long, env = "STOMP_BROKER_STOMP_LISTEN")]
+    pub stomp_listen: Option<String>,
+    /// HTTP/WebSocket listen address; empty disables [default: 127.0.0.1:15674].
+    #[arg(long, env = "STOMP_BROKER_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
+    /// WebSocket endpoint path [default: /ws].
+    #[arg(long, env = "STOMP_BROKER_WS_PATH")]
+    pub ws_path: Option<String>,
+    /// Write the bound addresses as JSON to this file once listening.
+    #[arg(long, env = "STOMP_BROKER_PORT_FILE")]
+    pub port_file: Option<PathBuf>,
+    /// Server heart-beat offer `sx,sy` in ms [default: 10000,10000].
+    #[arg(long, env = "STOMP_BROKER_HEART_BEAT")]
+    pub heart_beat: Option<String>,
+    /// Tolerated client silence factor [default: 2.0].
+    #[arg(long, env = "STOMP_BROKER_HEART_BEAT_TOLERANCE")]
+    pub heart_beat_tolerance: Option<f64>,
+    /// Extra tolerated client silence in ms [default: 5000].
+    #[arg(long, env = "STOMP_BROKER_HEART_BEAT_GRACE_MS")]
+    pub heart_beat_grace_ms: Option<u64>,
+    /// Largest frame in bytes [default: 1048576].
+    #[arg(long, env = "STOMP_BROKER_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<usize>,
+    /// Most connections at once [default: 100000].
+    #[arg(long, env = "STOMP_BROKER_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Most subscriptions per connection [default: 1024].
+    #[arg(long, env = "STOMP_BROKER_MAX_SUBSCRIPTIONS")]
+    pub max_subscriptions: Option<usize>,
+    /// Outbound bytes per connection before the slow-consumer policy [default: 2097152].
+    #[arg(long, env = "STOMP_BROKER_MAX_PENDING_BYTES")]
+    pub max_pending_bytes: Option<usize>,
+    /// Time allowed before CONNECT, ms [default: 10000].
+    #[arg(long, env = "STOMP_BROKER_CONNECT_TIMEOUT_MS")]
+    pub connect_timeout_ms: Option<u64>,
+    /// Slow-consumer policy [default: disconnect].
+    #[arg(long, env = "STOMP_BROKER_SLOW_CONSUMER", value_enum)]
+    pub slow_consumer: Option<SlowConsumerPolicy>,
+    /// Messages buffered per queue without consumers [default: 10000].
+    #[arg(long, env = "STOMP_BROKER_QUEUE_MAX_MESSAGES")]
+    pub queue_max_messages: Option<usize>,
+    /// Queue overflow policy [default: drop-oldest].
+    #[arg(long, env = "STOMP_BROKER_QUEUE_OVERFLOW", value_enum)]
+    pub queue_overflow: Option<QueueOverflow>,
+    /// Graceful shutdown time limit in ms [default: 5000].
+    #[arg(long, env = "STOMP_BROKER_SHUTDOWN_TIMEOUT_MS")]
+    pub shutdown_timeout_ms: Option<u64>,
+    /// Log format [default: human].
+    #[arg(long, env = "STOMP_BROKER_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, e.g. `info` or `stomp_broker=debug` [default: info].
+    #[arg(long, env = "STOMP_BROKER_LOG")]
+    pub log_level: Option<String>,
+}
+
+impl Args {
+    /// Builds the effective configuration: defaults, then file, then these.
+    pub fn into_config(self) -> anyhow::Result<Config> {
+        let mut cfg = match &self.config {
+            Some(path) => Config::from_toml_file(path)?,
+            None => Config::default(),
+        };
+        macro_rules! set {
+            ($src:expr => $dst:expr) => {
+                if let Some(v) = $src {
+                    $dst = v;
+                }
+            };
+        }
+        set!(self.stomp_listen => cfg.listen.stomp);
+        set!(self.http_listen => cfg.listen.http);
+        set!(self.ws_path => cfg.listen.ws_path);
+        if self.port_file.is_some() {
+            cfg.listen.port_file = self.port_file;
+        }
+        set!(self.heart_beat => cfg.heartbeat.server);
+        set!(self.heart_beat_tolerance => cfg.heartbeat.tolerance);
+        set!(self.heart_beat_grace_ms => cfg.heartbeat.grace_ms);
+        if let Some(v) = self.max_frame_bytes {
+            cfg.limits.max_frame_bytes = v;
+            cfg.limits.max_body_bytes = cfg.limits.max_body_bytes.min(v);
+        }
+        set!(self.max_connections => cfg.limits.max_connections);
+        set!(self.max_subscriptions => cfg.limits.max_subscriptions_per_connection);
+        set!(self.max_pending_bytes => cfg.limits.max_pending_bytes_per_connection);
+        set!(self.connect_timeout_ms => cfg.limits.connect_timeout_ms);
+        set!(self.slow_consumer => cfg.slow_consumer);
+        set!(self.queue_max_messages => cfg.queues.max_messages);
+        set!(self.queue_overflow => cfg.queues.overflow);
+        set!(self.shutdown_timeout_ms => cfg.shutdown_timeout_ms);
+        set!(self.log_format => cfg.log.format);
+        set!(self.log_level => cfg.log.level);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_toml_gives_defaults() {
+        assert_eq!(Config::from_toml("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        assert!(Config::from_toml("[limits]\nmax_frame = 3\n").is_err());
+    }
+
+    #[test]
+    fn example_config_parses_and_matches_defaults() {
+        let text = include_str!("../../config/example.toml");
+        assert_eq!(Config::from_toml(text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let args = Args {
+            stomp_listen: Some("127.0.0.1:0".into()),
+            heart_beat: Some("100,200".into()),
+            ..Args::default()
+        };
+        let cfg = args.into_config().unwrap();
+        assert_eq!(cfg.listen.stomp, "127.0.0.1:0");
+        assert_eq!(cfg.server_heart_beat().unwrap(), (100, 200));
+    }
+}

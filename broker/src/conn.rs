@@ -1,0 +1,135 @@
+//! The part of a connection that publishers see: a bounded-in-bytes outbound
+//! queue and the slow-consumer policy.
+
+use std::sync::{
+    atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed},
+    Arc,
+};
+
+use stomp_codec::Frame;
+use tokio::sync::mpsc;
+
+use crate::{config::SlowConsumerPolicy, metrics::Metrics, router::Message};
+
+/// Something for a connection's task to write or act on.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A message for one of this connection's subscriptions.
+    Message {
+        /// The shared, encoded-once message.
+        msg: Arc<Message>,
+        /// The subscription id it is for.
+        sub: Arc<str>,
+        /// Whether it was delivered before (queue redelivery).
+        redelivered: bool,
+    },
+    /// A frame produced asynchronously for this connection (e.g. a RECEIPT
+    /// after Kafka acknowledged a SEND).
+    Frame(Frame),
+    /// An ERROR to send before closing (slow consumer, Kafka failure …).
+    Fatal {
+        /// Short message for the `message` header.
+        message: String,
+        /// Metric kind.
+        kind: &'static str,
+        /// `receipt-id` to put on the ERROR, if any.
+        receipt_id: Option<String>,
+    },
+}
+
+/// A connection as seen by the router: where to push messages.
+#[derive(Debug)]
+pub struct ConnShared {
+    /// Broker-unique connection id (also the STOMP `session`).
+    pub id: u64,
+    tx: mpsc::UnboundedSender<Outbound>,
+    pending: AtomicUsize,
+    max_pending: usize,
+    policy: SlowConsumerPolicy,
+    slow: AtomicBool,
+    metrics: Arc<Metrics>,
+}
+
+impl ConnShared {
+    /// A connection handle and the receiving end its task drains.
+    pub fn new(
+        id: u64,
+        max_pending: usize,
+        policy: SlowConsumerPolicy,
+        metrics: Arc<Metrics>,
+    ) -> (Arc<ConnShared>, mpsc::UnboundedReceiver<Outbound>) {
+        // Unbounded channel, bounded by bytes: `pending` is checked before
+        // every push, so the queue never holds more than `max_pending` bytes
+        // of messages (plus one message, so a single large one still fits).
+        let (tx, rx) = mpsc::unbounded_channel();
+        let conn = ConnShared {
+            id,
+            tx,
+            pending: AtomicUsize::new(0),
+            max_pending,
+            policy,
+            slow: AtomicBool::new(false),
+            metrics,
+        };
+        (Arc::new(conn), rx)
+    }
+
+    /// Queues a message of `cost` bytes. Returns false when it was not
+    /// queued (connection closed, flagged slow, or dropped by policy).
+    /// Never blocks, never awaits.
+    pub fn deliver(&self, out: Outbound, cost: usize) -> bool {
+        if self.slow.load(Relaxed) {
+            return false;
+        }
+        let before = self.pending.fetch_add(cost, Relaxed);
+        if before > 0 && before + cost > self.max_pending {
+            self.pending.fetch_sub(cost, Relaxed);
+            match self.policy {
+                SlowConsumerPolicy::Drop => {
+                    self.metrics.messages_dropped.fetch_add(1, Relaxed);
+                }
+                SlowConsumerPolicy::Disconnect => {
+                    if !self.slow.swap(true, Relaxed) {
+                        self.metrics.slow_consumer_disconnects.fetch_add(1, Relaxed);
+                        let _ = self.tx.send(Outbound::Fatal {
+                            message: "slow consumer".into(),
+                            kind: "slow_consumer",
+                            receipt_id: None,
+                        });
+                    }
+                }
+            }
+            return false;
+        }
+        if self.tx.send(out).is_err() {
+            self.pending.fetch_sub(cost, Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Queues a control item (not counted against the byte budget).
+    pub fn send_control(&self, out: Outbound) -> bool {
+        self.tx.send(out).is_ok()
+    }
+
+    /// Called by the connection task after writing a message of `cost` bytes.
+    pub fn written(&self, cost: usize) {
+        self.pending.fetch_sub(cost, Relaxed);
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.load(Relaxed)
+    }
+
+    /// Whether the slow-consumer policy has condemned this connection.
+    pub fn is_slow(&self) -> bool {
+        self.slow.load(Relaxed)
+    }
+
+    /// Whether the connection's task has gone away.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}

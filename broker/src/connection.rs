@@ -1,0 +1,283 @@
+//! The connection task: one `select!` over socket reads, the outbound
+//! queue, heart-beat timers and shutdown, feeding a [`Session`].
+
+use std::{net::SocketAddr, sync::atomic::Ordering::Relaxed, sync::Arc, time::Duration};
+
+use bytes::BytesMut;
+use stomp_codec::{Decoded, Decoder};
+use tokio::time::{sleep_until, Instant};
+use tracing::Instrument;
+
+use crate::{
+    conn::Outbound,
+    core::BrokerCore,
+    session::{Flow, Session, StompError},
+    transport::{CloseKind, Transport},
+};
+
+/// Largest batch of output gathered before writing.
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+enum Event {
+    Read(std::io::Result<usize>),
+    Out(Option<Outbound>),
+    ReadTimeout,
+    HeartBeat,
+    Shutdown,
+}
+
+enum End {
+    /// Peer closed or I/O failed: nothing more to say.
+    Gone,
+    /// Close after flushing (DISCONNECT).
+    Close,
+    /// Send this ERROR, then close.
+    Error(StompError, CloseKind),
+}
+
+/// Serves one client connection until it ends.
+pub async fn serve<T: Transport>(
+    core: Arc<BrokerCore>,
+    transport: T,
+    peer: SocketAddr,
+    kind: &'static str,
+) {
+    let (conn, rx) = core.new_conn();
+    let span = tracing::info_span!("conn", session = conn.id, %peer, transport = kind, login = tracing::field::Empty);
+    core.metrics.connections.fetch_add(1, Relaxed);
+    core.metrics.connections_total.fetch_add(1, Relaxed);
+    run(
+        core.clone(),
+        transport,
+        Session::new(core.clone(), conn),
+        rx,
+    )
+    .instrument(span)
+    .await;
+    core.metrics.connections.fetch_sub(1, Relaxed);
+}
+
+async fn run<T: Transport>(
+    core: Arc<BrokerCore>,
+    mut transport: T,
+    mut session: Session,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Outbound>,
+) {
+    let mut decoder = Decoder::new(core.limits);
+    let mut rbuf = BytesMut::new();
+    let connect_deadline = Instant::now() + core.config.connect_timeout();
+    let mut last_read = Instant::now();
+    let mut last_write = Instant::now();
+    let tolerance = core.config.heartbeat.tolerance;
+    let grace = Duration::from_millis(core.config.heartbeat.grace_ms);
+    tracing::debug!("connection opened");
+
+    let end = loop {
+        let hb = session.heart_beats();
+        let read_deadline = match (session.version(), hb.recv) {
+            (None, _) => Some(connect_deadline),
+            (Some(_), Some(every)) => Some(last_read + every.mul_f64(tolerance) + grace),
+            (Some(_), None) => None,
+        };
+        let write_deadline = hb.send.map(|every| last_write + every);
+        let event = tokio::select! {
+            biased;
+            _ = core.shutdown.cancelled() => Event::Shutdown,
+            out = rx.recv() => Event::Out(out),
+            r = transport.read(&mut rbuf) => Event::Read(r),
+            _ = sleep_until(read_deadline.unwrap_or(last_read)), if read_deadline.is_some() => Event::ReadTimeout,
+            _ = sleep_until(write_deadline.unwrap_or(last_write)), if write_deadline.is_some() => Event::HeartBeat,
+        };
+        let mut ended = None;
+        match event {
+            Event::Shutdown => {
+                ended = Some(End::Error(
+                    StompError::new(
+                        "shutdown",
+                        "server shutting down",
+                        "The server is shutting down; reconnect later.",
+                    ),
+                    CloseKind::GoingAway,
+                ));
+            }
+            Event::Read(Ok(0)) => ended = Some(End::Gone),
+            Event::Read(Err(e)) => {
+                tracing::debug!(error = %e, "read failed");
+                ended = Some(End::Gone);
+            }
+            Event::Read(Ok(n)) => {
+                core.metrics.bytes_in.fetch_add(n as u64, Relaxed);
+                last_read = Instant::now();
+                ended = process_input(&mut decoder, &mut rbuf, &mut session);
+                if rbuf.is_empty() && rbuf.capacity() > 64 * 1024 {
+                    rbuf = BytesMut::new();
+                }
+            }
+            Event::Out(None) => ended = Some(End::Gone),
+            Event::Out(Some(item)) => {
+                let mut next = Some(item);
+                while let Some(item) = next.take() {
+                    if let Err(e) = session.on_outbound(item) {
+                        ended = Some(End::Error(e, CloseKind::Normal));
+                        break;
+                    }
+                    if session.output_len() >= MAX_BATCH_BYTES {
+                        break;
+                    }
+                    next = rx.try_recv().ok();
+                }
+            }
+            Event::ReadTimeout => {
+                let (message, detail, kind) = if session.version().is_none() {
+                    (
+                        "connect timeout",
+                        "No CONNECT frame received in time.",
+                        "connect_timeout",
+                    )
+                } else {
+                    core.metrics.heartbeat_timeouts.fetch_add(1, Relaxed);
+                    ("heart-beat timeout", "No data received from the client within the negotiated heart-beat interval.", "heartbeat_timeout")
+                };
+                ended = Some(End::Error(
+                    StompError::new(kind, message, detail),
+                    CloseKind::Normal,
+                ));
+            }
+            Event::HeartBeat => session.push_heartbeat(),
+        }
+        if let Some(v) = session.version() {
+            decoder.set_version(v);
+            if let Some(login) = session.login() {
+                tracing::Span::current().record("login", login);
+            }
+        }
+        if matches!(ended, Some(End::Close)) {
+            // DISCONNECT: messages already queued for this connection were
+            // published before the receipt was due; write them first.
+            let receipt = session.take_output();
+            while let Ok(item) = rx.try_recv() {
+                if let Outbound::Message { .. } = item {
+                    let _ = session.on_outbound(item);
+                }
+            }
+            let mut queued = session.take_output();
+            queued.extend(receipt);
+            session.prepend_output(queued);
+        }
+        if let Some(End::Error(e, _)) = &ended {
+            tracing::info!(error = %e.message, "closing with ERROR");
+            session.push_error(e);
+        }
+        if session.has_output() && !matches!(ended, Some(End::Gone)) {
+            match flush(&core, &mut transport, &mut session).await {
+                Ok(()) => last_write = Instant::now(),
+                Err(e) if session.conn().is_slow() && ended.is_none() => {
+                    // Blocked writing to a peer that stopped reading: say why
+                    // if the socket still takes it, then close.
+                    tracing::info!("slow consumer disconnected");
+                    let err = StompError::new(
+                        "slow_consumer",
+                        "slow consumer",
+                        "The connection is closed: slow consumer.",
+                    );
+                    session.take_output();
+                    session.push_error(&err);
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        flush(&core, &mut transport, &mut session),
+                    )
+                    .await;
+                    tracing::debug!(error = %e, "write abandoned");
+                    break End::Gone;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "write failed");
+                    break End::Gone;
+                }
+            }
+        }
+        if let Some(end) = ended {
+            break end;
+        }
+    };
+
+    match end {
+        End::Gone => {}
+        End::Close => transport.close(CloseKind::Normal).await,
+        End::Error(_, kind) => transport.close(kind).await,
+    }
+    // Unsubscribe first so requeued messages go to other consumers, then
+    // return queue messages that were queued for us but never written.
+    session.close();
+    rx.close();
+    let mut unsent = Vec::new();
+    while let Ok(item) = rx.try_recv() {
+        if let Outbound::Message { msg, .. } = item {
+            session.conn().written(msg.cost);
+            if matches!(
+                crate::router::parse_destination(&msg.destination),
+                Ok(crate::router::DestKind::Queue(_))
+            ) {
+                unsent.push(msg);
+            }
+        }
+    }
+    if !unsent.is_empty() {
+        core.router.requeue(unsent);
+    }
+    tracing::debug!("connection closed");
+}
+
+fn process_input(decoder: &mut Decoder, rbuf: &mut BytesMut, session: &mut Session) -> Option<End> {
+    loop {
+        match decoder.decode(rbuf) {
+            Ok(None) => return None,
+            Ok(Some(Decoded::HeartBeat)) => {}
+            Ok(Some(Decoded::Frame(frame))) => match session.on_frame(frame) {
+                Ok(Flow::Continue) => {
+                    if let Some(v) = session.version() {
+                        decoder.set_version(v);
+                    }
+                }
+                Ok(Flow::Close) => return Some(End::Close),
+                Err(e) => return Some(End::Error(e, CloseKind::ProtocolError)),
+            },
+            Err(e) => return Some(End::Error(e.into(), CloseKind::ProtocolError)),
+        }
+    }
+}
+
+/// Longest a single batched write may take before the peer is considered dead.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn flush<T: Transport>(
+    core: &BrokerCore,
+    transport: &mut T,
+    session: &mut Session,
+) -> std::io::Result<()> {
+    let frames = session.take_output();
+    let bytes: usize = frames.iter().map(|f| f.bytes.len()).sum();
+    let cost: usize = frames.iter().map(|f| f.cost).sum();
+    let conn = session.conn().clone();
+    let result = tokio::select! {
+        r = tokio::time::timeout(WRITE_TIMEOUT, transport.write_batch(&frames)) => {
+            r.unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out")))
+        }
+        _ = condemned(&conn) => Err(std::io::Error::other("slow consumer")),
+    };
+    conn.written(cost);
+    core.metrics.bytes_out.fetch_add(bytes as u64, Relaxed);
+    result
+}
+
+/// Resolves once the connection is flagged as a slow consumer while a write
+/// is blocked, so a peer that stopped reading cannot pin the task. Polls
+/// only while a write is pending.
+async fn condemned(conn: &crate::conn::ConnShared) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if conn.is_slow() {
+            return;
+        }
+    }
+}

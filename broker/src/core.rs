@@ -1,0 +1,159 @@
+//! State shared by every connection: configuration, router, metrics, ids,
+//! shutdown signal, and the in-process client API.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use stomp_codec::{AckMode, Headers, Limits};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::Config,
+    conn::{ConnShared, Outbound},
+    metrics::Metrics,
+    router::{Message, RouteError, Router, SubscriptionHandle},
+};
+
+/// Everything connections share. Created once by [`crate::Broker`].
+#[derive(Debug)]
+pub struct BrokerCore {
+    /// Effective configuration.
+    pub config: Config,
+    /// Codec limits derived from the configuration.
+    pub limits: Limits,
+    /// The server's heart-beat offer `(sx, sy)`.
+    pub server_heart_beat: (u32, u32),
+    /// Routing table.
+    pub router: Router,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the broker shuts down.
+    pub shutdown: CancellationToken,
+    /// Set once shutdown has begun (for `/readyz`).
+    pub draining: AtomicBool,
+    next_conn: AtomicU64,
+    next_msg: AtomicU64,
+    node: String,
+}
+
+impl BrokerCore {
+    /// Shared state for `config` (already validated).
+    pub fn new(config: Config, shutdown: CancellationToken) -> anyhow::Result<Arc<BrokerCore>> {
+        config.validate()?;
+        let metrics = Arc::new(Metrics::default());
+        let started = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        Ok(Arc::new(BrokerCore {
+            limits: config.codec_limits(),
+            server_heart_beat: config.server_heart_beat()?,
+            router: Router::new(&config, metrics.clone()),
+            metrics,
+            shutdown,
+            draining: AtomicBool::new(false),
+            next_conn: AtomicU64::new(1),
+            next_msg: AtomicU64::new(1),
+            node: format!("{started:x}"),
+            config,
+        }))
+    }
+
+    /// A new connection handle and the receiver its task drains.
+    pub fn new_conn(&self) -> (Arc<ConnShared>, mpsc::UnboundedReceiver<Outbound>) {
+        ConnShared::new(
+            self.next_conn.fetch_add(1, Relaxed),
+            self.config.limits.max_pending_bytes_per_connection,
+            self.config.slow_consumer,
+            self.metrics.clone(),
+        )
+    }
+
+    /// A broker-unique `message-id`, unique across restarts too.
+    pub fn next_message_id(&self) -> String {
+        format!("{}-{}", self.node, self.next_msg.fetch_add(1, Relaxed))
+    }
+
+    /// Publishes from inside the process (the Kafka bridge, tests): the same
+    /// path a SEND takes. `headers` pass through to MESSAGE; a `message-id`
+    /// among them is used instead of a generated one.
+    pub fn publish(
+        &self,
+        destination: &str,
+        headers: Headers,
+        body: Bytes,
+    ) -> Result<usize, RouteError> {
+        let id = match headers.get_str("message-id") {
+            Some(id) if !id.is_empty() => id.to_owned(),
+            _ => self.next_message_id(),
+        };
+        let mut pass = Headers::with_capacity(headers.len());
+        for (n, v) in headers.iter() {
+            if !matches!(
+                n.as_ref(),
+                b"message-id" | b"destination" | b"content-length"
+            ) {
+                pass.push(n.clone(), v.clone());
+            }
+        }
+        let msg = Arc::new(Message::new(destination, &id, pass, body));
+        self.router.publish(msg)
+    }
+
+    /// Subscribes from inside the process: a local link with the same
+    /// byte-bounded queue as a network connection.
+    pub fn subscribe_local(
+        self: &Arc<Self>,
+        destination: &str,
+    ) -> Result<LocalSubscription, RouteError> {
+        let (conn, rx) = self.new_conn();
+        let (handle, _) =
+            self.router
+                .subscribe(destination, &conn, Arc::from("local"), AckMode::Auto)?;
+        Ok(LocalSubscription {
+            core: self.clone(),
+            conn,
+            rx,
+            handle,
+        })
+    }
+}
+
+/// An in-process subscription (see [`BrokerCore::subscribe_local`]).
+#[derive(Debug)]
+pub struct LocalSubscription {
+    core: Arc<BrokerCore>,
+    conn: Arc<ConnShared>,
+    rx: mpsc::UnboundedReceiver<Outbound>,
+    handle: SubscriptionHandle,
+}
+
+impl LocalSubscription {
+    /// The next message, or `None` once the broker dropped the subscription
+    /// (e.g. it fell behind under the disconnect policy).
+    pub async fn recv(&mut self) -> Option<Arc<Message>> {
+        loop {
+            match self.rx.recv().await? {
+                Outbound::Message { msg, .. } => {
+                    self.conn.written(msg.cost);
+                    return Some(msg);
+                }
+                Outbound::Fatal { .. } => return None,
+                Outbound::Frame(_) => {}
+            }
+        }
+    }
+}
+
+impl Drop for LocalSubscription {
+    fn drop(&mut self) {
+        self.core.router.unsubscribe(&self.handle);
+    }
+}

@@ -1,0 +1,202 @@
+//! Broker-wide counters, rendered as Prometheus text on `GET /metrics`.
+
+use std::{
+    fmt::Write,
+    sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
+};
+
+use dashmap::DashMap;
+use stomp_codec::Command;
+
+const COMMANDS: [Command; 15] = [
+    Command::Connect,
+    Command::Stomp,
+    Command::Send,
+    Command::Subscribe,
+    Command::Unsubscribe,
+    Command::Ack,
+    Command::Nack,
+    Command::Begin,
+    Command::Commit,
+    Command::Abort,
+    Command::Disconnect,
+    Command::Connected,
+    Command::Message,
+    Command::Receipt,
+    Command::Error,
+];
+
+fn command_index(c: Command) -> usize {
+    COMMANDS.iter().position(|&x| x == c).unwrap_or(0)
+}
+
+/// All broker counters. Cheap to update from any thread.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Open connections.
+    pub connections: AtomicI64,
+    /// Connections accepted since start.
+    pub connections_total: AtomicU64,
+    /// Connections refused because `max_connections` was reached.
+    pub connections_rejected: AtomicU64,
+    /// Active subscriptions.
+    pub subscriptions: AtomicI64,
+    frames_in: [AtomicU64; 15],
+    frames_out: [AtomicU64; 15],
+    /// Messages published (SEND, bridge, in-process).
+    pub messages_published: AtomicU64,
+    /// MESSAGE frames handed to subscribers.
+    pub messages_delivered: AtomicU64,
+    /// Messages dropped (slow-consumer drop policy, queue overflow, no route).
+    pub messages_dropped: AtomicU64,
+    /// Queue messages redelivered after NACK or disconnect.
+    pub messages_redelivered: AtomicU64,
+    /// Connections closed by the slow-consumer policy.
+    pub slow_consumer_disconnects: AtomicU64,
+    /// Heart-beat timeouts.
+    pub heartbeat_timeouts: AtomicU64,
+    /// Bytes read from clients.
+    pub bytes_in: AtomicU64,
+    /// Bytes written to clients.
+    pub bytes_out: AtomicU64,
+    errors: DashMap<&'static str, AtomicU64>,
+}
+
+impl Metrics {
+    /// Counts one frame received.
+    pub fn frame_in(&self, c: Command) {
+        self.frames_in[command_index(c)].fetch_add(1, Relaxed);
+    }
+
+    /// Counts frames sent.
+    pub fn frames_out(&self, c: Command, n: u64) {
+        self.frames_out[command_index(c)].fetch_add(n, Relaxed);
+    }
+
+    /// Counts one ERROR sent, by kind.
+    pub fn error(&self, kind: &'static str) {
+        self.errors.entry(kind).or_default().fetch_add(1, Relaxed);
+    }
+
+    /// The count of ERRORs of `kind`.
+    pub fn errors_of(&self, kind: &str) -> u64 {
+        self.errors.get(kind).map(|v| v.load(Relaxed)).unwrap_or(0)
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self, out: &mut String) {
+        let gauge = |out: &mut String, name: &str, help: &str, v: i64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        };
+        gauge(
+            out,
+            "stomp_connections",
+            "Open connections.",
+            self.connections.load(Relaxed),
+        );
+        counter(
+            out,
+            "stomp_connections_total",
+            "Connections accepted.",
+            self.connections_total.load(Relaxed),
+        );
+        counter(
+            out,
+            "stomp_connections_rejected_total",
+            "Connections refused at max_connections.",
+            self.connections_rejected.load(Relaxed),
+        );
+        gauge(
+            out,
+            "stomp_subscriptions",
+            "Active subscriptions.",
+            self.subscriptions.load(Relaxed),
+        );
+        for (name, arr, help) in [
+            (
+                "stomp_frames_in_total",
+                &self.frames_in,
+                "Frames received by command.",
+            ),
+            (
+                "stomp_frames_out_total",
+                &self.frames_out,
+                "Frames sent by command.",
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (i, c) in COMMANDS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{command=\"{}\"}} {}",
+                    c.as_str(),
+                    arr[i].load(Relaxed)
+                );
+            }
+        }
+        counter(
+            out,
+            "stomp_messages_published_total",
+            "Messages published.",
+            self.messages_published.load(Relaxed),
+        );
+        counter(
+            out,
+            "stomp_messages_delivered_total",
+            "MESSAGE frames delivered to subscribers.",
+            self.messages_delivered.load(Relaxed),
+        );
+        counter(
+            out,
+            "stomp_messages_dropped_total",
+            "Messages dropped (slow consumer drop policy, queue overflow).",
+            self.messages_dropped.load(Relaxed),
+        );
+        counter(
+            out,
+            "stomp_messages_redelivered_total",
+            "Queue messages redelivered.",
+            self.messages_redelivered.load(Relaxed),
+        );
+        counter(
+            out,
+            "stomp_slow_consumer_disconnects_total",
+            "Connections closed as slow consumers.",
+            self.slow_consumer_disconnects.load(Relaxed),
+        );
+        counter(
+            out,
+            "stomp_heartbeat_timeouts_total",
+            "Connections closed for missing heart-beats.",
+            self.heartbeat_timeouts.load(Relaxed),
+        );
+        counter(
+            out,
+            "stomp_bytes_in_total",
+            "Bytes read from clients.",
+            self.bytes_in.load(Relaxed),
+        );
+        counter(
+            out,
+            "stomp_bytes_out_total",
+            "Bytes written to clients.",
+            self.bytes_out.load(Relaxed),
+        );
+        let _ = writeln!(out, "# HELP stomp_errors_total ERROR frames sent, by kind.\n# TYPE stomp_errors_total counter");
+        let mut errors: Vec<(&'static str, u64)> = self
+            .errors
+            .iter()
+            .map(|e| (*e.key(), e.value().load(Relaxed)))
+            .collect();
+        errors.sort_unstable();
+        for (kind, v) in errors {
+            let _ = writeln!(out, "stomp_errors_total{{kind=\"{kind}\"}} {v}");
+        }
+    }
+}

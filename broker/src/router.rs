@@ -1,0 +1,539 @@
+//! Who is subscribed to what, and fan-out.
+//!
+//! * `/topic/...`: publish-subscribe. Exact subscriptions live in a sharded
+//!   map of copy-on-write subscriber lists (publishers clone an `Arc`
+//!   snapshot and release the shard before delivering); wildcard
+//!   subscriptions (`*` one dot-segment, `#` zero or more, RabbitMQ style)
+//!   are matched against every published topic.
+//! * `/queue/...`: competing consumers, round-robin, with a bounded buffer
+//!   while no consumer can take a message.
+//!
+//! Delivery is always `ConnShared::deliver`, which never blocks: a publisher
+//! never waits for a subscriber, and no lock is held across an `.await`
+//! (there are none in this module).
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+        Arc, Mutex, RwLock,
+    },
+};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use stomp_codec::{AckMode, Headers, MessageTemplate};
+
+use crate::{
+    config::{Config, QueueOverflow},
+    conn::{ConnShared, Outbound},
+    metrics::Metrics,
+};
+
+/// A published message: the shared MESSAGE part, encoded once.
+#[derive(Debug)]
+pub struct Message {
+    /// Where it was published.
+    pub destination: Arc<str>,
+    /// Its `message-id`, kept across redeliveries.
+    pub message_id: Arc<str>,
+    /// Shared headers and body.
+    pub template: MessageTemplate,
+    /// Whether a WebSocket may carry it as a text frame.
+    pub text: bool,
+    /// Approximate encoded size, for byte budgets.
+    pub cost: usize,
+}
+
+impl Message {
+    /// Builds a message. `headers` are the publisher's headers to pass
+    /// through (without `destination`/`message-id`, which are set here).
+    pub fn new(destination: &str, message_id: &str, headers: Headers, body: Bytes) -> Message {
+        let mut shared = Headers::with_capacity(headers.len() + 2);
+        shared.push(
+            Bytes::from_static(b"destination"),
+            Bytes::copy_from_slice(destination.as_bytes()),
+        );
+        shared.push(
+            Bytes::from_static(b"message-id"),
+            Bytes::copy_from_slice(message_id.as_bytes()),
+        );
+        let mut content_type: Option<Bytes> = None;
+        for (n, v) in headers.iter() {
+            if n.as_ref() == b"content-type" && content_type.is_none() {
+                content_type = Some(v.clone());
+            }
+            shared.push(n.clone(), v.clone());
+        }
+        let text = is_textual(content_type.as_deref()) && std::str::from_utf8(&body).is_ok();
+        let template = MessageTemplate::new(shared, body);
+        let cost = template.approx_len();
+        Message {
+            destination: destination.into(),
+            message_id: message_id.into(),
+            template,
+            text,
+            cost,
+        }
+    }
+}
+
+/// Whether a content type is text that a WebSocket text frame may carry.
+/// No content type counts as text (stomp.js sends strings without one).
+fn is_textual(content_type: Option<&[u8]>) -> bool {
+    let Some(ct) = content_type else { return true };
+    let Ok(ct) = std::str::from_utf8(ct) else {
+        return false;
+    };
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    mime.starts_with("text/")
+        || mime == "application/json"
+        || mime == "application/xml"
+        || mime == "application/javascript"
+        || mime.ends_with("+json")
+        || mime.ends_with("+xml")
+}
+
+/// One subscription as the router sees it.
+#[derive(Debug, Clone)]
+pub struct Subscriber {
+    /// The subscribing connection.
+    pub conn: Arc<ConnShared>,
+    /// The client's subscription id.
+    pub sub_id: Arc<str>,
+    /// The subscription's ack mode.
+    pub ack: AckMode,
+    /// Queue messages delivered and not yet acknowledged (prefetch).
+    pub inflight: Arc<AtomicUsize>,
+    /// Router-unique key, for removal.
+    pub key: u64,
+}
+
+/// What a destination string means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DestKind<'a> {
+    /// `/topic/<name>`.
+    Topic(&'a str),
+    /// `/queue/<name>`.
+    Queue(&'a str),
+}
+
+/// Why a destination cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// Not under `/topic/` or `/queue/` (or another enabled prefix).
+    #[error("unknown destination")]
+    UnknownDestination,
+    /// Wildcards in a SEND destination, or on a queue.
+    #[error("wildcards are only allowed in /topic/ subscriptions")]
+    WildcardNotAllowed,
+    /// The queue is full and its policy is reject-publish.
+    #[error("queue full")]
+    QueueFull,
+}
+
+/// Parses a destination into its kind.
+pub fn parse_destination(dest: &str) -> Result<DestKind<'_>, RouteError> {
+    if let Some(name) = dest.strip_prefix("/topic/") {
+        if !name.is_empty() {
+            return Ok(DestKind::Topic(name));
+        }
+    } else if let Some(name) = dest.strip_prefix("/queue/") {
+        if !name.is_empty() {
+            return Ok(DestKind::Queue(name));
+        }
+    }
+    Err(RouteError::UnknownDestination)
+}
+
+fn has_wildcard(name: &str) -> bool {
+    name.split('.').any(|s| s == "*" || s == "#")
+}
+
+/// RabbitMQ topic matching on dot-separated segments: `*` is exactly one
+/// segment, `#` zero or more. Dynamic programming, O(pattern × topic), so a
+/// hostile pattern like `#.#.#.#.x` cannot blow up.
+pub fn pattern_matches(pattern: &str, topic: &str) -> bool {
+    let t: Vec<&str> = topic.split('.').collect();
+    // reach[j]: the pattern prefix seen so far matches the first j segments.
+    let mut reach = vec![false; t.len() + 1];
+    reach[0] = true;
+    let mut next = vec![false; t.len() + 1];
+    for seg in pattern.split('.') {
+        if seg == "#" {
+            let mut any = false;
+            for j in 0..=t.len() {
+                any |= reach[j];
+                next[j] = any;
+            }
+        } else {
+            next[0] = false;
+            for j in 1..=t.len() {
+                next[j] = reach[j - 1] && (seg == "*" || seg == t[j - 1]);
+            }
+        }
+        std::mem::swap(&mut reach, &mut next);
+    }
+    reach[t.len()]
+}
+
+#[derive(Debug)]
+struct Queued {
+    msg: Arc<Message>,
+    redelivered: bool,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    consumers: Vec<Subscriber>,
+    next: usize,
+    buffer: VecDeque<Queued>,
+    buffer_bytes: usize,
+}
+
+/// The routing table. One per broker.
+#[derive(Debug)]
+pub struct Router {
+    topics: DashMap<Box<str>, Arc<Vec<Subscriber>>>,
+    wildcards: RwLock<Vec<(Box<str>, Subscriber)>>,
+    wildcard_count: AtomicUsize,
+    queues: DashMap<Box<str>, Arc<Mutex<QueueState>>>,
+    next_key: AtomicU64,
+    max_unacked: usize,
+    queue_max_messages: usize,
+    queue_max_bytes: usize,
+    overflow: QueueOverflow,
+    metrics: Arc<Metrics>,
+}
+
+/// Where a subscription was registered, to remove it later.
+#[derive(Debug, Clone)]
+pub struct SubscriptionHandle {
+    destination: Box<str>,
+    key: u64,
+}
+
+impl Router {
+    /// An empty router.
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Router {
+        Router {
+            topics: DashMap::new(),
+            wildcards: RwLock::new(Vec::new()),
+            wildcard_count: AtomicUsize::new(0),
+            queues: DashMap::new(),
+            next_key: AtomicU64::new(1),
+            max_unacked: config.limits.max_unacked_per_subscription.max(1),
+            queue_max_messages: config.queues.max_messages,
+            queue_max_bytes: config.queues.max_bytes,
+            overflow: config.queues.overflow,
+            metrics,
+        }
+    }
+
+    /// Registers a subscription. For queues, buffered messages are
+    /// dispatched at once.
+    pub fn subscribe(
+        &self,
+        destination: &str,
+        conn: &Arc<ConnShared>,
+        sub_id: Arc<str>,
+        ack: AckMode,
+    ) -> Result<(SubscriptionHandle, Subscriber), RouteError> {
+        let kind = parse_destination(destination)?;
+        let sub = Subscriber {
+            conn: conn.clone(),
+            sub_id,
+            ack,
+            inflight: Arc::new(AtomicUsize::new(0)),
+            key: self.next_key.fetch_add(1, Relaxed),
+        };
+        match kind {
+            DestKind::Topic(name) if has_wildcard(name) => {
+                let mut w = self.wildcards.write().unwrap_or_else(|e| e.into_inner());
+                w.push((name.into(), sub.clone()));
+                self.wildcard_count.store(w.len(), Relaxed);
+            }
+            DestKind::Topic(name) => {
+                let mut entry = self.topics.entry(name.into()).or_default();
+                Arc::make_mut(entry.value_mut()).push(sub.clone());
+            }
+            DestKind::Queue(name) => {
+                if has_wildcard(name) {
+                    return Err(RouteError::WildcardNotAllowed);
+                }
+                let q = self.queue(name);
+                let mut st = q.lock().unwrap_or_else(|e| e.into_inner());
+                st.consumers.push(sub.clone());
+                self.pump(&mut st);
+            }
+        }
+        self.metrics.subscriptions.fetch_add(1, Relaxed);
+        Ok((
+            SubscriptionHandle {
+                destination: destination.into(),
+                key: sub.key,
+            },
+            sub,
+        ))
+    }
+
+    /// Removes a subscription.
+    pub fn unsubscribe(&self, handle: &SubscriptionHandle) {
+        let removed = match parse_destination(&handle.destination) {
+            Ok(DestKind::Topic(name)) if has_wildcard(name) => {
+                let mut w = self.wildcards.write().unwrap_or_else(|e| e.into_inner());
+                let before = w.len();
+                w.retain(|(_, s)| s.key != handle.key);
+                self.wildcard_count.store(w.len(), Relaxed);
+                before != w.len()
+            }
+            Ok(DestKind::Topic(name)) => {
+                let mut removed = false;
+                if let Some(mut entry) = self.topics.get_mut(name) {
+                    let list = Arc::make_mut(entry.value_mut());
+                    let before = list.len();
+                    list.retain(|s| s.key != handle.key);
+                    removed = before != list.len();
+                }
+                self.topics.remove_if(name, |_, v| v.is_empty());
+                removed
+            }
+            Ok(DestKind::Queue(name)) => match self.queues.get(name).map(|q| q.clone()) {
+                Some(q) => {
+                    let mut st = q.lock().unwrap_or_else(|e| e.into_inner());
+                    let before = st.consumers.len();
+                    st.consumers.retain(|s| s.key != handle.key);
+                    before != st.consumers.len()
+                }
+                None => false,
+            },
+            Err(_) => false,
+        };
+        if removed {
+            self.metrics.subscriptions.fetch_sub(1, Relaxed);
+        }
+    }
+
+    fn queue(&self, name: &str) -> Arc<Mutex<QueueState>> {
+        if let Some(q) = self.queues.get(name) {
+            return q.clone();
+        }
+        self.queues.entry(name.into()).or_default().clone()
+    }
+
+    /// Publishes a message to its destination. Returns how many
+    /// subscriptions it was handed to (for a queue: 1, or 0 if buffered).
+    pub fn publish(&self, msg: Arc<Message>) -> Result<usize, RouteError> {
+        let dest = msg.destination.clone();
+        match parse_destination(&dest)? {
+            DestKind::Topic(name) => {
+                if has_wildcard(name) {
+                    return Err(RouteError::WildcardNotAllowed);
+                }
+                self.metrics.messages_published.fetch_add(1, Relaxed);
+                Ok(self.publish_topic(name, &msg))
+            }
+            DestKind::Queue(name) => {
+                if has_wildcard(name) {
+                    return Err(RouteError::WildcardNotAllowed);
+                }
+                let q = self.queue(name);
+                let mut st = q.lock().unwrap_or_else(|e| e.into_inner());
+                if self.overflow == QueueOverflow::RejectPublish
+                    && st.consumers.is_empty()
+                    && self.buffer_full(&st, &msg)
+                {
+                    return Err(RouteError::QueueFull);
+                }
+                self.metrics.messages_published.fetch_add(1, Relaxed);
+                let delivered = self.dispatch(&mut st, msg, false);
+                Ok(usize::from(delivered))
+            }
+        }
+    }
+
+    fn publish_topic(&self, name: &str, msg: &Arc<Message>) -> usize {
+        let mut delivered = 0;
+        let exact = self.topics.get(name).map(|e| e.value().clone());
+        if let Some(subs) = exact {
+            for s in subs.iter() {
+                delivered += usize::from(self.deliver(s, msg, false));
+            }
+        }
+        if self.wildcard_count.load(Relaxed) > 0 {
+            let matched: Vec<Subscriber> = {
+                let w = self.wildcards.read().unwrap_or_else(|e| e.into_inner());
+                w.iter()
+                    .filter(|(p, _)| pattern_matches(p, name))
+                    .map(|(_, s)| s.clone())
+                    .collect()
+            };
+            for s in &matched {
+                delivered += usize::from(self.deliver(s, msg, false));
+            }
+        }
+        self.metrics
+            .messages_delivered
+            .fetch_add(delivered as u64, Relaxed);
+        delivered
+    }
+
+    fn deliver(&self, s: &Subscriber, msg: &Arc<Message>, redelivered: bool) -> bool {
+        s.conn.deliver(
+            Outbound::Message {
+                msg: msg.clone(),
+                sub: s.sub_id.clone(),
+                redelivered,
+            },
+            msg.cost,
+        )
+    }
+
+    fn buffer_full(&self, st: &QueueState, msg: &Message) -> bool {
+        st.buffer.len() >= self.queue_max_messages
+            || st.buffer_bytes + msg.cost > self.queue_max_bytes
+    }
+
+    /// Hands `msg` to the next consumer that can take it, or buffers it.
+    fn dispatch(&self, st: &mut QueueState, msg: Arc<Message>, redelivered: bool) -> bool {
+        if self.try_consumers(st, &msg, redelivered) {
+            return true;
+        }
+        while self.buffer_full(st, &msg) {
+            match self.overflow {
+                QueueOverflow::DropOldest if !st.buffer.is_empty() => {
+                    if let Some(old) = st.buffer.pop_front() {
+                        st.buffer_bytes -= old.msg.cost;
+                    }
+                    self.metrics.messages_dropped.fetch_add(1, Relaxed);
+                }
+                _ => {
+                    tracing::warn!(destination = %msg.destination, "queue full, message dropped");
+                    self.metrics.messages_dropped.fetch_add(1, Relaxed);
+                    return false;
+                }
+            }
+        }
+        st.buffer_bytes += msg.cost;
+        st.buffer.push_back(Queued { msg, redelivered });
+        false
+    }
+
+    fn try_consumers(&self, st: &mut QueueState, msg: &Arc<Message>, redelivered: bool) -> bool {
+        let n = st.consumers.len();
+        for i in 0..n {
+            let idx = (st.next + i) % n;
+            let c = &st.consumers[idx];
+            let prefetch = c.ack != AckMode::Auto;
+            if prefetch && c.inflight.load(Relaxed) >= self.max_unacked {
+                continue;
+            }
+            if self.deliver(c, msg, redelivered) {
+                if prefetch {
+                    c.inflight.fetch_add(1, Relaxed);
+                }
+                st.next = (idx + 1) % n;
+                self.metrics.messages_delivered.fetch_add(1, Relaxed);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Dispatches buffered messages while some consumer can take them.
+    fn pump(&self, st: &mut QueueState) {
+        while let Some(front) = st.buffer.pop_front() {
+            if self.try_consumers(st, &front.msg, front.redelivered) {
+                st.buffer_bytes -= front.msg.cost;
+            } else {
+                st.buffer.push_front(front);
+                break;
+            }
+        }
+    }
+
+    /// A consumer acknowledged (or gave up) queue messages: dispatch more.
+    pub fn queue_ready(&self, destination: &str) {
+        if let Ok(DestKind::Queue(name)) = parse_destination(destination) {
+            if let Some(q) = self.queues.get(name).map(|q| q.clone()) {
+                let mut st = q.lock().unwrap_or_else(|e| e.into_inner());
+                self.pump(&mut st);
+            }
+        }
+    }
+
+    /// Puts queue messages back (NACK, or unacknowledged at disconnect),
+    /// marked redelivered, at the front of the queue's order.
+    pub fn requeue(&self, msgs: Vec<Arc<Message>>) {
+        for msg in msgs {
+            if let Ok(DestKind::Queue(name)) = parse_destination(&msg.destination) {
+                self.metrics.messages_redelivered.fetch_add(1, Relaxed);
+                let q = self.queue(name);
+                let mut st = q.lock().unwrap_or_else(|e| e.into_inner());
+                // Drop consumers whose connection has gone, so a message is
+                // not handed straight back to the one that just left.
+                st.consumers.retain(|c| !c.conn.is_closed());
+                self.dispatch(&mut st, msg, true);
+            }
+        }
+    }
+
+    /// Messages waiting in a queue (for tests and the status page).
+    pub fn queue_depth(&self, destination: &str) -> usize {
+        match parse_destination(destination) {
+            Ok(DestKind::Queue(name)) => self
+                .queues
+                .get(name)
+                .map(|q| q.lock().unwrap_or_else(|e| e.into_inner()).buffer.len())
+                .unwrap_or(0),
+            _ => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_match_rabbitmq_style() {
+        assert!(pattern_matches("order.*", "order.1"));
+        assert!(!pattern_matches("order.*", "order.1.2"));
+        assert!(!pattern_matches("order.*", "order"));
+        assert!(pattern_matches("order.#", "order"));
+        assert!(pattern_matches("order.#", "order.1.2"));
+        assert!(pattern_matches("#", "a.b"));
+        assert!(pattern_matches("*.b.#", "a.b"));
+        assert!(!pattern_matches("*.b.#", "a.c.b"));
+        assert!(pattern_matches("a.#.z", "a.z"));
+        assert!(pattern_matches("a.#.z", "a.b.c.z"));
+    }
+
+    #[test]
+    fn destinations_parse() {
+        assert_eq!(parse_destination("/topic/a"), Ok(DestKind::Topic("a")));
+        assert_eq!(parse_destination("/queue/q"), Ok(DestKind::Queue("q")));
+        assert_eq!(
+            parse_destination("/topic/"),
+            Err(RouteError::UnknownDestination)
+        );
+        assert_eq!(
+            parse_destination("/exchange/x"),
+            Err(RouteError::UnknownDestination)
+        );
+    }
+
+    #[test]
+    fn textual_content_types() {
+        assert!(is_textual(None));
+        assert!(is_textual(Some(b"text/plain;charset=utf-8")));
+        assert!(is_textual(Some(b"application/json")));
+        assert!(is_textual(Some(b"application/vnd.order+json")));
+        assert!(!is_textual(Some(b"application/octet-stream")));
+    }
+}

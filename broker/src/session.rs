@@ -1,0 +1,692 @@
+//! The STOMP session state machine: frames in, frames out. No sockets here;
+//! the connection task ([`crate::connection`]) feeds it and writes what it
+//! produces, so every protocol rule is testable without I/O.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::Duration,
+};
+
+use bytes::{Bytes, BytesMut};
+use stomp_codec::{
+    encode, AckMode, ClientFrame, Command, Connect, Frame, FrameAck, Headers, Version,
+};
+
+use crate::{
+    conn::{ConnShared, Outbound},
+    core::BrokerCore,
+    router::{parse_destination, DestKind, Message, RouteError, Subscriber, SubscriptionHandle},
+};
+
+/// One encoded frame ready to write.
+#[derive(Debug, Clone)]
+pub struct OutFrame {
+    /// The frame's bytes (or a heart-beat EOL).
+    pub bytes: Bytes,
+    /// Whether a WebSocket may send it as a text message.
+    pub text: bool,
+    /// Bytes to credit to the connection's outbound budget once written.
+    pub cost: usize,
+}
+
+/// A protocol error: becomes exactly one ERROR frame, then the connection closes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StompError {
+    /// Short text for the `message` header.
+    pub message: String,
+    /// Longer explanation for the body.
+    pub detail: String,
+    /// Metric label.
+    pub kind: &'static str,
+    /// `receipt-id` for the ERROR when the failing frame asked for a receipt.
+    pub receipt_id: Option<String>,
+    /// Add `version:1.0,1.1,1.2` (failed version negotiation).
+    pub with_versions: bool,
+}
+
+impl StompError {
+    /// An error with a message, a detail and a metric kind.
+    pub fn new(kind: &'static str, message: impl Into<String>, detail: impl Into<String>) -> Self {
+        StompError {
+            message: message.into(),
+            detail: detail.into(),
+            kind,
+            receipt_id: None,
+            with_versions: false,
+        }
+    }
+
+    fn with_receipt(mut self, receipt: Option<&str>) -> Self {
+        if self.receipt_id.is_none() {
+            self.receipt_id = receipt.map(str::to_owned);
+        }
+        self
+    }
+}
+
+impl From<stomp_codec::Error> for StompError {
+    fn from(e: stomp_codec::Error) -> Self {
+        StompError::new(
+            "protocol",
+            e.message(),
+            format!("The frame could not be processed: {}.", e.message()),
+        )
+    }
+}
+
+/// What the connection should do after a call into the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep going.
+    Continue,
+    /// Flush the output, then close (after DISCONNECT).
+    Close,
+}
+
+#[derive(Debug)]
+struct Unacked {
+    ack_id: u64,
+    msg: Arc<Message>,
+}
+
+#[derive(Debug)]
+struct SubState {
+    destination: Arc<str>,
+    handle: SubscriptionHandle,
+    sub: Subscriber,
+    is_queue: bool,
+    unacked: VecDeque<Unacked>,
+}
+
+#[derive(Debug)]
+enum TxOp {
+    Send(Frame),
+    Ack(Frame),
+}
+
+/// Negotiated heart-beat intervals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeartBeats {
+    /// How often the server must send something.
+    pub send: Option<Duration>,
+    /// How often the client promised to send something.
+    pub recv: Option<Duration>,
+}
+
+/// Heart-beat arithmetic from the specification: each direction is 0 when
+/// either side says 0, else the larger of the two.
+pub fn negotiate_heart_beats(client: (u32, u32), server: (u32, u32)) -> HeartBeats {
+    let (cx, cy) = client;
+    let (sx, sy) = server;
+    let ms =
+        |a: u32, b: u32| (a != 0 && b != 0).then(|| Duration::from_millis(u64::from(a.max(b))));
+    HeartBeats {
+        send: ms(sx, cy),
+        recv: ms(cx, sy),
+    }
+}
+
+/// One client's STOMP session.
+#[derive(Debug)]
+pub struct Session {
+    core: Arc<BrokerCore>,
+    conn: Arc<ConnShared>,
+    version: Option<Version>,
+    login: Option<String>,
+    heart_beats: HeartBeats,
+    subs: HashMap<Arc<str>, SubState>,
+    transactions: HashMap<String, Vec<TxOp>>,
+    next_ack: u64,
+    out: Vec<OutFrame>,
+    scratch: BytesMut,
+}
+
+impl Session {
+    /// A session for a freshly accepted connection.
+    pub fn new(core: Arc<BrokerCore>, conn: Arc<ConnShared>) -> Session {
+        Session {
+            core,
+            conn,
+            version: None,
+            login: None,
+            heart_beats: HeartBeats::default(),
+            subs: HashMap::new(),
+            transactions: HashMap::new(),
+            next_ack: 1,
+            out: Vec::new(),
+            scratch: BytesMut::new(),
+        }
+    }
+
+    /// The negotiated version, once CONNECTED was sent.
+    pub fn version(&self) -> Option<Version> {
+        self.version
+    }
+
+    /// The negotiated heart-beats.
+    pub fn heart_beats(&self) -> HeartBeats {
+        self.heart_beats
+    }
+
+    /// The authenticated login, if any.
+    pub fn login(&self) -> Option<&str> {
+        self.login.as_deref()
+    }
+
+    /// The connection handle.
+    pub fn conn(&self) -> &Arc<ConnShared> {
+        &self.conn
+    }
+
+    /// Frames produced so far; the caller writes them and credits their cost.
+    pub fn take_output(&mut self) -> Vec<OutFrame> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Puts frames back in front of the output (used to write messages
+    /// already queued for this connection before a DISCONNECT receipt).
+    pub fn prepend_output(&mut self, mut frames: Vec<OutFrame>) {
+        frames.append(&mut self.out);
+        self.out = frames;
+    }
+
+    /// Whether output is waiting.
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Bytes of output waiting.
+    pub fn output_len(&self) -> usize {
+        self.out.iter().map(|f| f.bytes.len()).sum()
+    }
+
+    fn push_frame(&mut self, frame: &Frame) {
+        let version = self.version.unwrap_or(Version::V1_2);
+        encode(frame, version, &mut self.scratch);
+        self.core.metrics.frames_out(frame.command, 1);
+        let bytes = self.scratch.split().freeze();
+        let text = std::str::from_utf8(&bytes).is_ok();
+        self.out.push(OutFrame {
+            bytes,
+            text,
+            cost: 0,
+        });
+    }
+
+    /// Queues a heart-beat EOL.
+    pub fn push_heartbeat(&mut self) {
+        self.out.push(OutFrame {
+            bytes: Bytes::from_static(b"\n"),
+            text: true,
+            cost: 0,
+        });
+    }
+
+    /// The ERROR frame for `err` (the one place errors become frames).
+    pub fn push_error(&mut self, err: &StompError) {
+        self.core.metrics.error(err.kind);
+        let mut f = Frame::new(Command::Error)
+            .with_header("message", err.message.clone())
+            .with_header("content-type", "text/plain;charset=utf-8");
+        if let Some(r) = &err.receipt_id {
+            f.headers.push("receipt-id", r.clone());
+        }
+        if err.with_versions {
+            f.headers.push("version", "1.0,1.1,1.2");
+        }
+        f.body = Bytes::from(err.detail.clone());
+        self.push_frame(&f);
+    }
+
+    fn receipt(&mut self, receipt: Option<&str>) {
+        if let Some(r) = receipt {
+            let f = Frame::new(Command::Receipt).with_header("receipt-id", r.to_owned());
+            self.push_frame(&f);
+        }
+    }
+
+    /// Handles one decoded client frame.
+    pub fn on_frame(&mut self, frame: Frame) -> Result<Flow, StompError> {
+        self.core.metrics.frame_in(frame.command);
+        let receipt = frame.header_str("receipt").map(str::to_owned);
+        self.dispatch(frame, receipt.as_deref())
+            .map_err(|e| e.with_receipt(receipt.as_deref()))
+    }
+
+    fn dispatch(&mut self, frame: Frame, receipt: Option<&str>) -> Result<Flow, StompError> {
+        let Some(version) = self.version else {
+            return match frame.command {
+                Command::Connect | Command::Stomp => {
+                    let ClientFrame::Connect(c) = ClientFrame::parse(&frame, Version::V1_2)? else {
+                        return Err(StompError::new("protocol", "internal error", ""));
+                    };
+                    self.connect(&c)?;
+                    Ok(Flow::Continue)
+                }
+                _ => Err(StompError::new(
+                    "not_connected",
+                    "not connected",
+                    format!(
+                        "{} received before CONNECT; send CONNECT first.",
+                        frame.command.as_str()
+                    ),
+                )),
+            };
+        };
+        if !frame.command.is_client() {
+            return Err(stomp_codec::Error::CommandNotAllowed.into());
+        }
+        let parsed = ClientFrame::parse(&frame, version)?;
+        match parsed {
+            ClientFrame::Connect(_) => {
+                return Err(StompError::new(
+                    "protocol",
+                    "already connected",
+                    "A second CONNECT on one connection is not allowed.",
+                ))
+            }
+            ClientFrame::Send(s) => {
+                if let Some(tx) = s.transaction {
+                    let max = self.core.config.limits.max_frames_per_transaction;
+                    let ops = self.transaction(tx)?;
+                    if ops.len() >= max {
+                        return Err(StompError::new(
+                            "limit",
+                            "transaction too large",
+                            format!("A transaction may hold at most {max} frames."),
+                        ));
+                    }
+                    ops.push(TxOp::Send(frame.clone()));
+                } else {
+                    self.send(&frame, s.destination)?;
+                }
+            }
+            ClientFrame::Subscribe(s) => self.subscribe(s.destination, s.id, s.ack)?,
+            ClientFrame::Unsubscribe(u) => self.unsubscribe(u.id, u.destination)?,
+            ClientFrame::Ack(a) | ClientFrame::Nack(a) => {
+                if let Some(tx) = a.transaction {
+                    let max = self.core.config.limits.max_frames_per_transaction;
+                    let ops = self.transaction(tx)?;
+                    if ops.len() >= max {
+                        return Err(StompError::new(
+                            "limit",
+                            "transaction too large",
+                            format!("A transaction may hold at most {max} frames."),
+                        ));
+                    }
+                    ops.push(TxOp::Ack(frame.clone()));
+                } else {
+                    self.ack(&a, frame.command == Command::Nack)?;
+                }
+            }
+            ClientFrame::Begin(tx) => {
+                if self.transactions.contains_key(tx) {
+                    return Err(StompError::new(
+                        "protocol",
+                        "transaction already started",
+                        format!("Transaction '{tx}' is already open."),
+                    ));
+                }
+                let max = self.core.config.limits.max_transactions_per_connection;
+                if self.transactions.len() >= max {
+                    return Err(StompError::new(
+                        "limit",
+                        "too many transactions",
+                        format!("At most {max} open transactions per connection."),
+                    ));
+                }
+                self.transactions.insert(tx.to_owned(), Vec::new());
+            }
+            ClientFrame::Commit(tx) => {
+                let ops = self.transactions.remove(tx).ok_or_else(|| unknown_tx(tx))?;
+                for op in ops {
+                    match op {
+                        TxOp::Send(f) => {
+                            let dest = f.header_str("destination").unwrap_or_default().to_owned();
+                            self.send(&f, &dest)?;
+                        }
+                        TxOp::Ack(f) => {
+                            if let ClientFrame::Ack(a) | ClientFrame::Nack(a) =
+                                ClientFrame::parse(&f, version)?
+                            {
+                                self.ack(&a, f.command == Command::Nack)?;
+                            }
+                        }
+                    }
+                }
+            }
+            ClientFrame::Abort(tx) => {
+                self.transactions.remove(tx).ok_or_else(|| unknown_tx(tx))?;
+            }
+            ClientFrame::Disconnect => {
+                self.receipt(receipt);
+                return Ok(Flow::Close);
+            }
+        }
+        self.receipt(receipt);
+        Ok(Flow::Continue)
+    }
+
+    fn transaction(&mut self, tx: &str) -> Result<&mut Vec<TxOp>, StompError> {
+        self.transactions.get_mut(tx).ok_or_else(|| unknown_tx(tx))
+    }
+
+    fn connect(&mut self, c: &Connect<'_>) -> Result<(), StompError> {
+        let Some(&version) = c.accept_version.first() else {
+            let mut e = StompError::new(
+                "version",
+                "unsupported protocol version",
+                "Supported protocol versions are 1.0, 1.1 and 1.2.",
+            );
+            e.with_versions = true;
+            return Err(e);
+        };
+        self.version = Some(version);
+        self.login = c.login.filter(|l| !l.is_empty()).map(str::to_owned);
+        let server_hb = if version == Version::V1_0 {
+            (0, 0)
+        } else {
+            self.core.server_heart_beat
+        };
+        self.heart_beats = negotiate_heart_beats(c.heart_beat, server_hb);
+        let mut f = Frame::new(Command::Connected)
+            .with_header("version", version.as_str())
+            .with_header("heart-beat", format!("{},{}", server_hb.0, server_hb.1))
+            .with_header(
+                "server",
+                concat!("stomp-broker/", env!("CARGO_PKG_VERSION")),
+            )
+            .with_header("session", format!("session-{}", self.conn.id));
+        if let Some(login) = &self.login {
+            f.headers.push("user-name", login.clone());
+        }
+        self.push_frame(&f);
+        Ok(())
+    }
+
+    fn send(&mut self, frame: &Frame, destination: &str) -> Result<(), StompError> {
+        let mut pass = Headers::with_capacity(frame.headers.len());
+        for (n, v) in frame.headers.iter() {
+            if !matches!(
+                n.as_ref(),
+                b"destination"
+                    | b"transaction"
+                    | b"receipt"
+                    | b"content-length"
+                    | b"message-id"
+                    | b"subscription"
+                    | b"ack"
+            ) {
+                pass.push(n.clone(), v.clone());
+            }
+        }
+        let id = self.core.next_message_id();
+        let msg = Arc::new(Message::new(destination, &id, pass, frame.body.clone()));
+        self.core
+            .router
+            .publish(msg)
+            .map_err(|e| route_error(e, destination))?;
+        Ok(())
+    }
+
+    fn subscribe(&mut self, destination: &str, id: &str, ack: AckMode) -> Result<(), StompError> {
+        if self.subs.contains_key(id) {
+            return Err(StompError::new(
+                "protocol",
+                "duplicate subscription id",
+                format!("Subscription id '{id}' is already in use on this connection."),
+            ));
+        }
+        let max = self.core.config.limits.max_subscriptions_per_connection;
+        if self.subs.len() >= max {
+            return Err(StompError::new(
+                "limit",
+                "too many subscriptions",
+                format!("At most {max} subscriptions per connection."),
+            ));
+        }
+        let id: Arc<str> = Arc::from(id);
+        let (handle, sub) = self
+            .core
+            .router
+            .subscribe(destination, &self.conn, id.clone(), ack)
+            .map_err(|e| route_error(e, destination))?;
+        let is_queue = matches!(parse_destination(destination), Ok(DestKind::Queue(_)));
+        self.subs.insert(
+            id,
+            SubState {
+                destination: Arc::from(destination),
+                handle,
+                sub,
+                is_queue,
+                unacked: VecDeque::new(),
+            },
+        );
+        Ok(())
+    }
+
+    fn unsubscribe(
+        &mut self,
+        id: Option<&str>,
+        destination: Option<&str>,
+    ) -> Result<(), StompError> {
+        let key: Option<Arc<str>> = match (id, destination) {
+            (Some(id), _) => self.subs.get_key_value(id).map(|(k, _)| k.clone()),
+            (None, Some(d)) => self
+                .subs
+                .iter()
+                .find(|(_, s)| &*s.destination == d)
+                .map(|(k, _)| k.clone()),
+            (None, None) => None,
+        };
+        let Some(key) = key else {
+            return Err(StompError::new(
+                "protocol",
+                "unknown subscription",
+                format!(
+                    "No subscription '{}' on this connection.",
+                    id.or(destination).unwrap_or("")
+                ),
+            ));
+        };
+        if let Some(st) = self.subs.remove(&key) {
+            self.drop_sub(st);
+        }
+        Ok(())
+    }
+
+    fn drop_sub(&mut self, st: SubState) {
+        self.core.router.unsubscribe(&st.handle);
+        if st.is_queue && !st.unacked.is_empty() {
+            self.core
+                .router
+                .requeue(st.unacked.into_iter().map(|u| u.msg).collect());
+        }
+    }
+
+    fn ack(&mut self, a: &FrameAck<'_>, nack: bool) -> Result<(), StompError> {
+        let version = self.version.unwrap_or(Version::V1_2);
+        let found = match version {
+            Version::V1_2 => {
+                a.id.and_then(|id| id.parse::<u64>().ok())
+                    .and_then(|ack_id| {
+                        self.subs.iter().find_map(|(k, s)| {
+                            s.unacked
+                                .binary_search_by_key(&ack_id, |u| u.ack_id)
+                                .ok()
+                                .map(|pos| (k.clone(), pos))
+                        })
+                    })
+            }
+            _ => a.message_id.and_then(|mid| {
+                self.subs
+                    .iter()
+                    .filter(|(k, _)| a.subscription.is_none_or(|s| &***k == s))
+                    .find_map(|(k, s)| {
+                        s.unacked
+                            .iter()
+                            .position(|u| &*u.msg.message_id == mid)
+                            .map(|pos| (k.clone(), pos))
+                    })
+            }),
+        };
+        let Some((key, pos)) = found else {
+            return Err(StompError::new(
+                "protocol",
+                "unknown ack id",
+                format!(
+                    "No unacknowledged message '{}' on this connection.",
+                    a.id.or(a.message_id).unwrap_or("")
+                ),
+            ));
+        };
+        let Some(st) = self.subs.get_mut(&key) else {
+            return Ok(());
+        };
+        let taken: Vec<Unacked> = match st.sub.ack {
+            AckMode::Client => st.unacked.drain(..=pos).collect(),
+            _ => st.unacked.remove(pos).into_iter().collect(),
+        };
+        if st.is_queue {
+            st.sub.inflight.fetch_sub(taken.len(), Relaxed);
+            let dest = st.destination.clone();
+            if nack {
+                // NACK: redeliver to another consumer (this one is skipped
+                // while others are available because of round-robin).
+                self.core
+                    .router
+                    .requeue(taken.into_iter().map(|u| u.msg).collect());
+            }
+            self.core.router.queue_ready(&dest);
+        }
+        Ok(())
+    }
+
+    /// Handles an item from the connection's outbound queue.
+    pub fn on_outbound(&mut self, item: Outbound) -> Result<(), StompError> {
+        match item {
+            Outbound::Message {
+                msg,
+                sub,
+                redelivered,
+            } => {
+                self.deliver(msg, &sub, redelivered);
+                Ok(())
+            }
+            Outbound::Frame(f) => {
+                self.push_frame(&f);
+                Ok(())
+            }
+            Outbound::Fatal {
+                message,
+                kind,
+                receipt_id,
+            } => {
+                let mut e = StompError::new(
+                    kind,
+                    message.clone(),
+                    format!("The connection is closed: {message}."),
+                );
+                e.receipt_id = receipt_id;
+                Err(e)
+            }
+        }
+    }
+
+    fn deliver(&mut self, msg: Arc<Message>, sub: &Arc<str>, redelivered: bool) {
+        let cost = msg.cost;
+        let version = self.version.unwrap_or(Version::V1_2);
+        let max_unacked = self.core.config.limits.max_unacked_per_subscription;
+        let Some(st) = self.subs.get_mut(sub) else {
+            // Unsubscribed while the message was in flight.
+            self.conn.written(cost);
+            if matches!(parse_destination(&msg.destination), Ok(DestKind::Queue(_))) {
+                self.core.router.requeue(vec![msg]);
+            }
+            return;
+        };
+        let mut ack_buf = [0u8; 20];
+        let mut headers: [(&str, &[u8]); 3] =
+            [("subscription", sub.as_bytes()), ("", b""), ("", b"")];
+        let mut n = 1;
+        if st.sub.ack != AckMode::Auto {
+            if !st.is_queue && st.unacked.len() >= max_unacked {
+                // A topic subscriber that does not acknowledge: drop, count.
+                self.core.metrics.messages_dropped.fetch_add(1, Relaxed);
+                self.conn.written(cost);
+                return;
+            }
+            let ack_id = self.next_ack;
+            self.next_ack += 1;
+            st.unacked.push_back(Unacked {
+                ack_id,
+                msg: msg.clone(),
+            });
+            headers[n] = ("ack", format_u64(ack_id, &mut ack_buf));
+            n += 1;
+        }
+        if redelivered {
+            headers[n] = ("redelivered", b"true");
+            n += 1;
+        }
+        msg.template
+            .encode_for(version, &headers[..n], &mut self.scratch);
+        let bytes = self.scratch.split().freeze();
+        self.out.push(OutFrame {
+            bytes,
+            text: msg.text,
+            cost,
+        });
+        self.core.metrics.frames_out(Command::Message, 1);
+    }
+
+    /// Ends the session: removes subscriptions and puts unacknowledged queue
+    /// messages back for other consumers. Transactions are discarded.
+    pub fn close(&mut self) {
+        self.transactions.clear();
+        let subs: Vec<SubState> = self.subs.drain().map(|(_, s)| s).collect();
+        for st in subs {
+            self.drop_sub(st);
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn format_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+fn unknown_tx(tx: &str) -> StompError {
+    StompError::new(
+        "protocol",
+        "unknown transaction",
+        format!("Transaction '{tx}' was not started with BEGIN."),
+    )
+}
+
+fn route_error(e: RouteError, destination: &str) -> StompError {
+    let kind = match e {
+        RouteError::QueueFull => "queue_full",
+        _ => "destination",
+    };
+    StompError::new(
+        kind,
+        e.to_string(),
+        format!("Destination '{destination}': {e}. Use /topic/... or /queue/..."),
+    )
+}

@@ -1,0 +1,173 @@
+//! Transports: byte streams the connection task reads STOMP from and writes
+//! frames to. TCP and WebSocket are adapters over the same session code.
+
+use std::{future::Future, io};
+
+use bytes::BytesMut;
+use futures_util::{SinkExt, StreamExt};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
+};
+use tokio_tungstenite::{
+    tungstenite::{
+        protocol::{frame::coding::CloseCode, CloseFrame},
+        Message, Utf8Bytes,
+    },
+    WebSocketStream,
+};
+
+use crate::session::OutFrame;
+
+/// Bytes to reserve before each socket read; small, for many idle connections.
+const READ_CHUNK: usize = 4 * 1024;
+
+/// How a connection ends, for transports that can say so (WebSocket close codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseKind {
+    /// Normal close (1000).
+    Normal,
+    /// Server shutting down (1001).
+    GoingAway,
+    /// Protocol error (1002).
+    ProtocolError,
+}
+
+/// A full-duplex frame transport.
+pub trait Transport: Send {
+    /// Appends received bytes to `buf`; `Ok(0)` is end of stream.
+    /// Must be cancel-safe (used in `select!`).
+    fn read(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<usize>> + Send;
+    /// Writes a batch of frames and flushes once.
+    fn write_batch(&mut self, frames: &[OutFrame]) -> impl Future<Output = io::Result<()>> + Send;
+    /// Closes the transport.
+    fn close(&mut self, kind: CloseKind) -> impl Future<Output = ()> + Send;
+}
+
+/// STOMP over a raw byte stream (TCP, TLS).
+#[derive(Debug)]
+pub struct StreamTransport<S> {
+    stream: S,
+}
+
+impl StreamTransport<TcpStream> {
+    /// Wraps an accepted TCP stream (sets `TCP_NODELAY`).
+    pub fn tcp(stream: TcpStream) -> Self {
+        let _ = stream.set_nodelay(true);
+        StreamTransport { stream }
+    }
+}
+
+impl<S> StreamTransport<S> {
+    /// Wraps any byte stream.
+    pub fn new(stream: S) -> Self {
+        StreamTransport { stream }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for StreamTransport<S> {
+    async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        buf.reserve(READ_CHUNK);
+        self.stream.read_buf(buf).await
+    }
+
+    async fn write_batch(&mut self, frames: &[OutFrame]) -> io::Result<()> {
+        match frames {
+            [] => Ok(()),
+            [one] => self.stream.write_all(&one.bytes).await,
+            many => {
+                let total = many.iter().map(|f| f.bytes.len()).sum();
+                let mut joined = BytesMut::with_capacity(total);
+                for f in many {
+                    joined.extend_from_slice(&f.bytes);
+                }
+                self.stream.write_all(&joined).await
+            }
+        }
+    }
+
+    async fn close(&mut self, _kind: CloseKind) {
+        let _ = self.stream.flush().await;
+        let _ = self.stream.shutdown().await;
+    }
+}
+
+/// STOMP over WebSocket: each outgoing frame is one WebSocket message;
+/// incoming text and binary messages are concatenated into the byte stream
+/// (a frame may span messages, a message may hold several frames).
+#[derive(Debug)]
+pub struct WsTransport<S> {
+    ws: WebSocketStream<S>,
+}
+
+impl<S> WsTransport<S> {
+    /// Wraps an upgraded WebSocket.
+    pub fn new(ws: WebSocketStream<S>) -> Self {
+        WsTransport { ws }
+    }
+}
+
+fn ws_err(e: tokio_tungstenite::tungstenite::Error) -> io::Error {
+    io::Error::other(e)
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for WsTransport<S> {
+    async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        loop {
+            match self.ws.next().await {
+                None => return Ok(0),
+                Some(Err(e)) => return Err(ws_err(e)),
+                Some(Ok(Message::Text(t))) if !t.is_empty() => {
+                    buf.extend_from_slice(t.as_bytes());
+                    return Ok(t.len());
+                }
+                Some(Ok(Message::Binary(b))) if !b.is_empty() => {
+                    buf.extend_from_slice(&b);
+                    return Ok(b.len());
+                }
+                Some(Ok(Message::Close(_))) => return Ok(0),
+                // Pings are answered by tungstenite; empty messages carry nothing.
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    async fn write_batch(&mut self, frames: &[OutFrame]) -> io::Result<()> {
+        for f in frames {
+            let msg = if f.text {
+                match Utf8Bytes::try_from(f.bytes.clone()) {
+                    Ok(t) => Message::Text(t),
+                    Err(_) => Message::Binary(f.bytes.clone()),
+                }
+            } else {
+                Message::Binary(f.bytes.clone())
+            };
+            self.ws.feed(msg).await.map_err(ws_err)?;
+        }
+        self.ws.flush().await.map_err(ws_err)
+    }
+
+    async fn close(&mut self, kind: CloseKind) {
+        let code = match kind {
+            CloseKind::Normal => CloseCode::Normal,
+            CloseKind::GoingAway => CloseCode::Away,
+            CloseKind::ProtocolError => CloseCode::Protocol,
+        };
+        let reason = match kind {
+            CloseKind::GoingAway => "server shutting down",
+            _ => "",
+        };
+        let _ = self
+            .ws
+            .close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            }))
+            .await;
+        // Give the peer a moment to answer the close handshake.
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(500), async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
+    }
+}
