@@ -108,29 +108,29 @@ impl Decoder {
         }
 
         let limits = self.limits;
+        let max_line = limits.max_header_line;
+        // Never look past the first byte that makes the frame too large: every
+        // check below is positional, so the result is the same whether the
+        // stream arrives whole or a byte at a time.
+        let view_len = buf.len().min(limits.max_frame.saturating_add(1));
         let mut lines: Vec<LineSpan> = Vec::new();
         let mut command = None;
         let mut content_length: Option<usize> = None;
         let mut pos = 0usize;
         let body_start = loop {
-            let window_end = buf.len().min(pos + limits.max_header_line + 2);
+            let window_end = view_len.min(pos.saturating_add(max_line).saturating_add(2));
             let Some(nl) = memchr::memchr(b'\n', &buf[pos..window_end]).map(|i| pos + i) else {
                 // Incomplete line: decide now whether it can still become valid.
-                let partial = &buf[pos..];
+                let partial = &buf[pos..view_len];
                 if command.is_none() {
-                    check_command_prefix(partial)?;
+                    check_command_prefix(&buf[pos..window_end])?;
+                } else {
+                    check_partial_line(partial, max_line)?;
                 }
-                if partial.len() > limits.max_header_line + 1 {
+                if partial.len() > max_line.saturating_add(1) {
                     return Err(Error::HeaderLineTooLong);
                 }
-                if memchr::memchr(0, partial).is_some() {
-                    return Err(if command.is_none() {
-                        Error::UnknownCommand
-                    } else {
-                        Error::NulInHeader
-                    });
-                }
-                if buf.len() > limits.max_frame {
+                if view_len > limits.max_frame {
                     return Err(Error::FrameTooLarge);
                 }
                 return Ok(None);
@@ -140,20 +140,20 @@ impl Decoder {
                 end -= 1;
             }
             let line = &buf[pos..end];
-            if line.len() > limits.max_header_line {
-                return Err(Error::HeaderLineTooLong);
-            }
-            if nl + 1 > limits.max_frame {
-                return Err(Error::FrameTooLarge);
-            }
             if command.is_none() {
                 command = Some(Command::parse(line).ok_or(Error::UnknownCommand)?);
             } else if line.is_empty() {
                 break nl + 1;
             } else {
-                if memchr::memchr(0, line).is_some() {
-                    return Err(Error::NulInHeader);
-                }
+                check_complete_line(line, max_line)?;
+            }
+            if line.len() > max_line {
+                return Err(Error::HeaderLineTooLong);
+            }
+            if nl + 1 > limits.max_frame {
+                return Err(Error::FrameTooLarge);
+            }
+            if pos > 0 {
                 if lines.len() >= limits.max_headers {
                     return Err(Error::TooManyHeaders);
                 }
@@ -179,6 +179,10 @@ impl Decoder {
 
         let body_end = match content_length {
             Some(n) => {
+                // Judged from the header alone, before any of the body is buffered.
+                if n > 0 && !command.allows_body() {
+                    return Err(Error::BodyNotAllowed);
+                }
                 let needed = body_start + n + 1;
                 if needed > limits.max_frame {
                     return Err(Error::FrameTooLarge);
@@ -192,26 +196,38 @@ impl Decoder {
                 }
                 body_start + n
             }
-            None => match memchr::memchr(0, &buf[body_start..]) {
-                Some(i) => body_start + i,
-                None => {
-                    let buffered = buf.len() - body_start;
-                    if buffered > 0 && !command.allows_body() {
-                        return Err(Error::BodyNotAllowed);
+            None => {
+                // The longest body this frame may still have: within max_body and
+                // leaving room for the NUL within max_frame. Searching no further
+                // makes the limits hold even when the NUL is already buffered.
+                let Some(room) = limits.max_frame.checked_sub(body_start + 1) else {
+                    return Err(Error::FrameTooLarge);
+                };
+                let max_len = limits.max_body.min(room);
+                let avail = &buf[body_start..buf.len().min(body_start + max_len + 1)];
+                match memchr::memchr(0, avail) {
+                    Some(i) => {
+                        if i > 0 && !command.allows_body() {
+                            return Err(Error::BodyNotAllowed);
+                        }
+                        body_start + i
                     }
-                    if buffered > limits.max_body {
-                        return Err(Error::BodyTooLarge);
+                    None => {
+                        if !avail.is_empty() && !command.allows_body() {
+                            return Err(Error::BodyNotAllowed);
+                        }
+                        if avail.len() > max_len {
+                            return Err(if avail.len() > limits.max_body {
+                                Error::BodyTooLarge
+                            } else {
+                                Error::FrameTooLarge
+                            });
+                        }
+                        return Ok(None);
                     }
-                    if buf.len() > limits.max_frame {
-                        return Err(Error::FrameTooLarge);
-                    }
-                    return Ok(None);
                 }
-            },
+            }
         };
-        if body_end > body_start && !command.allows_body() {
-            return Err(Error::BodyNotAllowed);
-        }
 
         let frame_bytes: Bytes = buf.split_to(body_end + 1).freeze();
         let version = if command.escapes_headers() {
@@ -230,6 +246,31 @@ impl Decoder {
             headers,
             body: frame_bytes.slice(body_start..body_end),
         })))
+    }
+}
+
+/// Checks the bytes of an incomplete header line (no LF yet): a NUL, or a CR
+/// followed by anything, can never become valid. Only the first
+/// `max_line + 1` bytes are judged; past them the line is too long anyway.
+fn check_partial_line(partial: &[u8], max_line: usize) -> Result<(), Error> {
+    let scan = &partial[..partial.len().min(max_line.saturating_add(1))];
+    match memchr::memchr2(0, b'\r', scan) {
+        Some(i) if scan[i] == 0 => Err(Error::NulInHeader),
+        // A CR with a following byte (not LF: there is none in a partial line).
+        Some(i) if i + 1 < scan.len() => Err(Error::BadEol),
+        _ => Ok(()),
+    }
+}
+
+/// Checks a complete header line (EOL removed): no NUL and no bare CR (the
+/// grammar excludes CR from names and values; 1.2 escapes it as `\r`). A CR
+/// at index `max_line` is left for the line-length check, which an
+/// incremental reader would have hit first.
+fn check_complete_line(line: &[u8], max_line: usize) -> Result<(), Error> {
+    match memchr::memchr2(0, b'\r', line) {
+        Some(i) if line[i] == 0 => Err(Error::NulInHeader),
+        Some(i) if i < max_line => Err(Error::BadEol),
+        _ => Ok(()),
     }
 }
 

@@ -167,6 +167,11 @@ impl MessageTemplate {
         dst.extend_from_slice(Command::Message.as_str().as_bytes());
         dst.put_u8(b'\n');
         for (name, value) in per_subscriber {
+            // As in `encode`: the template writes the one true content-length;
+            // a second one would take precedence in the receiver and break framing.
+            if *name == "content-length" {
+                continue;
+            }
             write_header(name.as_bytes(), value, version, dst);
         }
         dst.extend_from_slice(block);

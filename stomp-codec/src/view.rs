@@ -26,10 +26,10 @@ impl AckMode {
 /// A validated CONNECT or STOMP frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connect<'a> {
-    /// Versions the client accepts, newest first; `[V1_0]` when absent.
+    /// Versions the client accepts, newest first; `[V1_0]` when the header is
+    /// absent, empty when it lists only versions this codec does not know.
     pub accept_version: Vec<Version>,
-    /// Whether the client offered a version string we do not know only
-    /// (then `accept_version` is empty).
+    /// `host` header (the virtual host); `None` when absent.
     pub host: Option<&'a str>,
     /// `login` header.
     pub login: Option<&'a str>,

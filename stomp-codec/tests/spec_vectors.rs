@@ -742,3 +742,21 @@ fn encode_replaces_stale_content_length() {
         b"PREFIXSEND\ndestination:/q\ncontent-length:3\n\na\0b\0"
     );
 }
+
+#[test]
+fn template_ignores_per_subscriber_content_length() {
+    let t = stomp_codec::MessageTemplate::new(
+        [("destination", "/t")].into_iter().collect(),
+        bytes::Bytes::from_static(b"abc"),
+    );
+    let mut dst = BytesMut::new();
+    t.encode_for(
+        V12,
+        &[("content-length", b"1"), ("subscription", b"0")],
+        &mut dst,
+    );
+    assert_eq!(
+        &dst[..],
+        b"MESSAGE\nsubscription:0\ndestination:/t\ncontent-length:3\n\nabc\0"
+    );
+}
