@@ -241,7 +241,7 @@ impl Config {
         if self.limits.max_frame_bytes == 0 || self.limits.max_pending_bytes_per_connection == 0 {
             anyhow::bail!("limits must be positive");
         }
-        if !(self.heartbeat.tolerance >= 1.0) {
+        if self.heartbeat.tolerance.is_nan() || self.heartbeat.tolerance < 1.0 {
             anyhow::bail!("heartbeat.tolerance must be >= 1.0");
         }
         Ok(())
