@@ -79,7 +79,7 @@ then
   log "python packages present"
 else
   log "pip install -r tests/interop/requirements.txt"
-  "$PY" -m pip install -q --disable-pip-version-check --no-input -r "$INTEROP/requirements.txt" </dev/null
+  "$PY" -m pip install -q --disable-pip-version-check --no-input --root-user-action=ignore -r "$INTEROP/requirements.txt" </dev/null
 fi
 
 log "done"
