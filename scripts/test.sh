@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The whole test suite, as README.md gives it and .ci/run calls it.
+#
+#   1. install what the tests need (Debian chromium, npm packages, stomp.py, pytest)
+#   2. cargo fmt --check and clippy -D warnings
+#   3. start a real single-node Apache Kafka (scripts/kafka.sh) unless one is running
+#   4. cargo test --workspace (codec, broker, bridge, end-to-end; Kafka tests included)
+#   5. third-party clients: stomp.js in Node and headless Chromium, stomp.py over TCP
+#   6. a short fuzz smoke run of the codec
+#
+# Kafka is stopped at the end if this script started it.
+# Long soaks and benchmarks are separate commands (docs/benchmarks.md).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export CI="${CI:-}"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "install test dependencies"
+bash scripts/install-deps.sh
+
+step "cargo fmt --all --check"
+cargo fmt --all --check
+
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+started_kafka=0
+if ! bash scripts/kafka.sh status >/dev/null 2>&1; then
+  step "start Apache Kafka (scripts/kafka.sh start)"
+  bash scripts/kafka.sh start
+  started_kafka=1
+fi
+cleanup() {
+  if [ "$started_kafka" = 1 ]; then bash scripts/kafka.sh stop || true; fi
+}
+trap cleanup EXIT
+KAFKA_BOOTSTRAP="$(bash scripts/kafka.sh bootstrap)"
+export KAFKA_BOOTSTRAP
+echo "Kafka at $KAFKA_BOOTSTRAP"
+
+step "cargo test --workspace"
+cargo test --workspace
+
+step "interop: stomp.js (Node, Chromium) and stomp.py"
+cargo build -p stomp-broker
+STOMP_BROKER_BIN="$ROOT/target/debug/stomp-broker" STOMP_INTEROP_SKIP_INSTALL=1 bash scripts/interop.sh
+
+if [ -f scripts/fuzz-smoke.sh ]; then
+  step "codec fuzz smoke run"
+  bash scripts/fuzz-smoke.sh
+fi
+
+step "all tests passed"
