@@ -1,1 +1,462 @@
-//! Kafka bridge
+//! Kafka ↔ STOMP bridge.
+//!
+//! * **Kafka → STOMP**: one consumer, subscribed to the union of the routes'
+//!   topics, turns every record into one message per matching route (see
+//!   [`map_record`]) and hands it to the broker through [`Sink::publish`].
+//!   Offsets are stored only after the sink accepted the record for every
+//!   route (at-least-once); a full sink pauses the partition until it drains.
+//! * **STOMP → Kafka**: [`BridgeHandle::produce`] sends a SEND to `/app/<topic>`
+//!   to Kafka topic `<topic>` and resolves once Kafka acknowledged it, so the
+//!   broker can answer with the RECEIPT only then.
+//!
+//! # Destination templates
+//!
+//! A route's `destination` is literal text with placeholders:
+//! `{key}` (record key), `{topic}`, `{partition}`, `{header:NAME}` (first Kafka
+//! header NAME) and `{json:/pointer}` (RFC 6901 pointer into the record value
+//! parsed as JSON; strings are inserted raw, numbers and booleans as text).
+//! Templates are compiled once by [`Bridge::start`]; a bad one is a config error.
+//!
+//! An inserted value must be 1–200 bytes of `[A-Za-z0-9._~@+=-]`, must not
+//! start or end with `.` and must not contain `..`. Anything else (a missing
+//! key or header, bad JSON, `/`, `*`, `#`, `>`, `:`, whitespace, control
+//! characters, non-ASCII) makes the record **unroutable** for that route: it is
+//! counted, logged with topic/partition/offset and skipped; the partition goes on.
+//!
+//! The Kafka client is an adapter around the pure mapping; librdkafka
+//! reconnects by itself, so the bridge starts and keeps running while Kafka
+//! is down and [`BridgeHandle::state`] says so.
+#![warn(missing_docs)]
+
+mod config;
+mod consumer;
+mod mapping;
+mod metrics;
+mod template;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio_util::sync::CancellationToken;
+
+pub use config::{
+    default_group_id, is_valid_topic, BridgeConfig, OffsetReset, RouteConfig, RouteParseError,
+};
+pub use mapping::{map_record, CompiledRoute, RecordView, RouteError, Unroutable};
+pub use metrics::BridgeMetrics;
+pub use template::{
+    check_segment, DestinationTemplate, SegmentProblem, TemplateError, MAX_SEGMENT_LEN,
+};
+
+use consumer::BridgeContext;
+
+/// Implemented by the broker: accept a message for fan-out without waiting.
+pub trait Sink: Send + Sync + 'static {
+    /// Takes the message for delivery to the destination's subscribers.
+    /// `Err(SinkFull)` means the broker's queue is full: the bridge pauses the
+    /// record's partition and offers the same message again later (with
+    /// backoff), so the sink must not keep a message it refused.
+    fn publish(&self, msg: BridgeMessage) -> Result<(), SinkFull>;
+}
+
+/// A record mapped to a STOMP message by one route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeMessage {
+    /// STOMP destination, e.g. `/topic/order.42`.
+    pub destination: String,
+    /// MESSAGE headers (content-type, copied headers, kafka-*, message-id).
+    /// The broker adds its own `subscription`/`ack` headers and honours the
+    /// bridge's `message-id`.
+    pub headers: Vec<(String, String)>,
+    /// The record value (empty for a tombstone).
+    pub body: Bytes,
+    /// Late-subscriber replay policy of the route; `None` = do not retain.
+    pub retain: Option<Retain>,
+}
+
+/// Per-route replay policy: the broker keeps the last `last_n` messages of each
+/// destination for `ttl` and replays them to new subscribers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retain {
+    /// How many messages per destination.
+    pub last_n: usize,
+    /// How long each stays replayable.
+    pub ttl: Duration,
+}
+
+/// Returned by [`Sink::publish`] when the broker cannot take the message now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SinkFull;
+
+/// Connection state of the bridge, for `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BridgeState {
+    /// Started, not yet connected to Kafka (or not yet in its consumer group).
+    Connecting,
+    /// Connected, and the consumer group assigned this node its partitions.
+    Up,
+    /// Not connected (or stopped); the reason says why. librdkafka keeps
+    /// reconnecting in the background.
+    Down(String),
+}
+
+/// Why [`Bridge::start`] refused the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// A route does not compile.
+    #[error("route {index} ({route}): {source}")]
+    Route {
+        /// Position in `routes`.
+        index: usize,
+        /// The route in `topics=destination` form.
+        route: String,
+        /// What is wrong.
+        #[source]
+        source: RouteError,
+    },
+    /// Another configuration value is invalid.
+    #[error("invalid bridge configuration: {0}")]
+    InvalidConfig(String),
+    /// librdkafka rejected the client configuration (e.g. a bad `client` override).
+    #[error("Kafka client configuration: {0}")]
+    Kafka(#[from] KafkaError),
+    /// The consumer thread could not be started.
+    #[error("cannot start the bridge thread: {0}")]
+    Spawn(#[from] std::io::Error),
+}
+
+/// Why a SEND could not be produced to Kafka. The STOMP session stays usable;
+/// the broker reports the error to the client (ERROR frame).
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceError {
+    /// The destination does not start with the app prefix.
+    #[error("destination {0:?} is not an application destination")]
+    NotAppDestination(String),
+    /// The part after the prefix is not a valid Kafka topic name.
+    #[error("destination {0:?} does not name a valid Kafka topic ([A-Za-z0-9._-], 1-249 chars)")]
+    InvalidTopic(String),
+    /// Kafka did not acknowledge the record (broker error, or no answer within
+    /// `produce_timeout`).
+    #[error("Kafka did not accept the message for topic {topic:?}: {source}")]
+    Kafka {
+        /// Target topic.
+        topic: String,
+        /// The client's error (e.g. `MessageTimedOut` while Kafka is down).
+        #[source]
+        source: KafkaError,
+    },
+    /// No answer at all within `produce_timeout` (plus a grace second).
+    #[error("no acknowledgement from Kafka for topic {0:?} in time")]
+    Timeout(String),
+}
+
+/// State shared between the handle, the consumer thread and the client contexts.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    state: Mutex<BridgeState>,
+    assigned: AtomicBool,
+    has_consumer: bool,
+    pub(crate) metrics: BridgeMetrics,
+}
+
+impl Shared {
+    fn set_state(&self, s: BridgeState) {
+        if let Ok(mut st) = self.state.lock() {
+            if *st != s {
+                tracing::info!(from = ?*st, to = ?s, "kafka bridge state");
+                *st = s;
+            }
+        }
+    }
+
+    fn state(&self) -> BridgeState {
+        self.state
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_else(|_| BridgeState::Down("state lock poisoned".into()))
+    }
+
+    pub(crate) fn on_assigned(&self) {
+        self.assigned.store(true, Ordering::Relaxed);
+        self.set_state(BridgeState::Up);
+    }
+
+    pub(crate) fn on_broker_status(&self, any_up: bool) {
+        if any_up {
+            if !self.has_consumer || self.assigned.load(Ordering::Relaxed) {
+                self.set_state(BridgeState::Up);
+            }
+        } else if self.state() != BridgeState::Connecting {
+            self.set_state(BridgeState::Down(
+                "no connection to any Kafka broker".into(),
+            ));
+        }
+    }
+
+    pub(crate) fn on_all_brokers_down(&self, reason: &str) {
+        self.set_state(BridgeState::Down(format!(
+            "all Kafka brokers down: {reason}"
+        )));
+    }
+}
+
+/// Entry point: [`Bridge::start`].
+pub struct Bridge;
+
+impl Bridge {
+    /// Compiles the routes, creates the Kafka clients and starts the consumer
+    /// thread. Does not wait for Kafka: with Kafka down it returns a handle in
+    /// state `Connecting`/`Down` and records flow once Kafka is reachable.
+    /// Cancelling `shutdown` commits the stored offsets, leaves the group and
+    /// flushes pending produces; [`BridgeHandle::closed`] resolves after that.
+    pub fn start(
+        config: BridgeConfig,
+        sink: Arc<dyn Sink>,
+        shutdown: CancellationToken,
+    ) -> Result<BridgeHandle, BridgeError> {
+        let routes = config
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(index, r)| {
+                CompiledRoute::compile(r).map_err(|source| BridgeError::Route {
+                    index,
+                    route: r.to_string(),
+                    source,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if config.app_prefix.is_empty() {
+            return Err(BridgeError::InvalidConfig(
+                "app_prefix must not be empty".into(),
+            ));
+        }
+        if config.brokers.trim().is_empty() {
+            return Err(BridgeError::InvalidConfig(
+                "brokers must not be empty".into(),
+            ));
+        }
+        let group_id = config.effective_group_id();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(BridgeState::Connecting),
+            assigned: AtomicBool::new(false),
+            has_consumer: !routes.is_empty(),
+            metrics: BridgeMetrics::default(),
+        });
+        let stats_ms = config
+            .stats_interval
+            .as_millis()
+            .clamp(100, 3_600_000)
+            .to_string();
+
+        let mut pcfg = ClientConfig::new();
+        pcfg.set("bootstrap.servers", &config.brokers)
+            .set("client.id", format!("{group_id}-producer"))
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set(
+                "message.timeout.ms",
+                config
+                    .produce_timeout
+                    .as_millis()
+                    .clamp(1, i32::MAX as u128)
+                    .to_string(),
+            );
+        if routes.is_empty() {
+            pcfg.set("statistics.interval.ms", &stats_ms);
+        }
+        for (k, v) in &config.client {
+            pcfg.set(k, v);
+        }
+        let producer: FutureProducer<BridgeContext> = pcfg.create_with_context(BridgeContext {
+            shared: shared.clone(),
+            drives_state: routes.is_empty(),
+            role: "producer",
+        })?;
+
+        let consumer = if routes.is_empty() {
+            None
+        } else {
+            let mut ccfg = ClientConfig::new();
+            ccfg.set("bootstrap.servers", &config.brokers)
+                .set("group.id", &group_id)
+                .set("client.id", format!("{group_id}-consumer"))
+                .set("enable.auto.commit", "true")
+                .set("enable.auto.offset.store", "false")
+                .set("auto.offset.reset", config.auto_offset_reset.as_str())
+                .set("enable.partition.eof", "false")
+                .set("statistics.interval.ms", &stats_ms);
+            for (k, v) in &config.client {
+                ccfg.set(k, v);
+            }
+            let consumer: BaseConsumer<BridgeContext> =
+                ccfg.create_with_context(BridgeContext {
+                    shared: shared.clone(),
+                    drives_state: true,
+                    role: "consumer",
+                })?;
+            let mut topics: Vec<&str> = routes
+                .iter()
+                .flat_map(|r| r.topics.iter().map(String::as_str))
+                .collect();
+            topics.sort_unstable();
+            topics.dedup();
+            consumer.subscribe(&topics)?;
+            tracing::info!(group_id = %group_id, topics = ?topics, brokers = %config.brokers, "kafka bridge subscribed");
+            Some(consumer)
+        };
+
+        let closed = CancellationToken::new();
+        let runner = consumer::Runner::new(
+            consumer,
+            routes,
+            sink,
+            shared.clone(),
+            shutdown,
+            closed.clone(),
+            producer.clone(),
+            config.produce_timeout,
+        );
+        std::thread::Builder::new()
+            .name("kafka-bridge".into())
+            .spawn(move || runner.run())?;
+
+        Ok(BridgeHandle {
+            inner: Arc::new(Inner {
+                app_prefix: config.app_prefix,
+                key_header: config.key_header,
+                produce_timeout: config.produce_timeout,
+                producer,
+                shared,
+                closed,
+            }),
+        })
+    }
+}
+
+struct Inner {
+    app_prefix: String,
+    key_header: String,
+    produce_timeout: Duration,
+    producer: FutureProducer<BridgeContext>,
+    shared: Arc<Shared>,
+    closed: CancellationToken,
+}
+
+/// Cheap-to-clone handle on a running bridge.
+#[derive(Clone)]
+pub struct BridgeHandle {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for BridgeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BridgeHandle")
+            .field("state", &self.state())
+            .field("app_prefix", &self.inner.app_prefix)
+            .finish()
+    }
+}
+
+/// STOMP SEND headers that are never forwarded to Kafka.
+const NOT_FORWARDED: &[&str] = &["destination", "receipt", "content-length", "transaction"];
+
+impl BridgeHandle {
+    /// Current connection state (for `/readyz`: ready only when `Up`).
+    pub fn state(&self) -> BridgeState {
+        self.inner.shared.state()
+    }
+
+    /// True when `destination` starts with the app prefix (`/app/` by default),
+    /// i.e. a SEND to it should go to [`BridgeHandle::produce`].
+    pub fn is_app_destination(&self, destination: &str) -> bool {
+        destination.starts_with(&self.inner.app_prefix)
+    }
+
+    /// Produces a SEND to Kafka: `/app/orders` → topic `orders`, the
+    /// `key_header` value (if any) as the record key, the other STOMP headers
+    /// as Kafka headers (except destination, receipt, content-length,
+    /// transaction and the key header). Resolves once Kafka acknowledged the
+    /// record (acks=all), so a RECEIPT sent afterwards means "stored in Kafka".
+    pub async fn produce(
+        &self,
+        destination: &str,
+        headers: &[(String, String)],
+        body: Bytes,
+    ) -> Result<(), ProduceError> {
+        let result = self.produce_inner(destination, headers, body).await;
+        let m = &self.inner.shared.metrics;
+        match &result {
+            Ok(()) => m.produced.fetch_add(1, Ordering::Relaxed),
+            Err(e) => {
+                tracing::warn!(destination, error = %e, "kafka produce failed");
+                m.produce_failures.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+        result
+    }
+
+    async fn produce_inner(
+        &self,
+        destination: &str,
+        headers: &[(String, String)],
+        body: Bytes,
+    ) -> Result<(), ProduceError> {
+        let inner = &self.inner;
+        let topic = destination
+            .strip_prefix(inner.app_prefix.as_str())
+            .ok_or_else(|| ProduceError::NotAppDestination(destination.to_owned()))?;
+        if !is_valid_topic(topic) {
+            return Err(ProduceError::InvalidTopic(destination.to_owned()));
+        }
+        let key = headers
+            .iter()
+            .find(|(n, _)| *n == inner.key_header)
+            .map(|(_, v)| v.as_bytes());
+        let mut kafka_headers = OwnedHeaders::new_with_capacity(headers.len());
+        for (name, value) in headers {
+            if *name == inner.key_header || NOT_FORWARDED.contains(&name.as_str()) {
+                continue;
+            }
+            kafka_headers = kafka_headers.insert(Header {
+                key: name.as_str(),
+                value: Some(value.as_bytes()),
+            });
+        }
+        let mut record = FutureRecord::to(topic)
+            .payload(body.as_ref())
+            .headers(kafka_headers);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        let send = inner.producer.send(record, inner.produce_timeout);
+        match tokio::time::timeout(inner.produce_timeout + Duration::from_secs(1), send).await {
+            Err(_) => Err(ProduceError::Timeout(topic.to_owned())),
+            Ok(Ok(_delivery)) => Ok(()),
+            Ok(Err((source, _msg))) => Err(ProduceError::Kafka {
+                topic: topic.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// The bridge's counters.
+    pub fn metrics(&self) -> &BridgeMetrics {
+        &self.inner.shared.metrics
+    }
+
+    /// Resolves after the shutdown token was cancelled and the bridge finished:
+    /// stored offsets committed, consumer group left, pending produces flushed.
+    /// With Kafka unreachable this can take up to about `produce_timeout`;
+    /// callers that must exit promptly should bound the wait.
+    pub async fn closed(&self) {
+        self.inner.closed.cancelled().await
+    }
+}
