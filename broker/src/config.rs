@@ -20,6 +20,8 @@ pub struct Config {
     pub heartbeat: HeartbeatConfig,
     /// `/queue/...` destinations.
     pub queues: QueueConfig,
+    /// Retained messages for late subscribers.
+    pub retain: RetainConfig,
     /// What to do with a subscriber whose outbound queue is full.
     pub slow_consumer: SlowConsumerPolicy,
     /// How long graceful shutdown may take before connections are cut, ms.
@@ -97,6 +99,24 @@ pub struct QueueConfig {
     pub overflow: QueueOverflow,
 }
 
+/// Retained-message store settings (per-destination counts and TTLs are
+/// set per Kafka route).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetainConfig {
+    /// Most destinations with retained messages; the least recently updated
+    /// is evicted first.
+    pub max_destinations: usize,
+}
+
+impl Default for RetainConfig {
+    fn default() -> Self {
+        RetainConfig {
+            max_destinations: 100_000,
+        }
+    }
+}
+
 /// Queue overflow policy.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -146,6 +166,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             heartbeat: HeartbeatConfig::default(),
             queues: QueueConfig::default(),
+            retain: RetainConfig::default(),
             slow_consumer: SlowConsumerPolicy::Disconnect,
             shutdown_timeout_ms: 5_000,
             log: LogConfig::default(),

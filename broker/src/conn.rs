@@ -20,8 +20,8 @@ pub enum Outbound {
         msg: Arc<Message>,
         /// The subscription id it is for.
         sub: Arc<str>,
-        /// Whether it was delivered before (queue redelivery).
-        redelivered: bool,
+        /// First delivery, redelivery or replay.
+        kind: DeliveryKind,
     },
     /// A frame produced asynchronously for this connection (e.g. a RECEIPT
     /// after Kafka acknowledged a SEND).
@@ -35,6 +35,17 @@ pub enum Outbound {
         /// `receipt-id` to put on the ERROR, if any.
         receipt_id: Option<String>,
     },
+}
+
+/// How a message reaches a subscription; decides the extra MESSAGE header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryKind {
+    /// Published now.
+    Live,
+    /// A queue message delivered before (NACK, disconnect): `redelivered:true`.
+    Redelivered,
+    /// A retained message replayed to a new subscription: `replayed:true`.
+    Replayed,
 }
 
 /// A connection as seen by the router: where to push messages.
@@ -111,6 +122,12 @@ impl ConnShared {
     /// Queues a control item (not counted against the byte budget).
     pub fn send_control(&self, out: Outbound) -> bool {
         self.tx.send(out).is_ok()
+    }
+
+    /// Accounts bytes produced for this connection outside its queue (replay),
+    /// so the write credits them back consistently.
+    pub fn add_pending(&self, cost: usize) {
+        self.pending.fetch_add(cost, Relaxed);
     }
 
     /// Called by the connection task after writing a message of `cost` bytes.

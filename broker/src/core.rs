@@ -18,6 +18,7 @@ use crate::{
     config::Config,
     conn::{ConnShared, Outbound},
     metrics::Metrics,
+    retain::{RetainPolicy, RetainStore},
     router::{Message, RouteError, Router, SubscriptionHandle},
 };
 
@@ -32,6 +33,8 @@ pub struct BrokerCore {
     pub server_heart_beat: (u32, u32),
     /// Routing table.
     pub router: Router,
+    /// Retained messages for late subscribers.
+    pub retained: RetainStore,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// Cancelled when the broker shuts down.
@@ -56,6 +59,7 @@ impl BrokerCore {
             limits: config.codec_limits(),
             server_heart_beat: config.server_heart_beat()?,
             router: Router::new(&config, metrics.clone()),
+            retained: RetainStore::new(config.retain.max_destinations, metrics.clone()),
             metrics,
             shutdown,
             draining: AtomicBool::new(false),
@@ -90,6 +94,18 @@ impl BrokerCore {
         headers: Headers,
         body: Bytes,
     ) -> Result<usize, RouteError> {
+        self.publish_retained(destination, headers, body, None)
+    }
+
+    /// Like [`BrokerCore::publish`], and keeps the message for replay to
+    /// late subscribers under `retain` (see [`crate::retain`]).
+    pub fn publish_retained(
+        &self,
+        destination: &str,
+        headers: Headers,
+        body: Bytes,
+        retain: Option<RetainPolicy>,
+    ) -> Result<usize, RouteError> {
         let id = match headers.get_str("message-id") {
             Some(id) if !id.is_empty() => id.to_owned(),
             _ => self.next_message_id(),
@@ -104,7 +120,11 @@ impl BrokerCore {
             }
         }
         let msg = Arc::new(Message::new(destination, &id, pass, body));
-        self.router.publish(msg)
+        let delivered = self.router.publish(msg.clone())?;
+        if let Some(policy) = retain {
+            self.retained.retain(msg, policy);
+        }
+        Ok(delivered)
     }
 
     /// Subscribes from inside the process: a local link with the same

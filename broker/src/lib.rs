@@ -15,6 +15,7 @@ pub mod connection;
 pub mod core;
 pub mod http;
 pub mod metrics;
+pub mod retain;
 pub mod router;
 pub mod session;
 pub mod transport;

@@ -53,6 +53,12 @@ pub struct Metrics {
     pub messages_redelivered: AtomicU64,
     /// Connections closed by the slow-consumer policy.
     pub slow_consumer_disconnects: AtomicU64,
+    /// Retained messages replayed to new subscriptions.
+    pub messages_replayed: AtomicU64,
+    /// Destinations with retained messages.
+    pub retained_destinations: AtomicI64,
+    /// Retained destinations evicted because of `max_destinations`.
+    pub retained_evicted: AtomicU64,
     /// Heart-beat timeouts.
     pub heartbeat_timeouts: AtomicU64,
     /// Bytes read from clients.
@@ -163,6 +169,24 @@ impl Metrics {
             "stomp_messages_redelivered_total",
             "Queue messages redelivered.",
             self.messages_redelivered.load(Relaxed),
+        );
+        counter(
+            out,
+            "stomp_messages_replayed_total",
+            "Retained messages replayed to new subscriptions.",
+            self.messages_replayed.load(Relaxed),
+        );
+        gauge(
+            out,
+            "stomp_retained_destinations",
+            "Destinations with retained messages.",
+            self.retained_destinations.load(Relaxed),
+        );
+        counter(
+            out,
+            "stomp_retained_evicted_total",
+            "Retained destinations evicted at the cap.",
+            self.retained_evicted.load(Relaxed),
         );
         counter(
             out,

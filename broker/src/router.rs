@@ -26,7 +26,7 @@ use stomp_codec::{AckMode, Headers, MessageTemplate};
 
 use crate::{
     config::{Config, QueueOverflow},
-    conn::{ConnShared, Outbound},
+    conn::{ConnShared, DeliveryKind, Outbound},
     metrics::Metrics,
 };
 
@@ -388,7 +388,11 @@ impl Router {
             Outbound::Message {
                 msg: msg.clone(),
                 sub: s.sub_id.clone(),
-                redelivered,
+                kind: if redelivered {
+                    DeliveryKind::Redelivered
+                } else {
+                    DeliveryKind::Live
+                },
             },
             msg.cost,
         )

@@ -14,7 +14,7 @@ use stomp_codec::{
 };
 
 use crate::{
-    conn::{ConnShared, Outbound},
+    conn::{ConnShared, DeliveryKind, Outbound},
     core::BrokerCore,
     router::{parse_destination, DestKind, Message, RouteError, Subscriber, SubscriptionHandle},
 };
@@ -140,6 +140,8 @@ pub struct Session {
     next_ack: u64,
     out: Vec<OutFrame>,
     scratch: BytesMut,
+    /// Retained messages to replay once the SUBSCRIBE is answered.
+    replay: Option<(Arc<str>, Vec<Arc<Message>>)>,
 }
 
 impl Session {
@@ -156,6 +158,7 @@ impl Session {
             next_ack: 1,
             out: Vec::new(),
             scratch: BytesMut::new(),
+            replay: None,
         }
     }
 
@@ -250,8 +253,16 @@ impl Session {
     pub fn on_frame(&mut self, frame: Frame) -> Result<Flow, StompError> {
         self.core.metrics.frame_in(frame.command);
         let receipt = frame.header_str("receipt").map(str::to_owned);
-        self.dispatch(frame, receipt.as_deref())
-            .map_err(|e| e.with_receipt(receipt.as_deref()))
+        let flow = self
+            .dispatch(frame, receipt.as_deref())
+            .map_err(|e| e.with_receipt(receipt.as_deref()))?;
+        if let Some((sub, msgs)) = self.replay.take() {
+            for msg in msgs {
+                self.conn.add_pending(msg.cost);
+                self.deliver(msg, &sub, DeliveryKind::Replayed);
+            }
+        }
+        Ok(flow)
     }
 
     fn dispatch(&mut self, frame: Frame, receipt: Option<&str>) -> Result<Flow, StompError> {
@@ -454,7 +465,7 @@ impl Session {
             .map_err(|e| route_error(e, destination))?;
         let is_queue = matches!(parse_destination(destination), Ok(DestKind::Queue(_)));
         self.subs.insert(
-            id,
+            id.clone(),
             SubState {
                 destination: Arc::from(destination),
                 handle,
@@ -463,6 +474,14 @@ impl Session {
                 unacked: VecDeque::new(),
             },
         );
+        if !is_queue {
+            // Late subscriber: what was retained here comes right after the
+            // RECEIPT, before anything published later.
+            let msgs = self.core.retained.replay(destination);
+            if !msgs.is_empty() {
+                self.replay = Some((id, msgs));
+            }
+        }
         Ok(())
     }
 
@@ -566,12 +585,8 @@ impl Session {
     /// Handles an item from the connection's outbound queue.
     pub fn on_outbound(&mut self, item: Outbound) -> Result<(), StompError> {
         match item {
-            Outbound::Message {
-                msg,
-                sub,
-                redelivered,
-            } => {
-                self.deliver(msg, &sub, redelivered);
+            Outbound::Message { msg, sub, kind } => {
+                self.deliver(msg, &sub, kind);
                 Ok(())
             }
             Outbound::Frame(f) => {
@@ -594,7 +609,7 @@ impl Session {
         }
     }
 
-    fn deliver(&mut self, msg: Arc<Message>, sub: &Arc<str>, redelivered: bool) {
+    fn deliver(&mut self, msg: Arc<Message>, sub: &Arc<str>, kind: DeliveryKind) {
         let cost = msg.cost;
         let version = self.version.unwrap_or(Version::V1_2);
         let max_unacked = self.core.config.limits.max_unacked_per_subscription;
@@ -626,9 +641,16 @@ impl Session {
             headers[n] = ("ack", format_u64(ack_id, &mut ack_buf));
             n += 1;
         }
-        if redelivered {
-            headers[n] = ("redelivered", b"true");
-            n += 1;
+        match kind {
+            DeliveryKind::Live => {}
+            DeliveryKind::Redelivered => {
+                headers[n] = ("redelivered", b"true");
+                n += 1;
+            }
+            DeliveryKind::Replayed => {
+                headers[n] = ("replayed", b"true");
+                n += 1;
+            }
         }
         msg.template
             .encode_for(version, &headers[..n], &mut self.scratch);

@@ -288,3 +288,47 @@ async fn queue_overflow_reject_publish_errors_the_sender() -> Result<()> {
     ensure!(e.header_str("message") == Some("queue full"));
     Ok(())
 }
+
+#[tokio::test]
+async fn late_subscriber_gets_retained_messages_replayed_first() -> Result<()> {
+    use stomp_broker::retain::RetainPolicy;
+    let b = TestBroker::start().await;
+    let policy = Some(RetainPolicy {
+        last_n: 1,
+        ttl: Duration::from_secs(60),
+    });
+    for (dest, body) in [
+        ("/topic/order.7", "placed"),
+        ("/topic/order.7", "shipped"),
+        ("/topic/order.8", "other"),
+    ] {
+        b.core.publish_retained(
+            dest,
+            Headers::new(),
+            Bytes::from_static(body.as_bytes()),
+            policy,
+        )?;
+    }
+    let mut c = b.ws_client().await;
+    c.subscribe("s", "/topic/order.7", "auto").await?;
+    let m = c.message().await?;
+    ensure!(body(&m) == "shipped", "only the last one is retained");
+    ensure!(m.header_str("replayed") == Some("true"));
+    ensure!(m.header_str("subscription") == Some("s"));
+    c.expect_silence(Duration::from_millis(100)).await?;
+    // Live messages after the replay carry no replay mark.
+    b.core.publish(
+        "/topic/order.7",
+        Headers::new(),
+        Bytes::from_static(b"delivered"),
+    )?;
+    let m = c.message().await?;
+    ensure!(body(&m) == "delivered" && m.header_str("replayed").is_none());
+    // A wildcard subscription replays every matching destination.
+    let mut w = b.tcp_client().await;
+    w.subscribe("w", "/topic/order.*", "auto").await?;
+    let mut got = vec![body(&w.message().await?), body(&w.message().await?)];
+    got.sort();
+    ensure!(got == ["other", "shipped"], "{got:?}");
+    Ok(())
+}

@@ -1,0 +1,247 @@
+//! Retained messages for late subscribers.
+//!
+//! An order result may reach the broker before the browser that waits for it
+//! has subscribed. Messages published with a [`RetainPolicy`] (the Kafka
+//! bridge does, per route) are kept: the last `last_n` per destination, each
+//! for `ttl`. A new subscription to a destination (or a wildcard matching
+//! it) first receives what is retained there, marked `replayed:true`.
+//!
+//! Memory is bounded: at most `max_destinations` destinations are kept; the
+//! least recently updated one is evicted first and counted.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::{atomic::Ordering::Relaxed, Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use crate::{metrics::Metrics, router::pattern_matches, router::Message};
+
+/// How long and how many messages to keep per destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetainPolicy {
+    /// Messages kept per destination (the newest).
+    pub last_n: usize,
+    /// How long each message stays replayable.
+    pub ttl: Duration,
+}
+
+#[derive(Debug)]
+struct Entry {
+    seq: u64,
+    msgs: VecDeque<(Instant, Arc<Message>)>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    map: HashMap<Box<str>, Entry>,
+    /// Destinations by last update, oldest first.
+    order: BTreeMap<u64, Box<str>>,
+    seq: u64,
+}
+
+/// The retained-message store. One per broker.
+#[derive(Debug)]
+pub struct RetainStore {
+    inner: Mutex<Inner>,
+    max_destinations: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl RetainStore {
+    /// An empty store keeping at most `max_destinations` destinations.
+    pub fn new(max_destinations: usize, metrics: Arc<Metrics>) -> Self {
+        RetainStore {
+            inner: Mutex::new(Inner::default()),
+            max_destinations,
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps `msg` for replay under `policy`.
+    pub fn retain(&self, msg: Arc<Message>, policy: RetainPolicy) {
+        if policy.last_n == 0 || policy.ttl.is_zero() || self.max_destinations == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.seq += 1;
+        let seq = inner.seq;
+        let dest: &str = &msg.destination;
+        let old_seq = match inner.map.get_mut(dest) {
+            Some(e) => {
+                let old = e.seq;
+                e.seq = seq;
+                Some(old)
+            }
+            None => None,
+        };
+        if let Some(old) = old_seq {
+            inner.order.remove(&old);
+        } else {
+            inner.map.insert(
+                dest.into(),
+                Entry {
+                    seq,
+                    msgs: VecDeque::new(),
+                },
+            );
+        }
+        inner.order.insert(seq, dest.into());
+        if let Some(e) = inner.map.get_mut(dest) {
+            e.msgs.push_back((now + policy.ttl, msg.clone()));
+            while e.msgs.len() > policy.last_n {
+                e.msgs.pop_front();
+            }
+        }
+        // Evict expired destinations from the old end, then enforce the cap.
+        while let Some((&oldest, name)) = inner.order.first_key_value() {
+            let name = name.clone();
+            let expired = inner
+                .map
+                .get(&name)
+                .is_none_or(|e| e.msgs.back().is_none_or(|(exp, _)| *exp <= now));
+            let over = inner.map.len() > self.max_destinations;
+            if !expired && !over {
+                break;
+            }
+            inner.order.remove(&oldest);
+            inner.map.remove(&name);
+            if over && !expired {
+                self.metrics.retained_evicted.fetch_add(1, Relaxed);
+            }
+        }
+        self.metrics
+            .retained_destinations
+            .store(inner.map.len() as i64, Relaxed);
+    }
+
+    /// Unexpired retained messages for a subscription to `destination`
+    /// (exact, or a `/topic/` wildcard pattern), oldest first.
+    pub fn replay(&self, destination: &str) -> Vec<Arc<Message>> {
+        let now = Instant::now();
+        let inner = self.lock();
+        let live = |e: &Entry| -> Vec<Arc<Message>> {
+            e.msgs
+                .iter()
+                .filter(|(exp, _)| *exp > now)
+                .map(|(_, m)| m.clone())
+                .collect()
+        };
+        let pattern = destination
+            .strip_prefix("/topic/")
+            .filter(|p| p.split('.').any(|s| s == "*" || s == "#"));
+        let out: Vec<Arc<Message>> = match pattern {
+            None => inner.map.get(destination).map(live).unwrap_or_default(),
+            Some(p) => inner
+                .order
+                .values()
+                .filter(|d| {
+                    d.strip_prefix("/topic/")
+                        .is_some_and(|t| pattern_matches(p, t))
+                })
+                .filter_map(|d| inner.map.get(d))
+                .flat_map(live)
+                .collect(),
+        };
+        self.metrics
+            .messages_replayed
+            .fetch_add(out.len() as u64, Relaxed);
+        out
+    }
+
+    /// Destinations currently retained.
+    pub fn len(&self) -> usize {
+        self.lock().map.len()
+    }
+
+    /// Whether nothing is retained.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use stomp_codec::Headers;
+
+    fn msg(dest: &str, body: &'static str) -> Arc<Message> {
+        Arc::new(Message::new(
+            dest,
+            body,
+            Headers::new(),
+            Bytes::from_static(body.as_bytes()),
+        ))
+    }
+
+    fn policy(n: usize) -> RetainPolicy {
+        RetainPolicy {
+            last_n: n,
+            ttl: Duration::from_secs(60),
+        }
+    }
+
+    fn bodies(v: Vec<Arc<Message>>) -> Vec<String> {
+        v.iter()
+            .map(|m| String::from_utf8_lossy(m.template.body()).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn keeps_last_n_per_destination() {
+        let s = RetainStore::new(10, Arc::default());
+        for b in ["a", "b", "c"] {
+            s.retain(msg("/topic/o.1", b), policy(2));
+        }
+        assert_eq!(bodies(s.replay("/topic/o.1")), vec!["b", "c"]);
+        assert!(s.replay("/topic/o.2").is_empty());
+    }
+
+    #[test]
+    fn evicts_least_recently_updated_destination_over_cap() {
+        let metrics = Arc::new(Metrics::default());
+        let s = RetainStore::new(2, metrics.clone());
+        s.retain(msg("/topic/o.1", "1"), policy(1));
+        s.retain(msg("/topic/o.2", "2"), policy(1));
+        s.retain(msg("/topic/o.1", "1b"), policy(1));
+        s.retain(msg("/topic/o.3", "3"), policy(1));
+        assert_eq!(s.len(), 2);
+        assert!(
+            s.replay("/topic/o.2").is_empty(),
+            "o.2 was least recently updated"
+        );
+        assert_eq!(bodies(s.replay("/topic/o.1")), vec!["1b"]);
+        assert_eq!(metrics.retained_evicted.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn expired_messages_are_not_replayed() {
+        let s = RetainStore::new(10, Arc::default());
+        s.retain(
+            msg("/topic/o.1", "old"),
+            RetainPolicy {
+                last_n: 1,
+                ttl: Duration::from_millis(1),
+            },
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(s.replay("/topic/o.1").is_empty());
+    }
+
+    #[test]
+    fn wildcard_subscription_replays_matching_destinations() {
+        let s = RetainStore::new(10, Arc::default());
+        s.retain(msg("/topic/order.1", "1"), policy(1));
+        s.retain(msg("/topic/order.2", "2"), policy(1));
+        s.retain(msg("/topic/other.3", "3"), policy(1));
+        let mut got = bodies(s.replay("/topic/order.*"));
+        got.sort();
+        assert_eq!(got, vec!["1", "2"]);
+    }
+}
