@@ -16,6 +16,8 @@
 #   KAFKA_PORT             force the PLAINTEXT listener port (default: saved port, else a free one)
 #   KAFKA_CONTROLLER_PORT  force the controller port (default: saved port, else a free one)
 #   KAFKA_DIR              state directory (default: <repo>/.kafka)
+#   KAFKA_LIBS             jar directory (default: $KAFKA_DIR/libs); lets a second,
+#                          private instance (own KAFKA_DIR) reuse the fetched jars
 #   KAFKA_HEAP_OPTS        JVM heap (default: -Xms256m -Xmx512m)
 #   KAFKA_START_TIMEOUT    seconds to wait for readiness (default: 90)
 #   KAFKA_MAVEN_REPO       Maven local repository for fetch (default: Maven's, ~/.m2/repository)
@@ -32,7 +34,7 @@ DEPENDENCY_PLUGIN_VERSION="3.8.1"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 KDIR="${KAFKA_DIR:-$ROOT/.kafka}"
-LIBS="$KDIR/libs"
+LIBS="${KAFKA_LIBS:-$KDIR/libs}"
 CONF="$KDIR/config"
 DATA="$KDIR/data"
 LOGS="$KDIR/logs"
@@ -311,7 +313,7 @@ status) cmd_status ;;
 bootstrap) cmd_bootstrap ;;
 reset) cmd_reset ;;
 *)
-    sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

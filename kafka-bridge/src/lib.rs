@@ -292,6 +292,9 @@ impl Bridge {
                 .set("enable.auto.offset.store", "false")
                 .set("auto.offset.reset", config.auto_offset_reset.as_str())
                 .set("enable.partition.eof", "false")
+                // Notice subscribed topics created after start within 10 s
+                // (librdkafka's default is 5 min).
+                .set("topic.metadata.refresh.interval.ms", "10000")
                 .set("statistics.interval.ms", &stats_ms);
             for (k, v) in &config.client {
                 ccfg.set(k, v);
