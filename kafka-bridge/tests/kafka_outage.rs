@@ -1,0 +1,161 @@
+//! Kafka unavailability: the bridge starts while Kafka is down, reports it,
+//! and records flow once Kafka is up; a Kafka restart mid-stream loses nothing.
+//!
+//! Uses a **private** Kafka (own data dir and port, jars shared with the main
+//! instance through `KAFKA_LIBS`) so stopping it does not disturb other tests.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use kafka_bridge::BridgeState;
+
+struct PrivateKafka {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl PrivateKafka {
+    fn script(&self, cmd: &str) {
+        let mut c = Command::new("bash");
+        c.arg(repo_root().join("scripts/kafka.sh"))
+            .arg(cmd)
+            .env("KAFKA_DIR", &self.dir)
+            .env("KAFKA_PORT", self.port.to_string())
+            .env("KAFKA_HEAP_OPTS", "-Xms128m -Xmx384m");
+        let libs = repo_root().join(".kafka/libs");
+        if libs.is_dir() {
+            c.env("KAFKA_LIBS", libs);
+        }
+        let out = c.output().expect("run scripts/kafka.sh");
+        assert!(
+            out.status.success(),
+            "scripts/kafka.sh {cmd} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for PrivateKafka {
+    fn drop(&mut self) {
+        self.script("stop");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_started_while_kafka_is_down_delivers_once_kafka_is_up_and_survives_a_restart() {
+    // The shared instance must exist (its jars are reused); fail clearly if not.
+    let _ = bootstrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let kafka = PrivateKafka {
+        dir: std::env::temp_dir().join(unique("kafka-outage")),
+        port,
+    };
+    let brokers = format!("127.0.0.1:{port}");
+    let topic = unique("outage");
+    let (sink, mut rx) = channel_sink();
+    let mut cfg = config(
+        &brokers,
+        &unique("g"),
+        &[&format!("{topic}=/topic/o.{{key}}")],
+    );
+    cfg.client
+        .insert("reconnect.backoff.max.ms".into(), "1000".into());
+    cfg.client
+        .insert("topic.metadata.refresh.interval.ms".into(), "1000".into());
+
+    let t0 = Instant::now();
+    let bridge = start(cfg, sink);
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "start must not wait for Kafka"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let state = bridge.handle.state();
+    assert!(
+        matches!(state, BridgeState::Connecting | BridgeState::Down(_)),
+        "{state:?}"
+    );
+
+    kafka.script("start");
+    create_topic(&brokers, &topic, 1).await;
+    let p = producer(&brokers);
+    for i in 0..5 {
+        let k = format!("a{i}");
+        produce(
+            &p,
+            &topic,
+            Rec {
+                partition: Some(0),
+                key: Some(&k),
+                headers: vec![],
+                value: b"1",
+            },
+        )
+        .await;
+    }
+    let first = recv_n(&mut rx, 5, Duration::from_secs(90)).await;
+    assert_eq!(first[0].destination, "/topic/o.a0");
+    let h = bridge.handle.clone();
+    wait_for("state Up", Duration::from_secs(30), move || {
+        h.state() == BridgeState::Up
+    })
+    .await;
+
+    // Mid-stream: stop Kafka, queue records in the producer, bring Kafka back.
+    kafka.script("stop");
+    let h = bridge.handle.clone();
+    wait_for("state Down", Duration::from_secs(30), move || {
+        matches!(h.state(), BridgeState::Down(_))
+    })
+    .await;
+    let producing = tokio::spawn(async move {
+        for i in 0..5 {
+            let k = format!("b{i}");
+            produce(
+                &p,
+                &topic,
+                Rec {
+                    partition: Some(0),
+                    key: Some(&k),
+                    headers: vec![],
+                    value: b"2",
+                },
+            )
+            .await;
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    kafka.script("start");
+    producing.await.unwrap();
+    let second = recv_n(&mut rx, 5, Duration::from_secs(90)).await;
+    let keys: Vec<&str> = second.iter().map(|m| m.destination.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "/topic/o.b0",
+            "/topic/o.b1",
+            "/topic/o.b2",
+            "/topic/o.b3",
+            "/topic/o.b4"
+        ]
+    );
+    assert_quiet(&mut rx, Duration::from_millis(500)).await;
+    let h = bridge.handle.clone();
+    wait_for("state Up again", Duration::from_secs(60), move || {
+        h.state() == BridgeState::Up
+    })
+    .await;
+    bridge.stop().await;
+    drop(kafka);
+}
