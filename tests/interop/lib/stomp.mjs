@@ -111,6 +111,7 @@ export async function connectStomp(url, opts = {}) {
     debug: VERBOSE ? (s) => process.stderr.write(`[stompjs ${opts.name ?? ''}] ${s}\n`) : () => {},
   });
   if (opts.stompVersions) client.stompVersions = opts.stompVersions;
+  if (opts.heartbeatToleranceMultiplier) client.heartbeatToleranceMultiplier = opts.heartbeatToleranceMultiplier;
   const first = new Promise((resolve, reject) => {
     client.onConnect = (frame) => {
       state.connects += 1;

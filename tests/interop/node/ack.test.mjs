@@ -81,6 +81,10 @@ test('ack:client-individual acks one message; NACK redelivers to another consume
   const sb = await subscribeWithReceipt(b.client, q, { ack: 'client-individual' });
   const m2id = got[1].headers['message-id'];
   await ackWithReceipt(a, got[1], 'nack');
+  const { waitFor } = await import('../lib/stomp.mjs');
+  await waitFor(() => sb.inbox.length >= 1 || sa.inbox.length > 3, { what: 'the NACKed m2 to be redelivered (to a or b)' });
+  assert.equal(sa.inbox.length, 3,
+    `NACKed m2 must go to the other consumer b, but was redelivered to the NACKing consumer a: ${JSON.stringify(sa.inbox.items.slice(3).map((m) => m.headers))}`);
   const [r] = await sb.inbox.waitCount(1);
   assert.equal(r.body, 'm2', 'NACKed message redelivered to the other consumer');
   assert.equal(r.headers.redelivered, 'true', `redelivered header: ${JSON.stringify(r.headers)}`);

@@ -218,6 +218,12 @@ def test_client_individual_ack_and_nack(clients, version):
     b = clients(version)
     b.subscribe(q, "sb", ack="client-individual")
     a.ack(msgs[1], "sa", nack=True)  # NACK m2 → to b
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline and not b.rec.messages and len(a.rec.messages) <= 3:
+        time.sleep(0.01)
+    assert len(a.rec.messages) == 3, (
+        "NACKed m2 must go to the other consumer b, but was redelivered to the NACKing consumer a: "
+        f"{[m.headers for m in a.rec.messages[3:]]}")
     [r] = b.rec.wait_messages(1, q)
     assert r.body == "m2"
     assert r.headers.get("redelivered") == "true", r.headers
