@@ -159,3 +159,28 @@ async fn bridge_started_while_kafka_is_down_delivers_once_kafka_is_up_and_surviv
     bridge.stop().await;
     drop(kafka);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_while_kafka_is_unreachable_completes_promptly() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (sink, _rx) = channel_sink();
+    let cfg = config(
+        &format!("127.0.0.1:{port}"),
+        &unique("g"),
+        &["nowhere=/topic/n"],
+    );
+    let bridge = start(cfg, sink);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_ne!(bridge.handle.state(), BridgeState::Up);
+    let t0 = Instant::now();
+    bridge.shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(15), bridge.handle.closed())
+        .await
+        .expect("closed within 15 s with Kafka down");
+    assert_eq!(bridge.handle.state(), BridgeState::Down("stopped".into()));
+    eprintln!("shutdown with Kafka down took {:?}", t0.elapsed());
+}
