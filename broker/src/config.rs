@@ -6,10 +6,12 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+
+use crate::{acl::AclRule, auth::AuthConfig};
 
 /// The whole broker configuration.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Listeners.
@@ -22,6 +24,14 @@ pub struct Config {
     pub queues: QueueConfig,
     /// Retained messages for late subscribers.
     pub retain: RetainConfig,
+    /// Authentication.
+    pub auth: AuthConfig,
+    /// Authorization rules, first match wins (`[[acl]]`).
+    pub acl: Vec<AclRule>,
+    /// TLS certificate and key for the `stomp_tls` and `https` listeners.
+    pub tls: TlsConfig,
+    /// The Kafka bridge (`[kafka]`); off unless `brokers` is set.
+    pub kafka: Option<kafka_bridge::BridgeConfig>,
     /// What to do with a subscriber whose outbound queue is full.
     pub slow_consumer: SlowConsumerPolicy,
     /// How long graceful shutdown may take before connections are cut, ms.
@@ -31,7 +41,7 @@ pub struct Config {
 }
 
 /// Listener addresses. An empty string disables a listener.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ListenConfig {
     /// STOMP over TCP (RabbitMQ's port 61613).
@@ -40,12 +50,30 @@ pub struct ListenConfig {
     pub http: String,
     /// Path of the STOMP WebSocket endpoint.
     pub ws_path: String,
-    /// After binding, write `{"stomp": addr, "http": addr}` as JSON here.
+    /// STOMP over TLS; empty disables (needs `[tls]`).
+    pub stomp_tls: String,
+    /// HTTPS/WSS listener; empty disables (needs `[tls]`).
+    pub https: String,
+    /// WebSocket `Origin`s allowed to connect. `"*"` allows any; an entry
+    /// ending in `:*` allows any port. Requests without `Origin`
+    /// (non-browser clients) are always allowed.
+    pub allowed_origins: Vec<String>,
+    /// After binding, write `{"stomp": addr, "http": addr, …}` as JSON here.
     pub port_file: Option<PathBuf>,
 }
 
+/// TLS settings (rustls).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key.
+    pub key_file: Option<PathBuf>,
+}
+
 /// Input and resource limits.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Largest STOMP frame in bytes (headers and body).
@@ -72,10 +100,15 @@ pub struct LimitsConfig {
     pub max_transactions_per_connection: usize,
     /// SENDs and ACKs one transaction may hold.
     pub max_frames_per_transaction: usize,
+    /// Frames per second one connection may send (token bucket, burst of
+    /// one second); 0 disables.
+    pub max_frames_per_second: u32,
+    /// Connections open at once from one IP address; 0 disables.
+    pub max_connections_per_address: usize,
 }
 
 /// Heart-beat settings.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HeartbeatConfig {
     /// The server's offer `sx,sy` in ms: how often it can send, how often it
@@ -88,7 +121,7 @@ pub struct HeartbeatConfig {
 }
 
 /// Queue settings.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueueConfig {
     /// Messages a queue keeps while no consumer can take them.
@@ -101,7 +134,7 @@ pub struct QueueConfig {
 
 /// Retained-message store settings (per-destination counts and TTLs are
 /// set per Kafka route).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetainConfig {
     /// Most destinations with retained messages; the least recently updated
@@ -118,7 +151,7 @@ impl Default for RetainConfig {
 }
 
 /// Queue overflow policy.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum QueueOverflow {
     /// Drop the oldest buffered message to make room.
@@ -130,7 +163,7 @@ pub enum QueueOverflow {
 }
 
 /// Slow-consumer policy.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum SlowConsumerPolicy {
     /// Send ERROR `slow consumer` and close the connection.
@@ -140,7 +173,7 @@ pub enum SlowConsumerPolicy {
 }
 
 /// Log settings.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// `human` or `json`.
@@ -150,7 +183,7 @@ pub struct LogConfig {
 }
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -167,6 +200,10 @@ impl Default for Config {
             heartbeat: HeartbeatConfig::default(),
             queues: QueueConfig::default(),
             retain: RetainConfig::default(),
+            auth: AuthConfig::default(),
+            acl: Vec::new(),
+            tls: TlsConfig::default(),
+            kafka: None,
             slow_consumer: SlowConsumerPolicy::Disconnect,
             shutdown_timeout_ms: 5_000,
             log: LogConfig::default(),
@@ -180,6 +217,18 @@ impl Default for ListenConfig {
             stomp: "127.0.0.1:61613".into(),
             http: "127.0.0.1:15674".into(),
             ws_path: "/ws".into(),
+            stomp_tls: String::new(),
+            https: String::new(),
+            allowed_origins: [
+                "http://localhost:*",
+                "https://localhost:*",
+                "http://127.0.0.1:*",
+                "https://127.0.0.1:*",
+                "http://[::1]:*",
+                "https://[::1]:*",
+            ]
+            .map(String::from)
+            .to_vec(),
             port_file: None,
         }
     }
@@ -199,6 +248,8 @@ impl Default for LimitsConfig {
             max_unacked_per_subscription: 1_000,
             max_transactions_per_connection: 16,
             max_frames_per_transaction: 1_000,
+            max_frames_per_second: 100_000,
+            max_connections_per_address: 10_000,
         }
     }
 }
@@ -250,11 +301,20 @@ impl Config {
     /// Checks values that serde cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.server_heart_beat()?;
-        for addr in [&self.listen.stomp, &self.listen.http] {
+        for addr in [
+            &self.listen.stomp,
+            &self.listen.http,
+            &self.listen.stomp_tls,
+            &self.listen.https,
+        ] {
             if !addr.is_empty() {
                 addr.parse::<SocketAddr>()
                     .map_err(|e| anyhow::anyhow!("listen address {addr:?}: {e}"))?;
             }
+        }
+        let tls_listener = !self.listen.stomp_tls.is_empty() || !self.listen.https.is_empty();
+        if tls_listener && (self.tls.cert_file.is_none() || self.tls.key_file.is_none()) {
+            anyhow::bail!("listen.stomp_tls / listen.https need tls.cert_file and tls.key_file");
         }
         if !self.listen.ws_path.starts_with('/') {
             anyhow::bail!("listen.ws_path must start with '/'");
@@ -352,6 +412,31 @@ pub struct Args {
     /// Graceful shutdown time limit in ms [default: 5000].
     #[arg(long, env = "STOMP_BROKER_SHUTDOWN_TIMEOUT_MS")]
     pub shutdown_timeout_ms: Option<u64>,
+    /// Kafka bootstrap servers; enables the Kafka bridge.
+    #[arg(long, env = "STOMP_BROKER_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Kafka consumer group id [default: stomp-broker-<hostname>].
+    #[arg(long, env = "STOMP_BROKER_KAFKA_GROUP_ID")]
+    pub kafka_group_id: Option<String>,
+    /// A Kafka route `topic[,topic…]=/destination/template`, e.g.
+    /// `order-results=/topic/order.{key}`; repeatable.
+    #[arg(long = "route", env = "STOMP_BROKER_ROUTES", value_delimiter = ';')]
+    pub routes: Vec<kafka_bridge::RouteConfig>,
+    /// STOMP over TLS listen address (needs --tls-cert/--tls-key).
+    #[arg(long, env = "STOMP_BROKER_STOMP_TLS_LISTEN")]
+    pub stomp_tls_listen: Option<String>,
+    /// HTTPS/WSS listen address (needs --tls-cert/--tls-key).
+    #[arg(long, env = "STOMP_BROKER_HTTPS_LISTEN")]
+    pub https_listen: Option<String>,
+    /// TLS certificate chain (PEM).
+    #[arg(long, env = "STOMP_BROKER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "STOMP_BROKER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Print an argon2 hash of the password read from stdin (for the users file) and exit.
+    #[arg(long)]
+    pub hash_password: bool,
     /// Log format [default: human].
     #[arg(long, env = "STOMP_BROKER_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -395,6 +480,27 @@ impl Args {
         set!(self.queue_max_messages => cfg.queues.max_messages);
         set!(self.queue_overflow => cfg.queues.overflow);
         set!(self.shutdown_timeout_ms => cfg.shutdown_timeout_ms);
+        set!(self.stomp_tls_listen => cfg.listen.stomp_tls);
+        set!(self.https_listen => cfg.listen.https);
+        if self.tls_cert.is_some() {
+            cfg.tls.cert_file = self.tls_cert;
+        }
+        if self.tls_key.is_some() {
+            cfg.tls.key_file = self.tls_key;
+        }
+        if self.kafka_brokers.is_some() || self.kafka_group_id.is_some() || !self.routes.is_empty()
+        {
+            let kafka = cfg
+                .kafka
+                .get_or_insert_with(kafka_bridge::BridgeConfig::default);
+            if let Some(b) = self.kafka_brokers {
+                kafka.brokers = b;
+            }
+            if self.kafka_group_id.is_some() {
+                kafka.group_id = self.kafka_group_id;
+            }
+            kafka.routes.extend(self.routes);
+        }
         set!(self.log_format => cfg.log.format);
         set!(self.log_level => cfg.log.level);
         cfg.validate()?;

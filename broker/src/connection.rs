@@ -4,13 +4,13 @@
 use std::{net::SocketAddr, sync::atomic::Ordering::Relaxed, sync::Arc, time::Duration};
 
 use bytes::BytesMut;
-use stomp_codec::{Decoded, Decoder};
+use stomp_codec::{Decoded, Decoder, Frame};
 use tokio::time::{sleep_until, Instant};
 use tracing::Instrument;
 
 use crate::{
     conn::Outbound,
-    core::BrokerCore,
+    core::{AdmitGuard, BrokerCore},
     session::{Flow, Session, StompError},
     transport::{CloseKind, Transport},
 };
@@ -23,7 +23,31 @@ enum Event {
     Out(Option<Outbound>),
     ReadTimeout,
     HeartBeat,
+    TokenExpired,
     Shutdown,
+}
+
+/// Where one can end up after feeding input to the session.
+enum Step {
+    /// Everything buffered was consumed.
+    Idle,
+    /// A CONNECT must be authenticated before anything else is read.
+    Authenticate(Frame),
+    /// The connection ends.
+    End(End),
+}
+
+/// Per-connection facts from the transport layer.
+#[derive(Debug)]
+pub struct ConnInfo {
+    /// The peer address.
+    pub peer: SocketAddr,
+    /// `"tcp"`, `"ws"`, `"tls"`, `"wss"`.
+    pub transport: &'static str,
+    /// A token from the WebSocket URL, if any.
+    pub url_token: Option<String>,
+    /// The connection's admission slot, released when the connection ends.
+    pub admission: AdmitGuard,
 }
 
 enum End {
@@ -36,14 +60,15 @@ enum End {
 }
 
 /// Serves one client connection until it ends.
-pub async fn serve<T: Transport>(
-    core: Arc<BrokerCore>,
-    transport: T,
-    peer: SocketAddr,
-    kind: &'static str,
-) {
+pub async fn serve<T: Transport>(core: Arc<BrokerCore>, transport: T, info: ConnInfo) {
     let (conn, rx) = core.new_conn();
-    let span = tracing::info_span!("conn", session = conn.id, %peer, transport = kind, login = tracing::field::Empty);
+    let span = tracing::info_span!(
+        "conn",
+        session = conn.id,
+        peer = %info.peer,
+        transport = info.transport,
+        login = tracing::field::Empty
+    );
     core.metrics.connections.fetch_add(1, Relaxed);
     core.metrics.connections_total.fetch_add(1, Relaxed);
     run(
@@ -51,10 +76,12 @@ pub async fn serve<T: Transport>(
         transport,
         Session::new(core.clone(), conn),
         rx,
+        &info,
     )
     .instrument(span)
     .await;
     core.metrics.connections.fetch_sub(1, Relaxed);
+    drop(info);
 }
 
 async fn run<T: Transport>(
@@ -62,6 +89,7 @@ async fn run<T: Transport>(
     mut transport: T,
     mut session: Session,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Outbound>,
+    info: &ConnInfo,
 ) {
     let mut decoder = Decoder::new(core.limits);
     let mut rbuf = BytesMut::new();
@@ -80,6 +108,12 @@ async fn run<T: Transport>(
             (Some(_), None) => None,
         };
         let write_deadline = hb.send.map(|every| last_write + every);
+        let expiry = session.expires_at().map(|at| {
+            let left = at
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            Instant::now() + left
+        });
         let event = tokio::select! {
             biased;
             _ = core.shutdown.cancelled() => Event::Shutdown,
@@ -87,6 +121,7 @@ async fn run<T: Transport>(
             r = transport.read(&mut rbuf) => Event::Read(r),
             _ = sleep_until(read_deadline.unwrap_or(last_read)), if read_deadline.is_some() => Event::ReadTimeout,
             _ = sleep_until(write_deadline.unwrap_or(last_write)), if write_deadline.is_some() => Event::HeartBeat,
+            _ = sleep_until(expiry.unwrap_or(last_write)), if expiry.is_some() => Event::TokenExpired,
         };
         let mut ended = None;
         match event {
@@ -108,7 +143,23 @@ async fn run<T: Transport>(
             Event::Read(Ok(n)) => {
                 core.metrics.bytes_in.fetch_add(n as u64, Relaxed);
                 last_read = Instant::now();
-                ended = process_input(&mut decoder, &mut rbuf, &mut session);
+                ended = loop {
+                    match process_input(&mut decoder, &mut rbuf, &mut session) {
+                        Step::Idle => break None,
+                        Step::End(end) => break Some(end),
+                        Step::Authenticate(frame) => {
+                            let result = authenticate(&core, &frame, info).await;
+                            match session.on_connect(frame, result) {
+                                Ok(_) => {
+                                    if let Some(v) = session.version() {
+                                        decoder.set_version(v);
+                                    }
+                                }
+                                Err(e) => break Some(End::Error(e, CloseKind::ProtocolError)),
+                            }
+                        }
+                    }
+                };
                 if rbuf.is_empty() && rbuf.capacity() > 64 * 1024 {
                     rbuf = BytesMut::new();
                 }
@@ -144,6 +195,16 @@ async fn run<T: Transport>(
                 ));
             }
             Event::HeartBeat => session.push_heartbeat(),
+            Event::TokenExpired => {
+                ended = Some(End::Error(
+                    StompError::new(
+                        "token_expired",
+                        "token expired",
+                        "The session's token has expired; reconnect with a fresh one.",
+                    ),
+                    CloseKind::Normal,
+                ));
+            }
         }
         if let Some(v) = session.version() {
             decoder.set_version(v);
@@ -223,28 +284,65 @@ async fn run<T: Transport>(
         }
     }
     if !unsent.is_empty() {
-        core.router.requeue(unsent);
+        core.router.requeue(unsent, None);
     }
     tracing::debug!("connection closed");
 }
 
-fn process_input(decoder: &mut Decoder, rbuf: &mut BytesMut, session: &mut Session) -> Option<End> {
+fn process_input(decoder: &mut Decoder, rbuf: &mut BytesMut, session: &mut Session) -> Step {
     loop {
         match decoder.decode(rbuf) {
-            Ok(None) => return None,
+            Ok(None) => return Step::Idle,
             Ok(Some(Decoded::HeartBeat)) => {}
+            Ok(Some(Decoded::Frame(frame))) if session.needs_authentication(&frame) => {
+                return Step::Authenticate(frame);
+            }
             Ok(Some(Decoded::Frame(frame))) => match session.on_frame(frame) {
-                Ok(Flow::Continue) => {
-                    if let Some(v) = session.version() {
-                        decoder.set_version(v);
-                    }
-                }
-                Ok(Flow::Close) => return Some(End::Close),
-                Err(e) => return Some(End::Error(e, CloseKind::ProtocolError)),
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Close) => return Step::End(End::Close),
+                Err(e) => return Step::End(End::Error(e, CloseKind::ProtocolError)),
             },
-            Err(e) => return Some(End::Error(e.into(), CloseKind::ProtocolError)),
+            Err(e) => {
+                let mut err = StompError::from(e);
+                err.receipt_id = receipt_in_raw(rbuf);
+                return Step::End(End::Error(err, CloseKind::ProtocolError));
+            }
         }
     }
+}
+
+/// Best effort: the `receipt` header of a frame the decoder rejected (an
+/// unknown command, say), so its ERROR can carry `receipt-id`. Looks only
+/// at the first few KiB of the header section.
+fn receipt_in_raw(buf: &[u8]) -> Option<String> {
+    let head = &buf[..buf.len().min(8 * 1024)];
+    head.split(|&b| b == b'\n')
+        .skip(1)
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .take_while(|l| !l.is_empty())
+        .find_map(|l| l.strip_prefix(b"receipt:"))
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .filter(|v| !v.is_empty() && !v.contains('\0'))
+        .map(str::to_owned)
+}
+
+/// Checks a CONNECT's credentials (password hashing runs off the async
+/// workers).
+async fn authenticate(
+    core: &Arc<BrokerCore>,
+    frame: &Frame,
+    info: &ConnInfo,
+) -> Result<crate::auth::Identity, crate::auth::AuthError> {
+    let text = |name: &str| frame.header_str(name).map(str::to_owned);
+    core.auth
+        .authenticate_async(
+            info.peer.ip(),
+            text("login"),
+            text("passcode"),
+            text("Authorization").or_else(|| text("authorization")),
+            info.url_token.clone(),
+        )
+        .await
 }
 
 /// Longest a single batched write may take before the peer is considered dead.

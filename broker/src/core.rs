@@ -2,19 +2,23 @@
 //! shutdown signal, and the in-process client API.
 
 use std::{
+    net::IpAddr,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
-        Arc,
+        Arc, OnceLock,
     },
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use bytes::Bytes;
+use dashmap::DashMap;
 use stomp_codec::{AckMode, Headers, Limits};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    acl::Acl,
+    auth::Authenticator,
     config::Config,
     conn::{ConnShared, Outbound},
     metrics::Metrics,
@@ -41,6 +45,12 @@ pub struct BrokerCore {
     pub shutdown: CancellationToken,
     /// Set once shutdown has begun (for `/readyz`).
     pub draining: AtomicBool,
+    /// Credential checks.
+    pub auth: Arc<Authenticator>,
+    /// Authorization rules.
+    pub acl: Acl,
+    bridge: OnceLock<kafka_bridge::BridgeHandle>,
+    per_address: DashMap<IpAddr, usize>,
     next_conn: AtomicU64,
     next_msg: AtomicU64,
     node: String,
@@ -63,11 +73,49 @@ impl BrokerCore {
             metrics,
             shutdown,
             draining: AtomicBool::new(false),
+            auth: Arc::new(Authenticator::from_config(&config.auth)?),
+            acl: Acl::new(config.acl.clone()),
+            bridge: OnceLock::new(),
+            per_address: DashMap::new(),
             next_conn: AtomicU64::new(1),
             next_msg: AtomicU64::new(1),
             node: format!("{started:x}"),
             config,
         }))
+    }
+
+    /// The Kafka bridge, when configured.
+    pub fn bridge(&self) -> Option<&kafka_bridge::BridgeHandle> {
+        self.bridge.get()
+    }
+
+    /// Installs the Kafka bridge (once, at start).
+    pub fn set_bridge(&self, bridge: kafka_bridge::BridgeHandle) {
+        let _ = self.bridge.set(bridge);
+    }
+
+    /// Admits a new connection from `peer` if the total and per-address
+    /// limits allow; the guard releases the slot when dropped.
+    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<AdmitGuard, &'static str> {
+        if self.draining.load(Relaxed) {
+            return Err("server shutting down");
+        }
+        if self.metrics.connections.load(Relaxed) >= self.config.limits.max_connections as i64 {
+            self.metrics.connections_rejected.fetch_add(1, Relaxed);
+            return Err("too many connections");
+        }
+        let per = self.config.limits.max_connections_per_address;
+        let mut n = self.per_address.entry(peer).or_insert(0);
+        if per > 0 && *n >= per {
+            drop(n);
+            self.metrics.connections_rejected.fetch_add(1, Relaxed);
+            return Err("too many connections from this address");
+        }
+        *n += 1;
+        Ok(AdmitGuard {
+            core: self.clone(),
+            peer,
+        })
     }
 
     /// A new connection handle and the receiver its task drains.
@@ -175,5 +223,27 @@ impl LocalSubscription {
 impl Drop for LocalSubscription {
     fn drop(&mut self) {
         self.core.router.unsubscribe(&self.handle);
+    }
+}
+
+/// Holds one connection slot of a peer address (see [`BrokerCore::admit`]).
+#[derive(Debug)]
+pub struct AdmitGuard {
+    core: Arc<BrokerCore>,
+    peer: IpAddr,
+}
+
+impl Drop for AdmitGuard {
+    fn drop(&mut self) {
+        let gone = match self.core.per_address.get_mut(&self.peer) {
+            Some(mut n) => {
+                *n = n.saturating_sub(1);
+                *n == 0
+            }
+            None => false,
+        };
+        if gone {
+            self.core.per_address.remove_if(&self.peer, |_, n| *n == 0);
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! The HTTP listener: the STOMP WebSocket endpoint (`/ws` by default),
-//! `/metrics`, `/healthz`, `/readyz`.
+//! `/metrics`, `/healthz`, `/readyz`. Serves plain TCP and TLS alike.
 
 use std::{convert::Infallible, net::SocketAddr, sync::atomic::Ordering::Relaxed, sync::Arc};
 
@@ -11,14 +11,18 @@ use hyper::{
     Request, Response, StatusCode,
 };
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::{
     tungstenite::{handshake::derive_accept_key, protocol::Role, protocol::WebSocketConfig},
     WebSocketStream,
 };
 use tokio_util::task::TaskTracker;
 
-use crate::{connection, core::BrokerCore, transport::WsTransport};
+use crate::{
+    connection::{self, ConnInfo},
+    core::BrokerCore,
+    transport::WsTransport,
+};
 
 /// STOMP WebSocket subprotocols, best first.
 const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
@@ -41,18 +45,20 @@ pub fn ws_config(core: &BrokerCore) -> WebSocketConfig {
         .max_frame_size(Some(max))
 }
 
-/// Serves one accepted HTTP connection (with upgrades).
-pub async fn serve_http(
+/// Serves one accepted HTTP connection (with upgrades), plain or TLS.
+pub async fn serve_http<S>(
     core: Arc<BrokerCore>,
-    stream: TcpStream,
+    stream: S,
     peer: SocketAddr,
     tracker: TaskTracker,
-) {
-    let _ = stream.set_nodelay(true);
+    transport: &'static str,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let svc = hyper::service::service_fn(move |req| {
         let core = core.clone();
         let tracker = tracker.clone();
-        async move { Ok::<_, Infallible>(route(core, req, peer, tracker)) }
+        async move { Ok::<_, Infallible>(route(core, req, peer, tracker, transport)) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .max_buf_size(64 * 1024)
@@ -78,15 +84,19 @@ fn route(
     req: Request<Incoming>,
     peer: SocketAddr,
     tracker: TaskTracker,
+    transport: &'static str,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if path == core.config.listen.ws_path {
-        return upgrade(core, req, peer, tracker);
+        return upgrade(core, req, peer, tracker, transport);
     }
     match path {
         "/metrics" => {
             let mut out = String::with_capacity(4096);
             core.metrics.render(&mut out);
+            if let Some(bridge) = core.bridge() {
+                bridge.metrics().write_prometheus(&mut out);
+            }
             let mut r = text(StatusCode::OK, out);
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -97,9 +107,14 @@ fn route(
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
             if core.draining.load(Relaxed) {
-                text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
-            } else {
-                text(StatusCode::OK, "ready\n")
+                return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+            }
+            match core.bridge().map(|b| b.state()) {
+                None | Some(kafka_bridge::BridgeState::Up) => text(StatusCode::OK, "ready\n"),
+                Some(state) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("kafka bridge not ready: {state:?}\n"),
+                ),
             }
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -122,11 +137,50 @@ pub fn choose_subprotocol<'a>(offered: impl Iterator<Item = &'a str>) -> Option<
         .find(|p| offered.iter().any(|o| o.eq_ignore_ascii_case(p)))
 }
 
+/// Whether a browser `Origin` may open a WebSocket (cross-site WebSocket
+/// hijacking protection). Entries: `*`, an exact origin, or one ending in
+/// `:*` for any port.
+pub fn origin_allowed(allowed: &[String], origin: &str) -> bool {
+    let origin = origin.to_ascii_lowercase();
+    allowed.iter().any(|a| {
+        let a = a.to_ascii_lowercase();
+        if a == "*" || a == origin {
+            return true;
+        }
+        match a.strip_suffix(":*") {
+            Some(base) => {
+                origin == base
+                    || origin
+                        .strip_prefix(base)
+                        .and_then(|rest| rest.strip_prefix(':'))
+                        .is_some_and(|port| {
+                            !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
+                        })
+            }
+            None => false,
+        }
+    })
+}
+
+/// A token from the URL query (`?access_token=…`), undoing the percent
+/// escapes a JWT may need.
+fn url_token(req: &Request<Incoming>, param: &str) -> Option<String> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == param && !v.is_empty()).then(|| {
+            v.replace("%2B", "+")
+                .replace("%2F", "/")
+                .replace("%3D", "=")
+        })
+    })
+}
+
 fn upgrade(
     core: Arc<BrokerCore>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
     tracker: TaskTracker,
+    transport: &'static str,
 ) -> Response<Full<Bytes>> {
     let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
     let is_upgrade = header_has_token(&req, header::CONNECTION, "upgrade")
@@ -150,13 +204,21 @@ fn upgrade(
         );
         return r;
     }
-    if core.draining.load(Relaxed) {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let ok = origin
+            .to_str()
+            .is_ok_and(|o| origin_allowed(&core.config.listen.allowed_origins, o));
+        if !ok {
+            core.metrics.error("origin");
+            tracing::info!(%peer, origin = ?origin, "WebSocket origin rejected");
+            return text(StatusCode::FORBIDDEN, "origin not allowed\n");
+        }
     }
-    if core.metrics.connections.load(Relaxed) >= core.config.limits.max_connections as i64 {
-        core.metrics.connections_rejected.fetch_add(1, Relaxed);
-        return text(StatusCode::SERVICE_UNAVAILABLE, "too many connections\n");
-    }
+    let admission = match core.admit(peer.ip()) {
+        Ok(g) => g,
+        Err(reason) => return text(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
+    };
+    let token = url_token(&req, core.auth.url_token_param());
     let protocol = choose_subprotocol(
         req.headers()
             .get_all(header::SEC_WEBSOCKET_PROTOCOL)
@@ -175,7 +237,13 @@ fn upgrade(
                     Some(config),
                 )
                 .await;
-                connection::serve(core, WsTransport::new(ws), peer, "ws").await;
+                let info = ConnInfo {
+                    peer,
+                    transport,
+                    url_token: token,
+                    admission,
+                };
+                connection::serve(core, WsTransport::new(ws), info).await;
             }
             Err(e) => tracing::debug!(%peer, error = %e, "websocket upgrade failed"),
         }
@@ -197,6 +265,22 @@ fn upgrade(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origins_match_exactly_or_with_any_port() {
+        let allowed = vec![
+            "http://localhost:*".to_owned(),
+            "https://app.example.com".to_owned(),
+        ];
+        assert!(origin_allowed(&allowed, "http://localhost:3000"));
+        assert!(origin_allowed(&allowed, "http://localhost"));
+        assert!(origin_allowed(&allowed, "https://APP.example.com"));
+        assert!(!origin_allowed(&allowed, "http://localhost.evil.com"));
+        assert!(!origin_allowed(&allowed, "http://localhost:80@evil"));
+        assert!(!origin_allowed(&allowed, "https://evil.example.com"));
+        assert!(!origin_allowed(&allowed, "null"));
+        assert!(origin_allowed(&["*".to_owned()], "https://anything"));
+    }
 
     #[test]
     fn best_subprotocol_wins() {

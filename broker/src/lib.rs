@@ -9,6 +9,8 @@
 //! * [`Broker`] — binds the listeners and runs until shutdown.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod acl;
+pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod connection;
@@ -18,84 +20,148 @@ pub mod metrics;
 pub mod retain;
 pub mod router;
 pub mod session;
+pub mod tls;
 pub mod transport;
 
 use std::{net::SocketAddr, sync::atomic::Ordering::Relaxed, sync::Arc, time::Duration};
 
 use tokio::{
-    io::AsyncWriteExt,
-    net::{TcpListener, TcpStream},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
+    net::TcpListener,
 };
+use tokio_rustls::TlsAcceptor;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::transport::StreamTransport;
 pub use crate::{config::Config, core::BrokerCore};
+use crate::{connection::ConnInfo, transport::StreamTransport};
+
+/// How long a TLS handshake may take.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A bound, running broker.
 #[derive(Debug)]
 pub struct Broker {
     core: Arc<BrokerCore>,
     tracker: TaskTracker,
-    stomp_addr: Option<SocketAddr>,
-    http_addr: Option<SocketAddr>,
+    addrs: Addrs,
+}
+
+/// The addresses the broker's listeners are bound to.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Addrs {
+    /// STOMP over TCP.
+    pub stomp: Option<SocketAddr>,
+    /// HTTP and WebSocket.
+    pub http: Option<SocketAddr>,
+    /// STOMP over TLS.
+    pub stomp_tls: Option<SocketAddr>,
+    /// HTTPS and secure WebSocket.
+    pub https: Option<SocketAddr>,
+}
+
+#[derive(Clone, Copy)]
+enum Listener {
+    Stomp,
+    Http,
+    StompTls,
+    Https,
+}
+
+/// Delivers Kafka records into the router (the bridge's sink).
+struct CoreSink(std::sync::Weak<BrokerCore>);
+
+impl kafka_bridge::Sink for CoreSink {
+    fn publish(&self, msg: kafka_bridge::BridgeMessage) -> Result<(), kafka_bridge::SinkFull> {
+        let Some(core) = self.0.upgrade() else {
+            return Err(kafka_bridge::SinkFull);
+        };
+        // Fan-out is synchronous into byte-bounded per-connection queues, so
+        // the only time the broker cannot take a record is while shutting
+        // down: then the bridge keeps the offset uncommitted.
+        if core.draining.load(Relaxed) {
+            return Err(kafka_bridge::SinkFull);
+        }
+        let mut headers = stomp_codec::Headers::with_capacity(msg.headers.len());
+        for (n, v) in msg.headers {
+            headers.push(n, v);
+        }
+        let retain = msg.retain.map(|r| retain::RetainPolicy {
+            last_n: r.last_n,
+            ttl: r.ttl,
+        });
+        if let Err(e) = core.publish_retained(&msg.destination, headers, msg.body, retain) {
+            core.metrics.messages_dropped.fetch_add(1, Relaxed);
+            tracing::warn!(destination = %msg.destination, error = %e, "bridge message not routable");
+        }
+        Ok(())
+    }
 }
 
 impl Broker {
-    /// Binds the configured listeners and starts serving. Shuts down when
-    /// `shutdown` is cancelled; then [`Broker::wait`] drains.
+    /// Binds the configured listeners and starts serving (and the Kafka
+    /// bridge, when configured). Shuts down when `shutdown` is cancelled;
+    /// then [`Broker::wait`] drains.
     pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Broker> {
         let core = BrokerCore::new(config, shutdown)?;
         let tracker = TaskTracker::new();
-        let mut stomp_addr = None;
-        let mut http_addr = None;
-        if !core.config.listen.stomp.is_empty() {
-            let l = TcpListener::bind(&core.config.listen.stomp)
+        let listen = core.config.listen.clone();
+        let tls = if listen.stomp_tls.is_empty() && listen.https.is_empty() {
+            None
+        } else {
+            Some(tls::acceptor(&core.config.tls)?)
+        };
+        let mut addrs = Addrs::default();
+        for (addr, kind, slot) in [
+            (&listen.stomp, Listener::Stomp, &mut addrs.stomp),
+            (&listen.http, Listener::Http, &mut addrs.http),
+            (&listen.stomp_tls, Listener::StompTls, &mut addrs.stomp_tls),
+            (&listen.https, Listener::Https, &mut addrs.https),
+        ] {
+            if addr.is_empty() {
+                continue;
+            }
+            let l = TcpListener::bind(addr)
                 .await
-                .map_err(|e| {
-                    anyhow::anyhow!("binding STOMP listener {}: {e}", core.config.listen.stomp)
-                })?;
-            stomp_addr = Some(l.local_addr()?);
+                .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
+            *slot = Some(l.local_addr()?);
             tracker.spawn(accept_loop(
                 core.clone(),
                 l,
                 tracker.clone(),
-                Listener::Stomp,
+                kind,
+                tls.clone(),
             ));
         }
-        if !core.config.listen.http.is_empty() {
-            let l = TcpListener::bind(&core.config.listen.http)
-                .await
-                .map_err(|e| {
-                    anyhow::anyhow!("binding HTTP listener {}: {e}", core.config.listen.http)
-                })?;
-            http_addr = Some(l.local_addr()?);
-            tracker.spawn(accept_loop(
-                core.clone(),
-                l,
-                tracker.clone(),
-                Listener::Http,
-            ));
+        if let Some(kafka) = core.config.kafka.clone().filter(|k| !k.brokers.is_empty()) {
+            let sink = Arc::new(CoreSink(Arc::downgrade(&core)));
+            let bridge = kafka_bridge::Bridge::start(kafka, sink, core.shutdown.child_token())
+                .map_err(|e| anyhow::anyhow!("Kafka bridge: {e}"))?;
+            core.set_bridge(bridge);
         }
-        if let Some(path) = &core.config.listen.port_file {
+        if let Some(path) = &listen.port_file {
             let json = serde_json::json!({
-                "stomp": stomp_addr.map(|a| a.to_string()),
-                "http": http_addr.map(|a| a.to_string()),
+                "stomp": addrs.stomp.map(|a| a.to_string()),
+                "http": addrs.http.map(|a| a.to_string()),
+                "stomp_tls": addrs.stomp_tls.map(|a| a.to_string()),
+                "https": addrs.https.map(|a| a.to_string()),
             });
             let tmp = path.with_extension("tmp");
             std::fs::write(&tmp, json.to_string())?;
             std::fs::rename(&tmp, path)?;
         }
         tracing::info!(
-            stomp = ?stomp_addr,
-            http = ?http_addr,
-            ws_path = %core.config.listen.ws_path,
+            stomp = ?addrs.stomp,
+            http = ?addrs.http,
+            stomp_tls = ?addrs.stomp_tls,
+            https = ?addrs.https,
+            ws_path = %listen.ws_path,
+            kafka = core.bridge().is_some(),
             "stomp-broker listening"
         );
         Ok(Broker {
             core,
             tracker,
-            stomp_addr,
-            http_addr,
+            addrs,
         })
     }
 
@@ -104,18 +170,24 @@ impl Broker {
         &self.core
     }
 
+    /// The bound addresses.
+    pub fn addrs(&self) -> Addrs {
+        self.addrs
+    }
+
     /// The bound STOMP/TCP address.
     pub fn stomp_addr(&self) -> Option<SocketAddr> {
-        self.stomp_addr
+        self.addrs.stomp
     }
 
     /// The bound HTTP/WebSocket address.
     pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.http_addr
+        self.addrs.http
     }
 
-    /// Waits for shutdown, then for connections to finish, at most
-    /// `shutdown_timeout_ms` after shutdown began.
+    /// Waits for shutdown, then for connections to finish (at most
+    /// `shutdown_timeout_ms`), then for the Kafka bridge to commit and leave
+    /// its group.
     pub async fn wait(self) {
         self.core.shutdown.cancelled().await;
         self.core.draining.store(true, Relaxed);
@@ -130,14 +202,13 @@ impl Broker {
                 "shutdown timeout reached; closing remaining connections"
             );
         }
+        if let Some(bridge) = self.core.bridge() {
+            if tokio::time::timeout(limit, bridge.closed()).await.is_err() {
+                tracing::warn!("Kafka bridge did not close within the shutdown timeout");
+            }
+        }
         tracing::info!("stomp-broker stopped");
     }
-}
-
-#[derive(Clone, Copy)]
-enum Listener {
-    Stomp,
-    Http,
 }
 
 async fn accept_loop(
@@ -145,6 +216,7 @@ async fn accept_loop(
     listener: TcpListener,
     tracker: TaskTracker,
     kind: Listener,
+    tls: Option<TlsAcceptor>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -160,29 +232,65 @@ async fn accept_loop(
                 continue;
             }
         };
-        match kind {
-            Listener::Stomp => {
-                tracker.spawn(serve_tcp(core.clone(), stream, peer));
+        let _ = stream.set_nodelay(true);
+        let core = core.clone();
+        match (kind, tls.clone()) {
+            (Listener::Stomp, _) => {
+                tracker.spawn(serve_stomp(core, stream, peer, "tcp"));
             }
-            Listener::Http => {
-                tracker.spawn(http::serve_http(
-                    core.clone(),
-                    stream,
-                    peer,
-                    tracker.clone(),
-                ));
+            (Listener::Http, _) => {
+                tracker.spawn(http::serve_http(core, stream, peer, tracker.clone(), "ws"));
             }
+            (Listener::StompTls, Some(acceptor)) => {
+                tracker.spawn(async move {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(s)) => serve_stomp(core, s, peer, "tls").await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+            (Listener::Https, Some(acceptor)) => {
+                let tracker2 = tracker.clone();
+                tracker.spawn(async move {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(s)) => http::serve_http(core, s, peer, tracker2, "wss").await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+            (_, None) => {}
         }
     }
 }
 
-async fn serve_tcp(core: Arc<BrokerCore>, mut stream: TcpStream, peer: SocketAddr) {
-    if core.metrics.connections.load(Relaxed) >= core.config.limits.max_connections as i64 {
-        core.metrics.connections_rejected.fetch_add(1, Relaxed);
-        core.metrics.error("connection_limit");
-        const REFUSAL: &[u8] = b"ERROR\nmessage:too many connections\ncontent-type:text/plain\n\nThe server's connection limit is reached.\0";
-        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(REFUSAL)).await;
-        return;
-    }
-    connection::serve(core, StreamTransport::tcp(stream), peer, "tcp").await;
+async fn serve_stomp<S>(
+    core: Arc<BrokerCore>,
+    mut stream: S,
+    peer: SocketAddr,
+    transport: &'static str,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let admission = match core.admit(peer.ip()) {
+        Ok(g) => g,
+        Err(reason) => {
+            core.metrics.error("connection_limit");
+            let refusal = format!("ERROR\nmessage:{reason}\ncontent-type:text/plain\n\nConnection refused: {reason}.\0");
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), stream.write_all(refusal.as_bytes()))
+                    .await;
+            return;
+        }
+    };
+    let info = ConnInfo {
+        peer,
+        transport,
+        url_token: None,
+        admission,
+    };
+    connection::serve(core, StreamTransport::new(stream), info).await;
 }

@@ -10,7 +10,17 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
-    let config = Args::parse().into_config()?;
+    let args = Args::parse();
+    if args.hash_password {
+        let mut password = String::new();
+        std::io::stdin().read_line(&mut password)?;
+        println!(
+            "{}",
+            stomp_broker::auth::hash_password(password.trim_end_matches(['\r', '\n']))?
+        );
+        return Ok(());
+    }
+    let config = args.into_config()?;
     let filter = EnvFilter::try_new(&config.log.level)?;
     match config.log.format {
         LogFormat::Human => tracing_subscriber::fmt().with_env_filter(filter).init(),

@@ -121,6 +121,9 @@ pub enum DestKind<'a> {
     Topic(&'a str),
     /// `/queue/<name>`.
     Queue(&'a str),
+    /// `/user/<user>/<rest>`: every session of `<user>` subscribed to
+    /// `/user/<rest>` (Spring's user destinations). Holds the whole string.
+    User(&'a str),
 }
 
 /// Why a destination cannot be used.
@@ -146,6 +149,12 @@ pub fn parse_destination(dest: &str) -> Result<DestKind<'_>, RouteError> {
     } else if let Some(name) = dest.strip_prefix("/queue/") {
         if !name.is_empty() {
             return Ok(DestKind::Queue(name));
+        }
+    } else if let Some(rest) = dest.strip_prefix("/user/") {
+        if let Some((user, tail)) = rest.split_once('/') {
+            if !user.is_empty() && !tail.is_empty() {
+                return Ok(DestKind::User(dest));
+            }
         }
     }
     Err(RouteError::UnknownDestination)
@@ -258,8 +267,9 @@ impl Router {
                 w.push((name.into(), sub.clone()));
                 self.wildcard_count.store(w.len(), Relaxed);
             }
-            DestKind::Topic(name) => {
-                let mut entry = self.topics.entry(name.into()).or_default();
+            DestKind::User(d) if has_wildcard(d) => return Err(RouteError::WildcardNotAllowed),
+            DestKind::Topic(_) | DestKind::User(_) => {
+                let mut entry = self.topics.entry(destination.into()).or_default();
                 Arc::make_mut(entry.value_mut()).push(sub.clone());
             }
             DestKind::Queue(name) => {
@@ -292,7 +302,8 @@ impl Router {
                 self.wildcard_count.store(w.len(), Relaxed);
                 before != w.len()
             }
-            Ok(DestKind::Topic(name)) => {
+            Ok(DestKind::Topic(_) | DestKind::User(_)) => {
+                let name: &str = &handle.destination;
                 let mut removed = false;
                 if let Some(mut entry) = self.topics.get_mut(name) {
                     let list = Arc::make_mut(entry.value_mut());
@@ -336,7 +347,14 @@ impl Router {
                     return Err(RouteError::WildcardNotAllowed);
                 }
                 self.metrics.messages_published.fetch_add(1, Relaxed);
-                Ok(self.publish_topic(name, &msg))
+                Ok(self.publish_topic(Some(name), &msg))
+            }
+            DestKind::User(d) => {
+                if has_wildcard(d) {
+                    return Err(RouteError::WildcardNotAllowed);
+                }
+                self.metrics.messages_published.fetch_add(1, Relaxed);
+                Ok(self.publish_topic(None, &msg))
             }
             DestKind::Queue(name) => {
                 if has_wildcard(name) {
@@ -351,21 +369,26 @@ impl Router {
                     return Err(RouteError::QueueFull);
                 }
                 self.metrics.messages_published.fetch_add(1, Relaxed);
-                let delivered = self.dispatch(&mut st, msg, false);
+                let delivered = self.dispatch(&mut st, msg, false, None);
                 Ok(usize::from(delivered))
             }
         }
     }
 
-    fn publish_topic(&self, name: &str, msg: &Arc<Message>) -> usize {
+    /// Fans out to exact subscribers of the message's destination and, for
+    /// `/topic/` names, to matching wildcard subscriptions.
+    fn publish_topic(&self, name: Option<&str>, msg: &Arc<Message>) -> usize {
         let mut delivered = 0;
-        let exact = self.topics.get(name).map(|e| e.value().clone());
+        let exact = self
+            .topics
+            .get(&*msg.destination)
+            .map(|e| e.value().clone());
         if let Some(subs) = exact {
             for s in subs.iter() {
                 delivered += usize::from(self.deliver(s, msg, false));
             }
         }
-        if self.wildcard_count.load(Relaxed) > 0 {
+        if let Some(name) = name.filter(|_| self.wildcard_count.load(Relaxed) > 0) {
             let matched: Vec<Subscriber> = {
                 let w = self.wildcards.read().unwrap_or_else(|e| e.into_inner());
                 w.iter()
@@ -404,8 +427,14 @@ impl Router {
     }
 
     /// Hands `msg` to the next consumer that can take it, or buffers it.
-    fn dispatch(&self, st: &mut QueueState, msg: Arc<Message>, redelivered: bool) -> bool {
-        if self.try_consumers(st, &msg, redelivered) {
+    fn dispatch(
+        &self,
+        st: &mut QueueState,
+        msg: Arc<Message>,
+        redelivered: bool,
+        skip: Option<u64>,
+    ) -> bool {
+        if self.try_consumers(st, &msg, redelivered, skip) {
             return true;
         }
         while self.buffer_full(st, &msg) {
@@ -428,11 +457,20 @@ impl Router {
         false
     }
 
-    fn try_consumers(&self, st: &mut QueueState, msg: &Arc<Message>, redelivered: bool) -> bool {
+    fn try_consumers(
+        &self,
+        st: &mut QueueState,
+        msg: &Arc<Message>,
+        redelivered: bool,
+        skip: Option<u64>,
+    ) -> bool {
         let n = st.consumers.len();
         for i in 0..n {
             let idx = (st.next + i) % n;
             let c = &st.consumers[idx];
+            if Some(c.key) == skip {
+                continue;
+            }
             let prefetch = c.ack != AckMode::Auto;
             if prefetch && c.inflight.load(Relaxed) >= self.max_unacked {
                 continue;
@@ -452,7 +490,7 @@ impl Router {
     /// Dispatches buffered messages while some consumer can take them.
     fn pump(&self, st: &mut QueueState) {
         while let Some(front) = st.buffer.pop_front() {
-            if self.try_consumers(st, &front.msg, front.redelivered) {
+            if self.try_consumers(st, &front.msg, front.redelivered, None) {
                 st.buffer_bytes -= front.msg.cost;
             } else {
                 st.buffer.push_front(front);
@@ -472,8 +510,10 @@ impl Router {
     }
 
     /// Puts queue messages back (NACK, or unacknowledged at disconnect),
-    /// marked redelivered, at the front of the queue's order.
-    pub fn requeue(&self, msgs: Vec<Arc<Message>>) {
+    /// marked redelivered. `skip` is the subscription that gave them up: it
+    /// gets them again only if no other consumer can take them (they wait
+    /// in the buffer until [`Router::queue_ready`]).
+    pub fn requeue(&self, msgs: Vec<Arc<Message>>, skip: Option<u64>) {
         for msg in msgs {
             if let Ok(DestKind::Queue(name)) = parse_destination(&msg.destination) {
                 self.metrics.messages_redelivered.fetch_add(1, Relaxed);
@@ -482,7 +522,7 @@ impl Router {
                 // Drop consumers whose connection has gone, so a message is
                 // not handed straight back to the one that just left.
                 st.consumers.retain(|c| !c.conn.is_closed());
-                self.dispatch(&mut st, msg, true);
+                self.dispatch(&mut st, msg, true, skip);
             }
         }
     }

@@ -14,6 +14,8 @@ use stomp_codec::{
 };
 
 use crate::{
+    acl::Permission,
+    auth::{AuthError, Identity},
     conn::{ConnShared, DeliveryKind, Outbound},
     core::BrokerCore,
     router::{parse_destination, DestKind, Message, RouteError, Subscriber, SubscriptionHandle},
@@ -127,13 +129,53 @@ pub fn negotiate_heart_beats(client: (u32, u32), server: (u32, u32)) -> HeartBea
     }
 }
 
+/// Per-connection frame-rate limiter: a token bucket holding one second of
+/// frames.
+#[derive(Debug)]
+struct RateLimit {
+    per_sec: f64,
+    tokens: f64,
+    last: std::time::Instant,
+}
+
+impl RateLimit {
+    fn allow(&mut self) -> bool {
+        if self.per_sec <= 0.0 {
+            return true;
+        }
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.per_sec;
+        self.tokens = (self.tokens + refill).min(self.per_sec);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Kafka writes one connection may have in flight (SEND to `/app/...`).
+const MAX_KAFKA_INFLIGHT: usize = 1024;
+
+fn access_denied() -> StompError {
+    StompError::new(
+        "access_denied",
+        "access denied",
+        "You are not allowed to use this destination.",
+    )
+}
+
 /// One client's STOMP session.
 #[derive(Debug)]
 pub struct Session {
     core: Arc<BrokerCore>,
     conn: Arc<ConnShared>,
     version: Option<Version>,
-    login: Option<String>,
+    identity: Identity,
+    rate: RateLimit,
+    kafka_inflight: Arc<tokio::sync::Semaphore>,
     heart_beats: HeartBeats,
     subs: HashMap<Arc<str>, SubState>,
     transactions: HashMap<String, Vec<TxOp>>,
@@ -147,11 +189,18 @@ pub struct Session {
 impl Session {
     /// A session for a freshly accepted connection.
     pub fn new(core: Arc<BrokerCore>, conn: Arc<ConnShared>) -> Session {
+        let per_sec = f64::from(core.config.limits.max_frames_per_second);
         Session {
             core,
             conn,
             version: None,
-            login: None,
+            identity: Identity::default(),
+            rate: RateLimit {
+                per_sec,
+                tokens: per_sec,
+                last: std::time::Instant::now(),
+            },
+            kafka_inflight: Arc::new(tokio::sync::Semaphore::new(MAX_KAFKA_INFLIGHT)),
             heart_beats: HeartBeats::default(),
             subs: HashMap::new(),
             transactions: HashMap::new(),
@@ -172,9 +221,47 @@ impl Session {
         self.heart_beats
     }
 
-    /// The authenticated login, if any.
+    /// The authenticated user, if any.
     pub fn login(&self) -> Option<&str> {
-        self.login.as_deref()
+        self.identity.user.as_deref()
+    }
+
+    /// When the session's credentials expire (JWT `exp`).
+    pub fn expires_at(&self) -> Option<std::time::SystemTime> {
+        self.identity.expires_at
+    }
+
+    /// Whether `frame` is a CONNECT that must be authenticated before the
+    /// session can continue (see [`Session::on_connect`]).
+    pub fn needs_authentication(&self, frame: &Frame) -> bool {
+        self.version.is_none() && matches!(frame.command, Command::Connect | Command::Stomp)
+    }
+
+    /// Handles CONNECT once its credentials were checked.
+    pub fn on_connect(
+        &mut self,
+        frame: Frame,
+        auth: Result<Identity, AuthError>,
+    ) -> Result<Flow, StompError> {
+        self.core.metrics.frame_in(frame.command);
+        let receipt = frame.header_str("receipt").map(str::to_owned);
+        let result = (|| {
+            let ClientFrame::Connect(c) = ClientFrame::parse(&frame, Version::V1_2)? else {
+                return Err(StompError::new("protocol", "internal error", ""));
+            };
+            let identity = auth.map_err(|e| {
+                tracing::info!(reason = %e, "authentication failed");
+                StompError::new(
+                    "auth",
+                    "authentication failed",
+                    "The credentials were not accepted.",
+                )
+            })?;
+            self.connect(&c, identity)
+        })();
+        result.map_err(|e| e.with_receipt(receipt.as_deref()))?;
+        self.receipt(receipt.as_deref());
+        Ok(Flow::Continue)
     }
 
     /// The connection handle.
@@ -253,6 +340,16 @@ impl Session {
     pub fn on_frame(&mut self, frame: Frame) -> Result<Flow, StompError> {
         self.core.metrics.frame_in(frame.command);
         let receipt = frame.header_str("receipt").map(str::to_owned);
+        if !self.rate.allow() {
+            return Err(StompError::new(
+                "rate_limit",
+                "rate limit exceeded",
+                format!(
+                    "At most {} frames per second per connection.",
+                    self.core.config.limits.max_frames_per_second
+                ),
+            ));
+        }
         let flow = self
             .dispatch(frame, receipt.as_deref())
             .map_err(|e| e.with_receipt(receipt.as_deref()))?;
@@ -268,13 +365,12 @@ impl Session {
     fn dispatch(&mut self, frame: Frame, receipt: Option<&str>) -> Result<Flow, StompError> {
         let Some(version) = self.version else {
             return match frame.command {
-                Command::Connect | Command::Stomp => {
-                    let ClientFrame::Connect(c) = ClientFrame::parse(&frame, Version::V1_2)? else {
-                        return Err(StompError::new("protocol", "internal error", ""));
-                    };
-                    self.connect(&c)?;
-                    Ok(Flow::Continue)
-                }
+                // CONNECT goes through `on_connect`, after authentication.
+                Command::Connect | Command::Stomp => Err(StompError::new(
+                    "protocol",
+                    "internal error",
+                    "CONNECT was not authenticated.",
+                )),
                 _ => Err(StompError::new(
                     "not_connected",
                     "not connected",
@@ -299,6 +395,7 @@ impl Session {
             }
             ClientFrame::Send(s) => {
                 if let Some(tx) = s.transaction {
+                    self.authorize_send(s.destination)?;
                     let max = self.core.config.limits.max_frames_per_transaction;
                     let ops = self.transaction(tx)?;
                     if ops.len() >= max {
@@ -309,8 +406,9 @@ impl Session {
                         ));
                     }
                     ops.push(TxOp::Send(frame.clone()));
-                } else {
-                    self.send(&frame, s.destination)?;
+                } else if self.send(&frame, s.destination, receipt)? {
+                    // RECEIPT follows when Kafka acknowledged the write.
+                    return Ok(Flow::Continue);
                 }
             }
             ClientFrame::Subscribe(s) => self.subscribe(s.destination, s.id, s.ack)?,
@@ -355,7 +453,7 @@ impl Session {
                     match op {
                         TxOp::Send(f) => {
                             let dest = f.header_str("destination").unwrap_or_default().to_owned();
-                            self.send(&f, &dest)?;
+                            self.send(&f, &dest, None)?;
                         }
                         TxOp::Ack(f) => {
                             if let ClientFrame::Ack(a) | ClientFrame::Nack(a) =
@@ -383,7 +481,7 @@ impl Session {
         self.transactions.get_mut(tx).ok_or_else(|| unknown_tx(tx))
     }
 
-    fn connect(&mut self, c: &Connect<'_>) -> Result<(), StompError> {
+    fn connect(&mut self, c: &Connect<'_>, identity: Identity) -> Result<(), StompError> {
         let Some(&version) = c.accept_version.first() else {
             let mut e = StompError::new(
                 "version",
@@ -394,7 +492,7 @@ impl Session {
             return Err(e);
         };
         self.version = Some(version);
-        self.login = c.login.filter(|l| !l.is_empty()).map(str::to_owned);
+        self.identity = identity;
         let server_hb = if version == Version::V1_0 {
             (0, 0)
         } else {
@@ -409,14 +507,41 @@ impl Session {
                 concat!("stomp-broker/", env!("CARGO_PKG_VERSION")),
             )
             .with_header("session", format!("session-{}", self.conn.id));
-        if let Some(login) = &self.login {
-            f.headers.push("user-name", login.clone());
+        if let Some(user) = &self.identity.user {
+            f.headers.push("user-name", user.clone());
         }
         self.push_frame(&f);
         Ok(())
     }
 
-    fn send(&mut self, frame: &Frame, destination: &str) -> Result<(), StompError> {
+    fn authorize_send(&self, destination: &str) -> Result<(), StompError> {
+        if self
+            .core
+            .acl
+            .allows(&self.identity, destination, Permission::Send)
+        {
+            Ok(())
+        } else {
+            Err(access_denied())
+        }
+    }
+
+    /// Publishes a SEND. Returns true when the RECEIPT is deferred (a Kafka
+    /// write that answers later).
+    fn send(
+        &mut self,
+        frame: &Frame,
+        destination: &str,
+        receipt: Option<&str>,
+    ) -> Result<bool, StompError> {
+        self.authorize_send(destination)?;
+        if let Some(bridge) = self
+            .core
+            .bridge()
+            .filter(|b| b.is_app_destination(destination))
+        {
+            return self.send_to_kafka(bridge.clone(), frame, destination, receipt);
+        }
         let mut pass = Headers::with_capacity(frame.headers.len());
         for (n, v) in frame.headers.iter() {
             if !matches!(
@@ -438,10 +563,91 @@ impl Session {
             .router
             .publish(msg)
             .map_err(|e| route_error(e, destination))?;
-        Ok(())
+        Ok(false)
+    }
+
+    /// SEND to an application destination: written to Kafka by the bridge.
+    /// The RECEIPT (if asked for) is sent only after Kafka acknowledged;
+    /// a failed write ends the session with an ERROR naming the failure.
+    fn send_to_kafka(
+        &mut self,
+        bridge: kafka_bridge::BridgeHandle,
+        frame: &Frame,
+        destination: &str,
+        receipt: Option<&str>,
+    ) -> Result<bool, StompError> {
+        let Ok(permit) = self.kafka_inflight.clone().try_acquire_owned() else {
+            return Err(StompError::new(
+                "limit",
+                "too many pending Kafka writes",
+                format!("At most {MAX_KAFKA_INFLIGHT} SENDs to Kafka may await acknowledgement per connection."),
+            ));
+        };
+        let headers: Vec<(String, String)> = frame
+            .headers
+            .iter()
+            .filter(|(n, _)| !matches!(n.as_ref(), b"transaction" | b"content-length"))
+            .filter_map(|(n, v)| {
+                Some((
+                    String::from_utf8(n.to_vec()).ok()?,
+                    String::from_utf8(v.to_vec()).ok()?,
+                ))
+            })
+            .collect();
+        let body = frame.body.clone();
+        let destination = destination.to_owned();
+        let receipt = receipt.map(str::to_owned);
+        let conn = self.conn.clone();
+        tokio::spawn(async move {
+            let result = bridge.produce(&destination, &headers, body).await;
+            drop(permit);
+            match result {
+                Ok(()) => {
+                    if let Some(r) = receipt {
+                        conn.send_control(Outbound::Frame(
+                            Frame::new(Command::Receipt).with_header("receipt-id", r),
+                        ));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%destination, error = %e, "Kafka write failed");
+                    conn.send_control(Outbound::Fatal {
+                        message: format!("kafka write failed: {e}"),
+                        kind: "kafka",
+                        receipt_id: receipt,
+                    });
+                }
+            }
+        });
+        Ok(receipt_is_deferred(frame))
+    }
+
+    /// The router destination for a SUBSCRIBE, after authorization.
+    /// `/user/queue/...` and `/user/topic/...` mean this user's own
+    /// destinations (`/user/<name>/queue/...`), always permitted to an
+    /// authenticated user; naming another user is denied.
+    fn resolve_subscription(&self, destination: &str) -> Result<String, StompError> {
+        if let Some(rest) = destination.strip_prefix("/user/") {
+            let own = rest.starts_with("queue/") || rest.starts_with("topic/");
+            return match (&self.identity.user, own) {
+                (Some(user), true) => Ok(format!("/user/{user}/{rest}")),
+                _ => Err(access_denied()),
+            };
+        }
+        if self
+            .core
+            .acl
+            .allows(&self.identity, destination, Permission::Subscribe)
+        {
+            Ok(destination.to_owned())
+        } else {
+            Err(access_denied())
+        }
     }
 
     fn subscribe(&mut self, destination: &str, id: &str, ack: AckMode) -> Result<(), StompError> {
+        let resolved = self.resolve_subscription(destination)?;
+        let destination = resolved.as_str();
         if self.subs.contains_key(id) {
             return Err(StompError::new(
                 "protocol",
@@ -520,7 +726,7 @@ impl Session {
         if st.is_queue && !st.unacked.is_empty() {
             self.core
                 .router
-                .requeue(st.unacked.into_iter().map(|u| u.msg).collect());
+                .requeue(st.unacked.into_iter().map(|u| u.msg).collect(), None);
         }
     }
 
@@ -571,11 +777,11 @@ impl Session {
             st.sub.inflight.fetch_sub(taken.len(), Relaxed);
             let dest = st.destination.clone();
             if nack {
-                // NACK: redeliver to another consumer (this one is skipped
-                // while others are available because of round-robin).
+                // NACK: redeliver to another consumer; this one gets it back
+                // only when nobody else can take it.
                 self.core
                     .router
-                    .requeue(taken.into_iter().map(|u| u.msg).collect());
+                    .requeue(taken.into_iter().map(|u| u.msg).collect(), Some(st.sub.key));
             }
             self.core.router.queue_ready(&dest);
         }
@@ -617,7 +823,7 @@ impl Session {
             // Unsubscribed while the message was in flight.
             self.conn.written(cost);
             if matches!(parse_destination(&msg.destination), Ok(DestKind::Queue(_))) {
-                self.core.router.requeue(vec![msg]);
+                self.core.router.requeue(vec![msg], None);
             }
             return;
         };
@@ -691,6 +897,11 @@ fn format_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
         }
     }
     &buf[i..]
+}
+
+/// A SEND's RECEIPT is deferred when it asked for one.
+fn receipt_is_deferred(frame: &Frame) -> bool {
+    frame.header("receipt").is_some()
 }
 
 fn unknown_tx(tx: &str) -> StompError {

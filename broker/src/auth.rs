@@ -1,0 +1,551 @@
+//! Authentication: users file (argon2 hashes) and JWT bearer tokens.
+//!
+//! Credentials are looked for, in order: a CONNECT `Authorization: Bearer …`
+//! header, a token on the WebSocket URL (`?access_token=…`), a JWT in
+//! `passcode` (what stomp.js `connectHeaders` can carry), then
+//! `login`/`passcode` against the users file. Anonymous access is allowed
+//! only when configured — or, when no authentication is configured at all,
+//! for loopback peers (development).
+//!
+//! A failure is reported to the client only as `authentication failed`;
+//! which part was wrong goes to the log. Failures are rate-limited per peer
+//! address.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    path::Path,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use argon2::{Argon2, PasswordHash, PasswordVerifier};
+use dashmap::DashMap;
+use jsonwebtoken::{decode, decode_header, jwk::JwkSet, Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Authentication settings (`[auth]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Allow clients without credentials. Unset: allowed for loopback peers
+    /// only, and only while no users file and no JWT key is configured.
+    pub allow_anonymous: Option<bool>,
+    /// TOML users file: `[[user]] name = "…" password_hash = "$argon2id$…"`
+    /// with optional `claims = { … }` used by ACL `{claim:NAME}` rules.
+    pub users_file: Option<std::path::PathBuf>,
+    /// JWT bearer tokens.
+    pub jwt: JwtConfig,
+    /// Failed CONNECTs allowed per peer address within `failure_window_s`
+    /// before further attempts are refused without checking.
+    pub max_failures_per_address: u32,
+    /// Window for `max_failures_per_address`, seconds.
+    pub failure_window_s: u64,
+}
+
+/// JWT settings (`[auth.jwt]`). Any configured key enables JWT.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct JwtConfig {
+    /// HS256 shared secret.
+    pub hs256_secret: Option<String>,
+    /// RS256 public key, PEM file.
+    pub rs256_public_key_file: Option<std::path::PathBuf>,
+    /// ES256 public key, PEM file.
+    pub es256_public_key_file: Option<std::path::PathBuf>,
+    /// Local JWKS file (RS256/ES256 keys, selected by `kid`).
+    pub jwks_file: Option<std::path::PathBuf>,
+    /// Required issuer(s) (`iss`), if any.
+    pub issuer: Vec<String>,
+    /// Required audience(s) (`aud`), if any.
+    pub audience: Vec<String>,
+    /// Claim holding the user name.
+    pub user_claim: String,
+    /// Clock skew allowed for `exp`/`nbf`, seconds.
+    pub leeway_s: u64,
+    /// Query parameter carrying a token on the WebSocket URL.
+    pub url_token_param: String,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig {
+            hs256_secret: None,
+            rs256_public_key_file: None,
+            es256_public_key_file: None,
+            jwks_file: None,
+            issuer: Vec::new(),
+            audience: Vec::new(),
+            user_claim: "sub".into(),
+            leeway_s: 5,
+            url_token_param: "access_token".into(),
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Whether any authentication method is configured.
+    pub fn enabled(&self) -> bool {
+        self.users_file.is_some() || self.jwt.enabled()
+    }
+}
+
+impl JwtConfig {
+    /// Whether any JWT key is configured.
+    pub fn enabled(&self) -> bool {
+        self.hs256_secret.is_some()
+            || self.rs256_public_key_file.is_some()
+            || self.es256_public_key_file.is_some()
+            || self.jwks_file.is_some()
+    }
+}
+
+/// Who a session belongs to.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Identity {
+    /// The user name; `None` for anonymous sessions.
+    pub user: Option<String>,
+    /// Claims (JWT claims, or a user's `claims` from the users file).
+    pub claims: Map<String, Value>,
+    /// When the credentials stop being valid (JWT `exp`).
+    pub expires_at: Option<SystemTime>,
+}
+
+/// What a client presented.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Credentials<'a> {
+    /// CONNECT `login`.
+    pub login: Option<&'a str>,
+    /// CONNECT `passcode`.
+    pub passcode: Option<&'a str>,
+    /// CONNECT `Authorization` header.
+    pub authorization: Option<&'a str>,
+    /// Token from the WebSocket URL.
+    pub url_token: Option<&'a str>,
+}
+
+/// Why authentication failed (logged; clients only see "authentication failed").
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No credentials and anonymous access is not allowed.
+    #[error("anonymous access not allowed")]
+    AnonymousNotAllowed,
+    /// Unknown user or wrong password.
+    #[error("bad login or passcode")]
+    BadPassword,
+    /// Token rejected (signature, algorithm, expiry, audience …).
+    #[error("token rejected: {0}")]
+    BadToken(String),
+    /// Too many failures from this address.
+    #[error("too many failed attempts from this address")]
+    RateLimited,
+}
+
+#[derive(Debug, Deserialize)]
+struct UsersFile {
+    #[serde(default)]
+    user: Vec<UserEntry>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct UserEntry {
+    name: String,
+    password_hash: String,
+    #[serde(default)]
+    claims: Map<String, Value>,
+}
+
+struct JwtKey {
+    kid: Option<String>,
+    key: DecodingKey,
+    alg: Algorithm,
+}
+
+impl std::fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .finish()
+    }
+}
+
+/// Checks credentials. One per broker.
+#[derive(Debug)]
+pub struct Authenticator {
+    users: HashMap<String, UserEntry>,
+    keys: Vec<JwtKey>,
+    jwt: JwtConfig,
+    anonymous: Anonymous,
+    failures: DashMap<IpAddr, (u32, Instant)>,
+    max_failures: u32,
+    window: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Anonymous {
+    Everyone,
+    LoopbackOnly,
+    Nobody,
+}
+
+impl Authenticator {
+    /// Loads the users file and keys named in `cfg`.
+    pub fn from_config(cfg: &AuthConfig) -> anyhow::Result<Authenticator> {
+        let mut users = HashMap::new();
+        if let Some(path) = &cfg.users_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("reading users file {}: {e}", path.display()))?;
+            let file: UsersFile = toml::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("users file {}: {e}", path.display()))?;
+            for u in file.user {
+                PasswordHash::new(&u.password_hash)
+                    .map_err(|e| anyhow::anyhow!("user {}: bad password_hash: {e}", u.name))?;
+                users.insert(u.name.clone(), u);
+            }
+        }
+        let mut keys = Vec::new();
+        let j = &cfg.jwt;
+        if let Some(secret) = &j.hs256_secret {
+            keys.push(JwtKey {
+                kid: None,
+                key: DecodingKey::from_secret(secret.as_bytes()),
+                alg: Algorithm::HS256,
+            });
+        }
+        if let Some(path) = &j.rs256_public_key_file {
+            keys.push(JwtKey {
+                kid: None,
+                key: DecodingKey::from_rsa_pem(&read(path)?)?,
+                alg: Algorithm::RS256,
+            });
+        }
+        if let Some(path) = &j.es256_public_key_file {
+            keys.push(JwtKey {
+                kid: None,
+                key: DecodingKey::from_ec_pem(&read(path)?)?,
+                alg: Algorithm::ES256,
+            });
+        }
+        if let Some(path) = &j.jwks_file {
+            let set: JwkSet = serde_json::from_slice(&read(path)?)
+                .map_err(|e| anyhow::anyhow!("JWKS {}: {e}", path.display()))?;
+            for jwk in &set.keys {
+                let alg = match &jwk.algorithm {
+                    jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                    jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
+                    _ => anyhow::bail!(
+                        "JWKS {}: only RSA (RS256) and EC (ES256) keys are supported",
+                        path.display()
+                    ),
+                };
+                keys.push(JwtKey {
+                    kid: jwk.common.key_id.clone(),
+                    key: DecodingKey::from_jwk(jwk)?,
+                    alg,
+                });
+            }
+        }
+        let anonymous = match cfg.allow_anonymous {
+            Some(true) => Anonymous::Everyone,
+            Some(false) => Anonymous::Nobody,
+            None if cfg.enabled() => Anonymous::Nobody,
+            None => Anonymous::LoopbackOnly,
+        };
+        Ok(Authenticator {
+            users,
+            keys,
+            jwt: cfg.jwt.clone(),
+            anonymous,
+            failures: DashMap::new(),
+            max_failures: cfg.max_failures_per_address,
+            window: Duration::from_secs(cfg.failure_window_s),
+        })
+    }
+
+    /// The URL query parameter that may carry a token.
+    pub fn url_token_param(&self) -> &str {
+        &self.jwt.url_token_param
+    }
+
+    /// Whether anonymous sessions are possible for `peer`.
+    pub fn anonymous_allowed(&self, peer: IpAddr) -> bool {
+        match self.anonymous {
+            Anonymous::Everyone => true,
+            Anonymous::LoopbackOnly => peer.is_loopback(),
+            Anonymous::Nobody => false,
+        }
+    }
+
+    /// Checks `creds` from `peer`. Password hashing is slow on purpose:
+    /// call this from a blocking-tolerant context (see
+    /// [`Authenticator::authenticate_async`]).
+    pub fn authenticate(
+        &self,
+        peer: IpAddr,
+        creds: Credentials<'_>,
+    ) -> Result<Identity, AuthError> {
+        if self.is_rate_limited(peer) {
+            return Err(AuthError::RateLimited);
+        }
+        let result = self.check(peer, creds);
+        if result.is_err() {
+            self.record_failure(peer);
+        }
+        result
+    }
+
+    /// [`Authenticator::authenticate`] off the async worker threads when a
+    /// password hash must be verified.
+    pub async fn authenticate_async(
+        self: &std::sync::Arc<Self>,
+        peer: IpAddr,
+        login: Option<String>,
+        passcode: Option<String>,
+        authorization: Option<String>,
+        url_token: Option<String>,
+    ) -> Result<Identity, AuthError> {
+        let needs_hash = authorization.is_none()
+            && url_token.is_none()
+            && !passcode.as_deref().is_some_and(|p| self.looks_like_jwt(p))
+            && login.as_deref().is_some_and(|l| self.users.contains_key(l));
+        let me = self.clone();
+        let run = move || {
+            me.authenticate(
+                peer,
+                Credentials {
+                    login: login.as_deref(),
+                    passcode: passcode.as_deref(),
+                    authorization: authorization.as_deref(),
+                    url_token: url_token.as_deref(),
+                },
+            )
+        };
+        if needs_hash {
+            tokio::task::spawn_blocking(run)
+                .await
+                .unwrap_or(Err(AuthError::BadPassword))
+        } else {
+            run()
+        }
+    }
+
+    fn looks_like_jwt(&self, s: &str) -> bool {
+        !self.keys.is_empty() && s.split('.').count() == 3 && !s.contains(char::is_whitespace)
+    }
+
+    fn check(&self, peer: IpAddr, c: Credentials<'_>) -> Result<Identity, AuthError> {
+        if let Some(auth) = c.authorization {
+            let token = auth
+                .strip_prefix("Bearer ")
+                .or_else(|| auth.strip_prefix("bearer "))
+                .ok_or_else(|| AuthError::BadToken("Authorization is not a Bearer token".into()))?;
+            return self.verify_token(token.trim());
+        }
+        if let Some(token) = c.url_token {
+            return self.verify_token(token);
+        }
+        if let Some(p) = c.passcode.filter(|p| self.looks_like_jwt(p)) {
+            return self.verify_token(p);
+        }
+        let login = c.login.filter(|l| !l.is_empty());
+        if !self.users.is_empty() {
+            if let Some(login) = login {
+                return self.verify_password(login, c.passcode.unwrap_or(""));
+            }
+        }
+        if self.anonymous_allowed(peer) {
+            // Development mode: any login is accepted and used as the name.
+            let user = if self.users.is_empty() && self.keys.is_empty() {
+                login.map(str::to_owned)
+            } else {
+                None
+            };
+            return Ok(Identity {
+                user,
+                ..Identity::default()
+            });
+        }
+        Err(AuthError::AnonymousNotAllowed)
+    }
+
+    fn verify_password(&self, login: &str, passcode: &str) -> Result<Identity, AuthError> {
+        let Some(user) = self.users.get(login) else {
+            return Err(AuthError::BadPassword);
+        };
+        let hash = PasswordHash::new(&user.password_hash).map_err(|_| AuthError::BadPassword)?;
+        Argon2::default()
+            .verify_password(passcode.as_bytes(), &hash)
+            .map_err(|_| AuthError::BadPassword)?;
+        Ok(Identity {
+            user: Some(user.name.clone()),
+            claims: user.claims.clone(),
+            expires_at: None,
+        })
+    }
+
+    /// Verifies a JWT with the configured keys; each key accepts only its
+    /// own algorithm, so `none` and HS/RS confusion are refused.
+    pub fn verify_token(&self, token: &str) -> Result<Identity, AuthError> {
+        if self.keys.is_empty() {
+            return Err(AuthError::BadToken("no JWT keys configured".into()));
+        }
+        let header = decode_header(token).map_err(|e| AuthError::BadToken(e.to_string()))?;
+        let mut last = AuthError::BadToken("no key accepts this token".into());
+        for k in &self.keys {
+            if k.alg != header.alg {
+                continue;
+            }
+            if let (Some(want), Some(kid)) = (&header.kid, &k.kid) {
+                if want != kid {
+                    continue;
+                }
+            }
+            let mut v = Validation::new(k.alg);
+            v.leeway = self.jwt.leeway_s;
+            v.validate_nbf = true;
+            if !self.jwt.issuer.is_empty() {
+                v.set_issuer(&self.jwt.issuer);
+                v.required_spec_claims.insert("iss".into());
+            }
+            if self.jwt.audience.is_empty() {
+                v.validate_aud = false;
+            } else {
+                v.set_audience(&self.jwt.audience);
+                v.required_spec_claims.insert("aud".into());
+            }
+            match decode::<Map<String, Value>>(token, &k.key, &v) {
+                Ok(data) => return self.identity_from_claims(data.claims),
+                Err(e) => last = AuthError::BadToken(e.to_string()),
+            }
+        }
+        Err(last)
+    }
+
+    fn identity_from_claims(&self, claims: Map<String, Value>) -> Result<Identity, AuthError> {
+        let user = match claims.get(&self.jwt.user_claim) {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            _ => {
+                return Err(AuthError::BadToken(format!(
+                    "claim '{}' missing or not a string",
+                    self.jwt.user_claim
+                )))
+            }
+        };
+        let expires_at = claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .map(|exp| UNIX_EPOCH + Duration::from_secs(exp));
+        Ok(Identity {
+            user: Some(user),
+            claims,
+            expires_at,
+        })
+    }
+
+    fn is_rate_limited(&self, peer: IpAddr) -> bool {
+        if self.max_failures == 0 {
+            return false;
+        }
+        match self.failures.get(&peer) {
+            Some(e) => e.0 >= self.max_failures && e.1.elapsed() < self.window,
+            None => false,
+        }
+    }
+
+    fn record_failure(&self, peer: IpAddr) {
+        let now = Instant::now();
+        let mut e = self.failures.entry(peer).or_insert((0, now));
+        if e.1.elapsed() >= self.window {
+            *e = (0, now);
+        }
+        e.0 += 1;
+        drop(e);
+        // Keep the table bounded: forget stale entries when it grows.
+        if self.failures.len() > 100_000 {
+            let window = self.window;
+            self.failures.retain(|_, v| v.1.elapsed() < window);
+        }
+    }
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))
+}
+
+/// Hashes a password for the users file (argon2id, random salt).
+pub fn hash_password(password: &str) -> anyhow::Result<String> {
+    use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| anyhow::anyhow!("hashing: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loopback() -> IpAddr {
+        IpAddr::from([127, 0, 0, 1])
+    }
+
+    #[test]
+    fn zero_config_allows_anonymous_on_loopback_only() {
+        let a = Authenticator::from_config(&AuthConfig::default()).unwrap();
+        assert!(a.authenticate(loopback(), Credentials::default()).is_ok());
+        assert_eq!(
+            a.authenticate(IpAddr::from([10, 1, 2, 3]), Credentials::default()),
+            Err(AuthError::AnonymousNotAllowed)
+        );
+    }
+
+    #[test]
+    fn password_users_are_checked_and_failures_rate_limited() {
+        let dir = std::env::temp_dir().join(format!("stomp-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("users.toml");
+        let hash = hash_password("s3cret").unwrap();
+        std::fs::write(&path, format!("[[user]]\nname = \"alice\"\npassword_hash = \"{hash}\"\nclaims = {{ orders = [\"1\"] }}\n")).unwrap();
+        let cfg = AuthConfig {
+            users_file: Some(path),
+            max_failures_per_address: 3,
+            failure_window_s: 60,
+            ..AuthConfig::default()
+        };
+        let a = Authenticator::from_config(&cfg).unwrap();
+        let ok = a
+            .authenticate(
+                loopback(),
+                Credentials {
+                    login: Some("alice"),
+                    passcode: Some("s3cret"),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(ok.user.as_deref(), Some("alice"));
+        assert!(ok.claims.contains_key("orders"));
+        let bad = Credentials {
+            login: Some("alice"),
+            passcode: Some("nope"),
+            ..Default::default()
+        };
+        assert_eq!(
+            a.authenticate(loopback(), Credentials::default()),
+            Err(AuthError::AnonymousNotAllowed)
+        );
+        assert_eq!(a.authenticate(loopback(), bad), Err(AuthError::BadPassword));
+        assert_eq!(a.authenticate(loopback(), bad), Err(AuthError::BadPassword));
+        let good = Credentials {
+            login: Some("alice"),
+            passcode: Some("s3cret"),
+            ..Default::default()
+        };
+        assert_eq!(
+            a.authenticate(loopback(), good),
+            Err(AuthError::RateLimited)
+        );
+    }
+}
