@@ -48,10 +48,30 @@ pub enum Decoded {
 pub struct Decoder {
     limits: Limits,
     version: Version,
+    /// Scratch space for one call's header spans, reused so decoding a frame
+    /// allocates only its `Headers`. Cleared at the start of every call.
+    lines: Vec<LineSpan>,
 }
 
-/// Where the header section's lines lie in the buffer: (start, colon, end).
-type LineSpan = (usize, usize, usize);
+/// Where a header line lies in the buffer: start, colon, end (EOL excluded),
+/// and whether the line has a backslash (so may need unescaping).
+type LineSpan = (usize, usize, usize, bool);
+
+/// Byte classes for the one-pass header line scan.
+const PLAIN: u8 = 0;
+const LF: u8 = 1;
+const COLON: u8 = 2;
+const NUL_OR_CR: u8 = 3;
+const BACKSLASH: u8 = 4;
+static CLASS: [u8; 256] = {
+    let mut t = [PLAIN; 256];
+    t[b'\n' as usize] = LF;
+    t[b':' as usize] = COLON;
+    t[0] = NUL_OR_CR;
+    t[b'\r' as usize] = NUL_OR_CR;
+    t[b'\\' as usize] = BACKSLASH;
+    t
+};
 
 const LONGEST_COMMAND: usize = 11; // UNSUBSCRIBE, DISCONNECT ...
 
@@ -63,6 +83,7 @@ impl Decoder {
         Decoder {
             limits,
             version: Version::V1_2,
+            lines: Vec::new(),
         }
     }
 
@@ -113,13 +134,34 @@ impl Decoder {
         // check below is positional, so the result is the same whether the
         // stream arrives whole or a byte at a time.
         let view_len = buf.len().min(limits.max_frame.saturating_add(1));
-        let mut lines: Vec<LineSpan> = Vec::new();
+        let lines = &mut self.lines;
+        lines.clear();
         let mut command = None;
         let mut content_length: Option<usize> = None;
         let mut pos = 0usize;
         let body_start = loop {
             let window_end = view_len.min(pos.saturating_add(max_line).saturating_add(2));
-            let Some(nl) = memchr::memchr(b'\n', &buf[pos..window_end]).map(|i| pos + i) else {
+            // One pass over the line finds its LF, first colon, first NUL or CR
+            // and whether it has a backslash (lines are short: a table beats
+            // several memchr calls).
+            let (mut found, mut colon, mut bad, mut backslash) = (None, None, None, false);
+            for (j, &b) in buf[pos..window_end].iter().enumerate() {
+                match CLASS[usize::from(b)] {
+                    PLAIN => {}
+                    LF => {
+                        found = Some(pos + j);
+                        break;
+                    }
+                    COLON => {
+                        colon = colon.or(Some(pos + j));
+                    }
+                    NUL_OR_CR => {
+                        bad = bad.or(Some(pos + j));
+                    }
+                    _ => backslash = true,
+                }
+            }
+            let Some(nl) = found else {
                 // Incomplete line: decide now whether it can still become valid.
                 let partial = &buf[pos..view_len];
                 if command.is_none() {
@@ -144,8 +186,16 @@ impl Decoder {
                 command = Some(Command::parse(line).ok_or(Error::UnknownCommand)?);
             } else if line.is_empty() {
                 break nl + 1;
-            } else {
-                check_complete_line(line, max_line)?;
+            } else if let Some(b) = bad.filter(|&b| b < end) {
+                // No NUL and no bare CR in a header line; a CR at index
+                // `max_line` is left for the length check, which an
+                // incremental reader would have hit first.
+                if buf[b] == 0 {
+                    return Err(Error::NulInHeader);
+                }
+                if b - pos < max_line {
+                    return Err(Error::BadEol);
+                }
             }
             if line.len() > max_line {
                 return Err(Error::HeaderLineTooLong);
@@ -157,10 +207,10 @@ impl Decoder {
                 if lines.len() >= limits.max_headers {
                     return Err(Error::TooManyHeaders);
                 }
-                let colon = match memchr::memchr(b':', line) {
+                let colon = match colon {
                     None => return Err(Error::HeaderWithoutColon),
-                    Some(0) => return Err(Error::EmptyHeaderName),
-                    Some(c) => pos + c,
+                    Some(c) if c == pos => return Err(Error::EmptyHeaderName),
+                    Some(c) => c,
                 };
                 if content_length.is_none() && &buf[pos..colon] == b"content-length" {
                     let n = parse_content_length(&buf[colon + 1..end])?;
@@ -169,7 +219,7 @@ impl Decoder {
                     }
                     content_length = Some(n);
                 }
-                lines.push((pos, colon, end));
+                lines.push((pos, colon, end, backslash));
             }
             pos = nl + 1;
         };
@@ -235,10 +285,18 @@ impl Decoder {
         } else {
             Version::V1_0
         };
-        let mut headers = Headers::with_capacity(lines.len());
-        for (start, colon, end) in lines {
-            let name = unescape(frame_bytes.slice(start..colon), version)?;
-            let value = unescape(frame_bytes.slice(colon + 1..end), version)?;
+        let mut headers = Headers::with_capacity(self.lines.len());
+        for &(start, colon, end, backslash) in &self.lines {
+            let (name, value) = if backslash && version != Version::V1_0 {
+                (
+                    unescape(frame_bytes.slice(start..colon), version)?,
+                    unescape(frame_bytes.slice(colon + 1..end), version)?,
+                )
+            } else {
+                let name = well_known_name(&frame_bytes[start..colon])
+                    .unwrap_or_else(|| frame_bytes.slice(start..colon));
+                (name, frame_bytes.slice(colon + 1..end))
+            };
             headers.push(name, value);
         }
         Ok(Some(Decoded::Frame(Frame {
@@ -262,16 +320,35 @@ fn check_partial_line(partial: &[u8], max_line: usize) -> Result<(), Error> {
     }
 }
 
-/// Checks a complete header line (EOL removed): no NUL and no bare CR (the
-/// grammar excludes CR from names and values; 1.2 escapes it as `\r`). A CR
-/// at index `max_line` is left for the line-length check, which an
-/// incremental reader would have hit first.
-fn check_complete_line(line: &[u8], max_line: usize) -> Result<(), Error> {
-    match memchr::memchr2(0, b'\r', line) {
-        Some(i) if line[i] == 0 => Err(Error::NulInHeader),
-        Some(i) if i < max_line => Err(Error::BadEol),
-        _ => Ok(()),
-    }
+/// Common header names as static `Bytes`: no reference count to touch when
+/// the frame is built or dropped.
+fn well_known_name(raw: &[u8]) -> Option<Bytes> {
+    const NAMES: [&[u8]; 20] = [
+        b"destination",
+        b"content-type",
+        b"content-length",
+        b"receipt",
+        b"receipt-id",
+        b"id",
+        b"ack",
+        b"subscription",
+        b"message-id",
+        b"transaction",
+        b"message",
+        b"persistent",
+        b"accept-version",
+        b"host",
+        b"login",
+        b"passcode",
+        b"heart-beat",
+        b"version",
+        b"session",
+        b"server",
+    ];
+    NAMES
+        .iter()
+        .find(|n| **n == raw)
+        .map(|n| Bytes::from_static(n))
 }
 
 /// Rejects a partial command line early when no command starts with it.
@@ -302,16 +379,15 @@ fn check_command_prefix(partial: &[u8]) -> Result<(), Error> {
 }
 
 fn parse_content_length(raw: &[u8]) -> Result<usize, Error> {
-    use nom::{character::complete::digit1, combinator::all_consuming, Parser};
-    let digits = all_consuming(digit1::<&[u8], nom::error::Error<&[u8]>>)
-        .parse(raw)
-        .map_err(|_| Error::InvalidContentLength)?
-        .1;
-    // At most 19 digits fit any usize; longer is nonsense, not an overflow to wrap.
-    if digits.len() > 19 {
+    // Digits only: no sign, no spaces. At most 19 digits fit any usize;
+    // longer is nonsense, not an overflow to wrap.
+    if raw.is_empty() || raw.len() > 19 {
         return Err(Error::InvalidContentLength);
     }
-    digits.iter().try_fold(0usize, |acc, &d| {
+    raw.iter().try_fold(0usize, |acc, &d| {
+        if !d.is_ascii_digit() {
+            return Err(Error::InvalidContentLength);
+        }
         acc.checked_mul(10)
             .and_then(|a| a.checked_add(usize::from(d - b'0')))
             .ok_or(Error::InvalidContentLength)
