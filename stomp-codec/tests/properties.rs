@@ -269,7 +269,11 @@ fn small_limits() -> impl Strategy<Value = Limits> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+    // 1024 cases unless PROPTEST_CASES says otherwise (scripts/fuzz-smoke.sh raises it).
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(1024),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn encode_then_decode_round_trips((version, frame) in versioned_frame()) {
