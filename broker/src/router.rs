@@ -138,10 +138,28 @@ pub enum RouteError {
     /// The queue is full and its policy is reject-publish.
     #[error("queue full")]
     QueueFull,
+    /// Control characters, empty or `.`/`..` path segments.
+    #[error("invalid destination")]
+    InvalidDestination,
+}
+
+/// Rejects destinations no client has a reason to use and that could only
+/// confuse matching: control characters, `//`, `/./`, `/../`.
+pub fn validate_destination(dest: &str) -> Result<(), RouteError> {
+    let bad_char = dest.chars().any(char::is_control);
+    let bad_segment = dest
+        .split('/')
+        .skip(1)
+        .any(|s| s.is_empty() || s == "." || s == "..");
+    if bad_char || bad_segment || !dest.starts_with('/') {
+        return Err(RouteError::InvalidDestination);
+    }
+    Ok(())
 }
 
 /// Parses a destination into its kind.
 pub fn parse_destination(dest: &str) -> Result<DestKind<'_>, RouteError> {
+    validate_destination(dest)?;
     if let Some(name) = dest.strip_prefix("/topic/") {
         if !name.is_empty() {
             return Ok(DestKind::Topic(name));
@@ -564,7 +582,15 @@ mod tests {
         assert_eq!(parse_destination("/queue/q"), Ok(DestKind::Queue("q")));
         assert_eq!(
             parse_destination("/topic/"),
-            Err(RouteError::UnknownDestination)
+            Err(RouteError::InvalidDestination)
+        );
+        assert_eq!(
+            parse_destination("/user/a/../b/queue"),
+            Err(RouteError::InvalidDestination)
+        );
+        assert_eq!(
+            parse_destination("/user/bob/queue/x"),
+            Ok(DestKind::User("/user/bob/queue/x"))
         );
         assert_eq!(
             parse_destination("/exchange/x"),

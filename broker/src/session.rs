@@ -515,6 +515,8 @@ impl Session {
     }
 
     fn authorize_send(&self, destination: &str) -> Result<(), StompError> {
+        crate::router::validate_destination(destination)
+            .map_err(|e| route_error(e, destination))?;
         if self
             .core
             .acl
@@ -627,6 +629,8 @@ impl Session {
     /// destinations (`/user/<name>/queue/...`), always permitted to an
     /// authenticated user; naming another user is denied.
     fn resolve_subscription(&self, destination: &str) -> Result<String, StompError> {
+        crate::router::validate_destination(destination)
+            .map_err(|e| route_error(e, destination))?;
         if let Some(rest) = destination.strip_prefix("/user/") {
             let own = rest.starts_with("queue/") || rest.starts_with("topic/");
             return match (&self.identity.user, own) {

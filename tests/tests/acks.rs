@@ -271,3 +271,40 @@ async fn unknown_transaction_is_an_error(kind: Kind) -> Result<()> {
     ensure!(e.header_str("message") == Some("unknown transaction"));
     Ok(())
 }
+
+#[tokio::test]
+async fn nack_goes_to_a_consumer_that_subscribed_later() -> Result<()> {
+    let b = TestBroker::start().await;
+    let mut a = b.tcp_client().await;
+    a.subscribe("sa", "/queue/late", "client-individual")
+        .await?;
+    for n in 0..3 {
+        a.send("/queue/late", &format!("m{n}")).await?;
+    }
+    let _m0 = a.message().await?;
+    let m1 = a.message().await?;
+    let _m2 = a.message().await?;
+    let mut c = b.ws_client().await;
+    c.subscribe("sb", "/queue/late", "client-individual")
+        .await?;
+    ack(&mut a, &m1, Command::Nack).await?;
+    let again = c.message().await?;
+    ensure!(body(&again) == "m1" && again.header_str("redelivered") == Some("true"));
+    a.expect_silence(Duration::from_millis(150)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn nack_with_a_single_consumer_redelivers_to_it() -> Result<()> {
+    let b = TestBroker::start().await;
+    let mut a = b.tcp_client().await;
+    a.subscribe("sa", "/queue/single", "client-individual")
+        .await?;
+    a.send("/queue/single", "only").await?;
+    let m = a.message().await?;
+    ack(&mut a, &m, Command::Nack).await?;
+    let again = a.message().await?;
+    ensure!(body(&again) == "only" && again.header_str("redelivered") == Some("true"));
+    ensure!(again.header_str("message-id") == m.header_str("message-id"));
+    Ok(())
+}

@@ -255,3 +255,18 @@ async fn escaped_headers_round_trip_in_1_2(kind: Kind) -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn unknown_command_error_carries_receipt_id() -> Result<()> {
+    let b = TestBroker::start().await;
+    let mut c = b.ws_client().await;
+    c.send_raw(b"FROBNICATE\nreceipt:bad-1\n\n\0").await?;
+    let e = c.expect_error_and_close().await?;
+    ensure!(e.header_str("message") == Some("unknown command"));
+    ensure!(
+        e.header_str("receipt-id") == Some("bad-1"),
+        "{:?}",
+        e.headers
+    );
+    Ok(())
+}
