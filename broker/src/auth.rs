@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// Authentication settings (`[auth]`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// Allow clients without credentials. Unset: allowed for loopback peers
@@ -79,6 +79,18 @@ impl Default for JwtConfig {
             user_claim: "sub".into(),
             leeway_s: 5,
             url_token_param: "access_token".into(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            allow_anonymous: None,
+            users_file: None,
+            jwt: JwtConfig::default(),
+            max_failures_per_address: 10,
+            failure_window_s: 60,
         }
     }
 }

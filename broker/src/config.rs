@@ -58,6 +58,8 @@ pub struct ListenConfig {
     /// ending in `:*` allows any port. Requests without `Origin`
     /// (non-browser clients) are always allowed.
     pub allowed_origins: Vec<String>,
+    /// Serve the status page (`GET /`, `GET /stats.json`) on the HTTP port.
+    pub status_page: bool,
     /// After binding, write `{"stomp": addr, "http": addr, …}` as JSON here.
     pub port_file: Option<PathBuf>,
 }
@@ -218,6 +220,7 @@ impl Default for ListenConfig {
             http: "127.0.0.1:15674".into(),
             ws_path: "/ws".into(),
             stomp_tls: String::new(),
+            status_page: true,
             https: String::new(),
             allowed_origins: [
                 "http://localhost:*",

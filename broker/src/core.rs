@@ -45,6 +45,8 @@ pub struct BrokerCore {
     pub shutdown: CancellationToken,
     /// Set once shutdown has begun (for `/readyz`).
     pub draining: AtomicBool,
+    /// The latest status snapshot (`/stats.json`).
+    pub status: crate::status::StatusBoard,
     /// Credential checks.
     pub auth: Arc<Authenticator>,
     /// Authorization rules.
@@ -73,6 +75,7 @@ impl BrokerCore {
             metrics,
             shutdown,
             draining: AtomicBool::new(false),
+            status: crate::status::StatusBoard::default(),
             auth: Arc::new(Authenticator::from_config(&config.auth)?),
             acl: Acl::new(config.acl.clone()),
             bridge: OnceLock::new(),

@@ -104,6 +104,23 @@ fn route(
             );
             r
         }
+        "/" | "/index.html" if core.config.listen.status_page => {
+            let page = crate::status::PAGE.replace("__WS_PATH__", &core.config.listen.ws_path);
+            let mut r = text(StatusCode::OK, page);
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            r
+        }
+        "/stats.json" if core.config.listen.status_page => {
+            let mut r = text(StatusCode::OK, core.status.json());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
             if core.draining.load(Relaxed) {

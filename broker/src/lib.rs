@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod retain;
 pub mod router;
 pub mod session;
+pub mod status;
 pub mod tls;
 pub mod transport;
 
@@ -137,6 +138,9 @@ impl Broker {
             let bridge = kafka_bridge::Bridge::start(kafka, sink, core.shutdown.child_token())
                 .map_err(|e| anyhow::anyhow!("Kafka bridge: {e}"))?;
             core.set_bridge(bridge);
+        }
+        if core.config.listen.status_page {
+            tracker.spawn(status::run(core.clone()));
         }
         if let Some(path) = &listen.port_file {
             let json = serde_json::json!({

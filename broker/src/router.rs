@@ -545,6 +545,45 @@ impl Router {
         }
     }
 
+    /// Whether anyone subscribes to exactly `destination`.
+    pub fn has_subscribers(&self, destination: &str) -> bool {
+        self.topics.get(destination).is_some_and(|s| !s.is_empty())
+    }
+
+    /// The `n` destinations with the most subscriptions (exact topics, user
+    /// destinations and queues; wildcard patterns listed as themselves).
+    pub fn top_destinations(&self, n: usize) -> Vec<(String, usize, usize)> {
+        let mut all: Vec<(String, usize, usize)> = self
+            .topics
+            .iter()
+            .map(|e| (e.key().to_string(), e.value().len(), 0))
+            .collect();
+        for q in self.queues.iter() {
+            let st = q.value().lock().unwrap_or_else(|e| e.into_inner());
+            all.push((
+                format!("/queue/{}", q.key()),
+                st.consumers.len(),
+                st.buffer.len(),
+            ));
+        }
+        {
+            let w = self.wildcards.read().unwrap_or_else(|e| e.into_inner());
+            let mut patterns: std::collections::HashMap<&str, usize> =
+                std::collections::HashMap::new();
+            for (p, _) in w.iter() {
+                *patterns.entry(p).or_default() += 1;
+            }
+            all.extend(
+                patterns
+                    .into_iter()
+                    .map(|(p, c)| (format!("/topic/{p}"), c, 0)),
+            );
+        }
+        all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(b.2.cmp(&a.2)).then(a.0.cmp(&b.0)));
+        all.truncate(n);
+        all
+    }
+
     /// Messages waiting in a queue (for tests and the status page).
     pub fn queue_depth(&self, destination: &str) -> usize {
         match parse_destination(destination) {

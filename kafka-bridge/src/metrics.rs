@@ -65,6 +65,11 @@ impl BridgeMetrics {
             .copied()
     }
 
+    /// Last known lag of every assigned partition.
+    pub fn lag_snapshot(&self) -> BTreeMap<(String, i32), i64> {
+        self.lag.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
     pub(crate) fn set_lag(&self, lag: BTreeMap<(String, i32), i64>) {
         if let Ok(mut l) = self.lag.lock() {
             *l = lag;
