@@ -554,3 +554,24 @@ async fn tls_listeners_serve_stomp_and_secure_websocket_end_to_end() -> Result<(
     drop(b);
     Ok(())
 }
+
+#[tokio::test]
+async fn jwks_file_keys_are_selected_by_kid() -> Result<()> {
+    let b = TestBroker::start_with(|c| {
+        c.auth.jwt.jwks_file = Some(fixture("jwks.json"));
+        c.auth.jwt.leeway_s = 0;
+    })
+    .await;
+    let pem = std::fs::read(fixture("rsa-private.pem"))?;
+    let key = EncodingKey::from_rsa_pem(&pem)?;
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("test-rsa-1".into());
+    let token = encode(&header, &claims("dave", json!({})), &key)?;
+    let c = connect_token(&b, &token).await?;
+    ensure!(c.version == stomp_codec::Version::V1_2);
+    // A kid the JWKS does not have is refused.
+    header.kid = Some("unknown-kid".into());
+    let token = encode(&header, &claims("dave", json!({})), &key)?;
+    expect_auth_failure(&b, &[("accept-version", "1.2"), ("passcode", &token)]).await?;
+    Ok(())
+}
