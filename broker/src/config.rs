@@ -6,12 +6,12 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{acl::AclRule, auth::AuthConfig};
 
 /// The whole broker configuration.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Listeners.
@@ -30,7 +30,9 @@ pub struct Config {
     pub acl: Vec<AclRule>,
     /// TLS certificate and key for the `stomp_tls` and `https` listeners.
     pub tls: TlsConfig,
-    /// The Kafka bridge (`[kafka]`); off unless `brokers` is set.
+    /// The Kafka bridge (`[kafka]`); off unless `brokers` is set. Its keys
+    /// are documented in docs/kafka.md.
+    #[serde(skip_serializing)]
     pub kafka: Option<kafka_bridge::BridgeConfig>,
     /// What to do with a subscriber whose outbound queue is full.
     pub slow_consumer: SlowConsumerPolicy,
@@ -41,7 +43,7 @@ pub struct Config {
 }
 
 /// Listener addresses. An empty string disables a listener.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ListenConfig {
     /// STOMP over TCP (RabbitMQ's port 61613).
@@ -65,7 +67,7 @@ pub struct ListenConfig {
 }
 
 /// TLS settings (rustls).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain.
@@ -75,7 +77,7 @@ pub struct TlsConfig {
 }
 
 /// Input and resource limits.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Largest STOMP frame in bytes (headers and body).
@@ -110,7 +112,7 @@ pub struct LimitsConfig {
 }
 
 /// Heart-beat settings.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HeartbeatConfig {
     /// The server's offer `sx,sy` in ms: how often it can send, how often it
@@ -123,7 +125,7 @@ pub struct HeartbeatConfig {
 }
 
 /// Queue settings.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueueConfig {
     /// Messages a queue keeps while no consumer can take them.
@@ -136,7 +138,7 @@ pub struct QueueConfig {
 
 /// Retained-message store settings (per-destination counts and TTLs are
 /// set per Kafka route).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetainConfig {
     /// Most destinations with retained messages; the least recently updated
@@ -153,7 +155,7 @@ impl Default for RetainConfig {
 }
 
 /// Queue overflow policy.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum QueueOverflow {
     /// Drop the oldest buffered message to make room.
@@ -165,7 +167,7 @@ pub enum QueueOverflow {
 }
 
 /// Slow-consumer policy.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum SlowConsumerPolicy {
     /// Send ERROR `slow consumer` and close the connection.
@@ -175,7 +177,7 @@ pub enum SlowConsumerPolicy {
 }
 
 /// Log settings.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// `human` or `json`.
@@ -185,7 +187,7 @@ pub struct LogConfig {
 }
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -529,6 +531,52 @@ mod tests {
     fn example_config_parses_and_matches_defaults() {
         let text = include_str!("../../config/example.toml");
         assert_eq!(Config::from_toml(text).unwrap(), Config::default());
+    }
+
+    /// Every key the struct serialises (all but unset optional ones) must be
+    /// in config/example.toml and in README.md's configuration reference,
+    /// so the docs cannot drift from the code.
+    #[test]
+    fn every_config_key_is_documented() {
+        fn keys(prefix: &str, v: &toml::Value, out: &mut Vec<String>) {
+            if let toml::Value::Table(t) = v {
+                for (k, v) in t {
+                    let path = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    match v {
+                        toml::Value::Table(_) => keys(&path, v, out),
+                        _ => out.push(path),
+                    }
+                }
+            }
+        }
+        let defaults = toml::Value::try_from(Config::default()).unwrap();
+        let mut all = Vec::new();
+        keys("", &defaults, &mut all);
+        assert!(all.len() > 30, "{all:?}");
+        let example: toml::Value =
+            toml::from_str(include_str!("../../config/example.toml")).unwrap();
+        let mut in_example = Vec::new();
+        keys("", &example, &mut in_example);
+        let readme = include_str!("../../README.md");
+        for key in &all {
+            if key == "acl" {
+                // An array of tables: documented by commented `[[acl]]` examples.
+                assert!(readme.contains("[[acl]]"));
+                continue;
+            }
+            assert!(
+                in_example.contains(key),
+                "{key} missing from config/example.toml"
+            );
+            assert!(
+                readme.contains(&format!("`{key}`")),
+                "{key} missing from README.md"
+            );
+        }
     }
 
     #[test]
