@@ -1,1 +1,61 @@
-//! examples
+//! Example programs for `stomp-broker`, as a library so that
+//! `tests/smoke.rs` can run them against an embedded broker:
+//!
+//! * [`client`] — a small async STOMP client over TCP or WebSocket built on
+//!   `stomp-codec` (`Decoder`, `encode`, `Frame`, `Command`);
+//! * [`publisher`] — a backend service that SENDs with receipts and waits
+//!   for each RECEIPT (`cargo run -p examples --bin publisher`);
+//! * [`subscriber`] — prints what arrives on a destination
+//!   (`cargo run -p examples --bin subscriber`);
+//! * [`embedded`] — the broker as a library, with in-process publish and
+//!   subscribe (`cargo run -p examples --bin embedded`);
+//! * [`order`] and [`simulator`] — the order-tracking demo's order-processing
+//!   simulator (Kafka `orders` → status steps → Kafka `order-results`);
+//! * [`web`] — the static file server for the demo page.
+//!
+//! `docs/demo.md` describes the demo (`scripts/demo.sh`).
+
+pub mod client;
+pub mod embedded;
+pub mod order;
+pub mod publisher;
+pub mod simulator;
+pub mod subscriber;
+pub mod web;
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// A cancellation token cancelled by [`shutdown_signal`].
+pub fn cancel_on_signal() -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        t.cancel();
+    });
+    token
+}
+
+/// Logs to stderr; `RUST_LOG` overrides `default`.
+pub fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

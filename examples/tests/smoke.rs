@@ -1,0 +1,182 @@
+//! The examples, run as library functions against an embedded broker on
+//! `127.0.0.1:0`, so they cannot rot.
+
+use std::time::Duration;
+
+use examples::{
+    client::Credentials,
+    embedded::{tick, EmbeddedBroker},
+    publisher::{publish, PublishOptions},
+    subscriber::{subscribe, SubscribeOptions},
+};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Starts `subscribe` in a task and returns once its SUBSCRIBE was confirmed.
+async fn spawn_subscriber(
+    opts: SubscribeOptions,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<anyhow::Result<Vec<String>>> {
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut bodies = Vec::new();
+        subscribe(
+            &opts,
+            cancel,
+            move || {
+                let _ = tx.send(());
+            },
+            |m| bodies.push(String::from_utf8_lossy(&m.body).into_owned()),
+        )
+        .await?;
+        Ok(bodies)
+    });
+    tokio::time::timeout(WAIT, rx)
+        .await
+        .expect("subscriber subscribed in time")
+        .expect("subscriber task alive");
+    task
+}
+
+#[tokio::test]
+async fn publisher_waits_for_receipts_and_tcp_subscriber_gets_every_message_in_order() {
+    let broker = EmbeddedBroker::start(EmbeddedBroker::ephemeral_config())
+        .await
+        .unwrap();
+    let addr = broker.stomp_addr().unwrap();
+    let sub = spawn_subscriber(
+        SubscribeOptions {
+            addr: addr.clone(),
+            destination: "/topic/order.*".into(),
+            count: Some(10),
+            credentials: Credentials::default(),
+        },
+        CancellationToken::new(),
+    )
+    .await;
+    let mut confirmed = Vec::new();
+    let report = publish(
+        &PublishOptions {
+            addr,
+            destination: "/topic/order.42".into(),
+            count: 10,
+            ..PublishOptions::default()
+        },
+        |n, _| confirmed.push(n),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.confirmed, 10);
+    assert_eq!(confirmed, (1..=10).collect::<Vec<_>>());
+    let bodies = tokio::time::timeout(WAIT, sub)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let expected: Vec<String> = (1..=10)
+        .map(|n| format!(r#"{{"orderId":"42","seq":{n}}}"#))
+        .collect();
+    assert_eq!(bodies, expected);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn websocket_subscriber_gets_only_its_own_user_destination() {
+    let broker = EmbeddedBroker::start(EmbeddedBroker::ephemeral_config())
+        .await
+        .unwrap();
+    let ws = broker.ws_url().unwrap();
+    let cancel = CancellationToken::new();
+    let sub = spawn_subscriber(
+        SubscribeOptions {
+            addr: ws,
+            destination: "/user/queue/order-updates".into(),
+            count: Some(1),
+            credentials: Credentials {
+                login: Some("alice".into()),
+                passcode: None,
+            },
+        },
+        cancel.clone(),
+    )
+    .await;
+    // Bob's update must not reach alice; hers must.
+    let to_bob = broker
+        .publish_json(
+            "/user/bob/queue/order-updates",
+            &serde_json::json!({"for": "bob"}),
+        )
+        .unwrap();
+    assert_eq!(to_bob, 0, "nobody is subscribed as bob");
+    let to_alice = broker
+        .publish_json(
+            "/user/alice/queue/order-updates",
+            &serde_json::json!({"for": "alice"}),
+        )
+        .unwrap();
+    assert_eq!(to_alice, 1);
+    let bodies = tokio::time::timeout(WAIT, sub)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(bodies, vec![r#"{"for":"alice"}"#.to_owned()]);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn embedded_broker_in_process_publish_reaches_local_subscription() {
+    let broker = EmbeddedBroker::start(EmbeddedBroker::ephemeral_config())
+        .await
+        .unwrap();
+    let mut local = broker.subscribe_local("/topic/ticks").unwrap();
+    let cancel = CancellationToken::new();
+    let ticking = {
+        let cancel = cancel.clone();
+        let broker = &broker;
+        async move { tick(broker, "/topic/ticks", Duration::from_millis(10), cancel).await }
+    };
+    let reading = async {
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let msg = tokio::time::timeout(WAIT, local.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(&*msg.destination, "/topic/ticks");
+            got.push(String::from_utf8_lossy(msg.template.body()).into_owned());
+        }
+        cancel.cancel();
+        got
+    };
+    let (ticks, got) = tokio::join!(ticking, reading);
+    assert!(ticks.unwrap() >= 3);
+    assert_eq!(got, [r#"{"tick":1}"#, r#"{"tick":2}"#, r#"{"tick":3}"#]);
+    drop(local);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn publisher_reports_the_brokers_error() {
+    let broker = EmbeddedBroker::start(EmbeddedBroker::ephemeral_config())
+        .await
+        .unwrap();
+    let err = publish(
+        &PublishOptions {
+            addr: broker.stomp_addr().unwrap(),
+            destination: "/nowhere/x".into(),
+            count: 1,
+            ..PublishOptions::default()
+        },
+        |_, _| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("broker ERROR"),
+        "unexpected error: {err:#}"
+    );
+    broker.stop().await;
+}
