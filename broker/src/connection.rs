@@ -136,6 +136,13 @@ async fn run<T: Transport>(
                 ));
             }
             Event::Read(Ok(0)) => ended = Some(End::Gone),
+            Event::Read(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                tracing::debug!(error = %e, "transport protocol violation");
+                ended = Some(End::Error(
+                    StompError::new("protocol", "transport protocol violation", e.to_string()),
+                    CloseKind::ProtocolError,
+                ));
+            }
             Event::Read(Err(e)) => {
                 tracing::debug!(error = %e, "read failed");
                 ended = Some(End::Gone);

@@ -30,7 +30,13 @@ const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
 /// WebSocket settings for many mostly idle connections: small buffers,
 /// message size bounded by the frame limit.
 pub fn ws_config(core: &BrokerCore) -> WebSocketConfig {
-    let max = core.config.limits.max_frame_bytes + 4096;
+    // One WebSocket message may carry several frames, or part of one.
+    let max = core
+        .config
+        .limits
+        .max_frame_bytes
+        .saturating_mul(2)
+        .max(64 * 1024);
     WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
         .write_buffer_size(16 * 1024)

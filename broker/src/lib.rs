@@ -237,6 +237,13 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        // Half-open peers (gone without FIN) are found by TCP keepalive even
+        // when no heart-beats were negotiated.
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(60))
+            .with_interval(Duration::from_secs(10))
+            .with_retries(3);
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
         let core = core.clone();
         match (kind, tls.clone()) {
             (Listener::Stomp, _) => {

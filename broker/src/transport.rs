@@ -107,8 +107,27 @@ impl<S> WsTransport<S> {
     }
 }
 
+/// Maps WebSocket errors to I/O errors; a peer's protocol violation (bad
+/// framing, oversized message, invalid UTF-8 in a text message) becomes
+/// `InvalidData`, so the connection can answer with an ERROR before closing.
 fn ws_err(e: tokio_tungstenite::tungstenite::Error) -> io::Error {
-    io::Error::other(e)
+    use tokio_tungstenite::tungstenite::Error as E;
+    match e {
+        E::Io(io) => io,
+        E::Capacity(c) => io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("message too large: {c}"),
+        ),
+        E::Protocol(p) => io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("WebSocket protocol error: {p}"),
+        ),
+        E::Utf8(u) => io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("invalid UTF-8 in a text message: {u}"),
+        ),
+        other => io::Error::other(other),
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for WsTransport<S> {
