@@ -2,6 +2,8 @@
 //! client over TCP or WebSocket that speaks raw frames, so tests can send
 //! exactly what they mean (including malformed input).
 
+pub mod kafka;
+
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{anyhow, bail, Context, Result};

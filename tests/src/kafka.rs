@@ -1,0 +1,478 @@
+//! Kafka support for the end-to-end tests through the whole broker: the real
+//! Kafka of `scripts/kafka.sh` (`KAFKA_BOOTSTRAP`, else `.kafka/bootstrap`),
+//! topic creation, a producer that reports partition and offset, a consumer,
+//! a private Kafka that a test may stop and restart, and the `stomp-broker`
+//! binary as a child process (for crash tests).
+//!
+//! With no Kafka these helpers **fail** with a message saying how to start
+//! one; they never skip.
+
+use std::{
+    collections::HashMap,
+    net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use kafka_bridge::{BridgeConfig, OffsetReset, RouteConfig};
+use rdkafka::{
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    config::ClientConfig,
+    consumer::{Consumer, StreamConsumer},
+    message::{Header, OwnedHeaders, OwnedMessage},
+    producer::{DeliveryFuture, FutureProducer, FutureRecord},
+    Message as _,
+};
+use stomp_codec::Frame;
+
+/// Repository root (the workspace).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The Kafka to test against: `KAFKA_BOOTSTRAP`, else `<repo>/.kafka/bootstrap`.
+/// Panics (never skips) when there is none or it does not answer.
+pub fn bootstrap() -> String {
+    let addr = match std::env::var("KAFKA_BOOTSTRAP") {
+        Ok(b) if !b.trim().is_empty() => b.trim().to_owned(),
+        _ => {
+            let path = repo_root().join(".kafka/bootstrap");
+            match std::fs::read_to_string(&path) {
+                Ok(s) => s.trim().to_owned(),
+                Err(_) => panic!(
+                    "the Kafka end-to-end tests need a real Kafka: run `scripts/kafka.sh start` \
+                     (or set KAFKA_BOOTSTRAP=host:port); {} does not exist",
+                    path.display()
+                ),
+            }
+        }
+    };
+    let first = addr.split(',').next().unwrap_or_default().to_owned();
+    let reachable = first
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|sa| TcpStream::connect_timeout(&sa, Duration::from_secs(2)).is_ok());
+    assert!(
+        reachable,
+        "Kafka at {addr} is not reachable: run `scripts/kafka.sh start` (status: `scripts/kafka.sh status`)"
+    );
+    addr
+}
+
+/// A name no other test (or earlier run) uses; valid as a Kafka topic, a
+/// group id and a destination segment (no dots).
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{}-{}",
+        std::process::id(),
+        nanos % 1_000_000_000_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// Creates `name` with `partitions` partitions (replication 1).
+pub async fn create_topic(brokers: &str, name: &str, partitions: i32) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
+    let res = admin
+        .create_topics(
+            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+            &opts,
+        )
+        .await?;
+    for r in res {
+        r.map_err(|(t, e)| anyhow!("create topic {t}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// A test producer: no batching delay, generous delivery timeout (records
+/// produced while Kafka is down wait for it).
+pub fn producer(brokers: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("message.timeout.ms", "120000")
+        .set("linger.ms", "0")
+        .create()
+        .expect("producer")
+}
+
+/// Where a record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Landed {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+impl Landed {
+    /// The `message-id` the bridge gives this record: `<topic>-<partition>-<offset>`.
+    pub fn message_id(&self, topic: &str) -> String {
+        format!("{topic}-{}-{}", self.partition, self.offset)
+    }
+}
+
+/// Enqueues one record without waiting for the acknowledgement.
+pub fn enqueue(
+    p: &FutureProducer,
+    topic: &str,
+    key: Option<&str>,
+    headers: &[(&str, &str)],
+    value: &[u8],
+) -> Result<DeliveryFuture> {
+    let mut h = OwnedHeaders::new_with_capacity(headers.len());
+    for (k, v) in headers {
+        h = h.insert(Header {
+            key: k,
+            value: Some(v.as_bytes()),
+        });
+    }
+    let mut rec = FutureRecord::to(topic).payload(value).headers(h);
+    if let Some(k) = key {
+        rec = rec.key(k);
+    }
+    p.send_result(rec)
+        .map_err(|(e, _)| anyhow!("enqueue to {topic}: {e}"))
+}
+
+/// Waits for an enqueued record's acknowledgement.
+pub async fn delivered(f: DeliveryFuture) -> Result<Landed> {
+    let d = f
+        .await
+        .map_err(|_| anyhow!("producer dropped"))?
+        .map_err(|(e, _)| anyhow!("produce failed: {e}"))?;
+    Ok(Landed {
+        partition: d.partition,
+        offset: d.offset,
+    })
+}
+
+/// Produces one record and waits for Kafka's acknowledgement.
+pub async fn produce(
+    p: &FutureProducer,
+    topic: &str,
+    key: Option<&str>,
+    headers: &[(&str, &str)],
+    value: &[u8],
+) -> Result<Landed> {
+    delivered(enqueue(p, topic, key, headers, value)?).await
+}
+
+/// A bridge configuration for tests: `brokers`, the given group, `earliest`
+/// (a fresh group reads its unique topics from the start), statistics every
+/// second (so `/readyz` follows Kafka's state quickly), routes in the
+/// command-line form `topic=/topic/x.{key}`.
+pub fn bridge_config(brokers: &str, group: &str, routes: &[&str]) -> BridgeConfig {
+    let mut c = BridgeConfig::default();
+    c.brokers = brokers.to_owned();
+    c.group_id = Some(group.to_owned());
+    c.auto_offset_reset = OffsetReset::Earliest;
+    c.stats_interval = Duration::from_secs(1);
+    c.routes = routes
+        .iter()
+        .map(|r| r.parse::<RouteConfig>().expect("route"))
+        .collect();
+    c
+}
+
+/// Reads `n` records of `topic` from the beginning (fresh group), or fails
+/// after `within`.
+pub async fn consume(
+    brokers: &str,
+    topic: &str,
+    n: usize,
+    within: Duration,
+) -> Result<Vec<OwnedMessage>> {
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("e2e-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("topic.metadata.refresh.interval.ms", "1000")
+        .create()?;
+    c.subscribe(&[topic])?;
+    let deadline = Instant::now() + within;
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, c.recv()).await {
+            Ok(Ok(m)) => out.push(m.detach()),
+            Ok(Err(e)) => bail!("consuming {topic}: {e}"),
+            Err(_) => bail!(
+                "only {} of {n} records of {topic} within {within:?}",
+                out.len()
+            ),
+        }
+    }
+    Ok(out)
+}
+
+/// Headers of a Kafka record as text.
+pub fn record_headers(m: &OwnedMessage) -> HashMap<String, String> {
+    use rdkafka::message::Headers as _;
+    let mut out = HashMap::new();
+    if let Some(h) = m.headers() {
+        for hd in h.iter() {
+            out.insert(
+                hd.key.to_owned(),
+                String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned(),
+            );
+        }
+    }
+    out
+}
+
+/// The headers of a STOMP frame as a map (first occurrence wins).
+pub fn frame_headers(f: &Frame) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for (n, v) in f.headers.iter() {
+        out.entry(String::from_utf8_lossy(n).into_owned())
+            .or_insert_with(|| String::from_utf8_lossy(v).into_owned());
+    }
+    out
+}
+
+/// Polls `cond` every 50 ms until it holds, or fails after `within`.
+pub async fn wait_for<F, Fut>(what: &str, within: Duration, mut cond: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if cond().await {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {within:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `GET /readyz` status (0 when the HTTP port does not answer).
+pub async fn readyz(http: SocketAddr) -> u16 {
+    crate::http_get(http, "/readyz")
+        .await
+        .map(|(s, _)| s)
+        .unwrap_or(0)
+}
+
+/// A second, private Kafka (own data dir and port, the shared instance's
+/// jars) that a test may stop and restart without disturbing other tests.
+/// Stopped and deleted on drop.
+pub struct PrivateKafka {
+    dir: PathBuf,
+    /// Its listener port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl PrivateKafka {
+    /// A private Kafka on a free port (not started yet). Needs the shared
+    /// instance's jars (`scripts/kafka.sh start` fetched them).
+    pub fn new(name: &str) -> PrivateKafka {
+        let _ = bootstrap();
+        PrivateKafka {
+            dir: std::env::temp_dir().join(unique(name)),
+            port: free_port(),
+        }
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Runs `scripts/kafka.sh <cmd>` for this instance.
+    pub fn script(&self, cmd: &str) -> Result<()> {
+        let mut c = Command::new("bash");
+        c.arg(repo_root().join("scripts/kafka.sh"))
+            .arg(cmd)
+            .env("KAFKA_DIR", &self.dir)
+            .env("KAFKA_PORT", self.port.to_string())
+            .env("KAFKA_HEAP_OPTS", "-Xms128m -Xmx384m");
+        let libs = repo_root().join(".kafka/libs");
+        if libs.is_dir() {
+            c.env("KAFKA_LIBS", libs);
+        }
+        let out = c.output().context("run scripts/kafka.sh")?;
+        if !out.status.success() {
+            bail!(
+                "scripts/kafka.sh {cmd} failed:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PrivateKafka {
+    fn drop(&mut self) {
+        let _ = self.script("stop");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The `stomp-broker` binary of this build, built first with
+/// `cargo build -p stomp-broker` into the target directory this test runs
+/// from (a no-op when it is up to date), so the test never runs a stale one.
+pub fn broker_binary() -> Result<PathBuf> {
+    // <target>/<profile>/deps/<test binary>
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| anyhow!("unexpected test binary location {}", exe.display()))?
+        .to_path_buf();
+    let target_dir = profile_dir
+        .parent()
+        .ok_or_else(|| anyhow!("no target dir above {}", profile_dir.display()))?;
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(repo_root())
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "stomp-broker",
+            "--bin",
+            "stomp-broker",
+        ])
+        .arg("--target-dir")
+        .arg(target_dir);
+    if release {
+        cmd.arg("--release");
+    }
+    let out = cmd
+        .output()
+        .context("running cargo build -p stomp-broker")?;
+    if !out.status.success() {
+        bail!(
+            "cargo build -p stomp-broker failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let bin = profile_dir.join("stomp-broker");
+    if !bin.is_file() {
+        bail!("{} not found after cargo build", bin.display());
+    }
+    Ok(bin)
+}
+
+/// A `stomp-broker` child process on ephemeral ports. Killed on drop.
+pub struct BrokerProcess {
+    child: Child,
+    /// STOMP/TCP address.
+    pub stomp: SocketAddr,
+    /// HTTP/WebSocket address.
+    pub http: SocketAddr,
+    log: PathBuf,
+}
+
+impl BrokerProcess {
+    /// Starts `bin` with `--stomp-listen 127.0.0.1:0 --http-listen 127.0.0.1:0
+    /// --port-file …` plus `args`, logging to `<dir>/broker-<n>.log`, and
+    /// waits (≤ 30 s) for the port file.
+    pub async fn start(bin: &Path, dir: &Path, args: &[String]) -> Result<BrokerProcess> {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let port_file = dir.join(format!("ports-{n}.json"));
+        let log = dir.join(format!("broker-{n}.log"));
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(bin)
+            .args([
+                "--stomp-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--port-file")
+            .arg(&port_file)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        let mut p = BrokerProcess {
+            child,
+            stomp: "0.0.0.0:0".parse()?,
+            http: "0.0.0.0:0".parse()?,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&port_file) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                    let addr = |k: &str| {
+                        v.get(k)
+                            .and_then(|a| a.as_str())
+                            .and_then(|a| a.parse::<SocketAddr>().ok())
+                    };
+                    if let (Some(s), Some(h)) = (addr("stomp"), addr("http")) {
+                        p.stomp = s;
+                        p.http = h;
+                        return Ok(p);
+                    }
+                }
+            }
+            if let Some(status) = p.child.try_wait()? {
+                bail!(
+                    "broker exited ({status}) before listening:\n{}",
+                    p.log_text()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("broker wrote no port file within 30 s:\n{}", p.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The WebSocket URL of the STOMP endpoint.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.http)
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// What the broker logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
