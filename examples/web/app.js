@@ -47,9 +47,16 @@ function setState(state, detail) {
   ui.place.disabled = !(state === 'connected' && subscribed);
 }
 
+// 24-hour clock with milliseconds: steps are a few hundred ms apart.
+function clock(t) {
+  const d = new Date(t);
+  const p = (n, w = 2) => String(n).padStart(w, '0');
+  return `${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}.${p(d.getMilliseconds(), 3)}`;
+}
+
 function log(text, cls) {
   const li = document.createElement('li');
-  li.textContent = `${new Date().toLocaleTimeString()}  ${text}`;
+  li.textContent = `${clock(Date.now())}  ${text}`;
   if (cls) li.className = cls;
   ui.log.prepend(li);
   while (ui.log.children.length > 200) ui.log.lastChild.remove();
@@ -177,7 +184,7 @@ function onUpdate(message) {
   if (replayed) li.className = 'replayed';
   li.textContent = u.status;
   const when = document.createElement('small');
-  when.textContent = new Date(u.at).toLocaleTimeString();
+  when.textContent = clock(u.at);
   li.append(when);
   o.el.querySelector('.steps').append(li);
   const total = u.totalSteps || u.step;
