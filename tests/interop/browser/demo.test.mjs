@@ -25,7 +25,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
-import { startBroker, brokerBin, REPO_ROOT } from '../lib/broker.mjs';
+import { startBroker, startBrokerOn, brokerBin, REPO_ROOT } from '../lib/broker.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ARTIFACTS = path.resolve(HERE, '../artifacts');
@@ -50,6 +50,7 @@ let web;
 let broker;
 let browser;
 let webUrl;
+let brokerArgs;
 
 function kafkaBootstrap() {
   const k = (process.env.KAFKA_BOOTSTRAP || '').trim();
@@ -171,7 +172,8 @@ before(async () => {
   assert.ok(config.includes(resultsTopic) && config.includes(`broker-${suffix}`), 'config rewritten');
   const configPath = path.join(tmp, 'broker.toml');
   writeFileSync(configPath, config);
-  broker = await startBroker({ extraArgs: ['--config', configPath, '--kafka-brokers', kafka] });
+  brokerArgs = ['--config', configPath, '--kafka-brokers', kafka];
+  broker = await startBroker({ extraArgs: brokerArgs });
 
   // 3. The page server (examples/web + the stomp.js bundle), on a free port.
   const portFile = path.join(tmp, 'web-port');
@@ -269,5 +271,37 @@ test('demo: alice and bob each see only their own order, every step in order', {
       await who.page.evaluate(() => window.stompClient && window.stompClient.deactivate()).catch(() => {});
       await who.context.close().catch(() => {});
     }
+  }
+});
+
+test('demo: the page shows the outage, reconnects after a broker restart, resubscribes and tracks a new order', { timeout: 90000 }, async () => {
+  const carol = await openAs('carol');
+  try {
+    const { stompPort, httpPort } = broker;
+    await broker.stop();
+    await carol.page.waitForFunction(() => ['reconnecting', 'error'].includes(document.body.dataset.state), null, { timeout: 10000 });
+    assert.equal(await carol.page.isEnabled('#place'), false, 'no orders while disconnected');
+    broker = await startBrokerOn(stompPort, httpPort, { extraArgs: brokerArgs });
+    mark('broker restarted');
+    await carol.page.waitForFunction(
+      () => document.body.dataset.state === 'connected' && document.body.dataset.subscribed === 'true', null, { timeout: 20000 });
+    mark('page reconnected and resubscribed');
+    await carol.page.click('#place');
+    const orderId = await carol.page.evaluate(() => window.demo.lastOrderId);
+    await waitFor(`carol's order ${orderId} to reach SHIPPED after the restart`, async () => {
+      const mine = (await shown(carol.page)).find((o) => o.orderId === orderId);
+      return mine && mine.steps.length >= STEPS.length;
+    }, 45000, () => `console:\n${carol.consoleLines.join('\n')}\n${diagnostics()}`);
+    const mine = (await shown(carol.page)).find((o) => o.orderId === orderId);
+    assert.deepEqual(mine.steps, STEPS);
+    assert.match(mine.send, /accepted by Kafka/);
+    const events = await carol.page.locator('#log li').allTextContents();
+    assert.ok(events.some((e) => e.includes('reconnecting')), `the outage is in the event log:\n${events.join('\n')}`);
+    await sleep(300); // let the progress bar's transition finish for the screenshot
+    await carol.page.screenshot({ path: path.join(ARTIFACTS, 'demo-reconnect.png'), fullPage: true });
+    mark('reconnect test done');
+  } finally {
+    await carol.page.evaluate(() => window.stompClient && window.stompClient.deactivate()).catch(() => {});
+    await carol.context.close().catch(() => {});
   }
 });
