@@ -1,1 +1,312 @@
-fn main() {}
+//! `loadgen`: a load generator for STOMP over WebSocket (and TCP).
+//!
+//! Many client connections per task, source addresses spread over
+//! 127.0.0.x, client-side WebSocket masking (tungstenite's client role),
+//! send timestamps in message bodies, HdrHistogram latencies, open-loop
+//! publishing at a fixed rate (latency from the *scheduled* send time) and a
+//! windowed max-throughput mode. Every run prints a table and can append it
+//! as a JSON line (`--json`) for scripts/bench-compare.sh.
+//!
+//! Traffic goes to 127.0.0.0/8 only: non-loopback targets are refused.
+
+mod net;
+mod scenarios;
+mod stats;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::{
+    net::{Target, Transport},
+    scenarios::Common,
+};
+
+/// Load generator for STOMP over WebSocket and TCP brokers.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// Read the broker's addresses from its `--port-file` JSON
+    /// (`{"stomp":"127.0.0.1:P","http":"127.0.0.1:Q"}`).
+    #[arg(long, global = true)]
+    port_file: Option<PathBuf>,
+    /// WebSocket URL of the STOMP endpoint (e.g. ws://127.0.0.1:15694/ws).
+    #[arg(long, global = true)]
+    ws_url: Option<String>,
+    /// WebSocket path used with --port-file.
+    #[arg(long, global = true, default_value = "/ws")]
+    ws_path: String,
+    /// STOMP/TCP address (for --transport tcp).
+    #[arg(long, global = true)]
+    stomp_addr: Option<SocketAddr>,
+    /// Transport.
+    #[arg(long, global = true, value_enum, default_value = "ws")]
+    transport: Transport,
+    /// STOMP `host` header (RabbitMQ: the virtual host).
+    #[arg(long, global = true, default_value = "/")]
+    vhost: String,
+    /// STOMP login (with --passcode), e.g. guest for RabbitMQ.
+    #[arg(long, global = true)]
+    login: Option<String>,
+    /// STOMP passcode.
+    #[arg(long, global = true, default_value = "")]
+    passcode: String,
+    /// Broker process id: CPU seconds and RSS are read from /proc/<pid>.
+    #[arg(long, global = true)]
+    broker_pid: Option<u32>,
+    /// Spread client sockets over this many source addresses
+    /// (127.0.0.2, 127.0.0.3, ...), ~28k ephemeral ports each.
+    #[arg(long, global = true, default_value_t = 64)]
+    source_ips: u32,
+    /// Tokio worker threads (1 = current-thread runtime; the scripts pin
+    /// the generator to one core).
+    #[arg(long, global = true, default_value_t = 1)]
+    threads: usize,
+    /// Subscriber connections driven by one task.
+    #[arg(long, global = true, default_value_t = 128)]
+    conns_per_task: usize,
+    /// Handshakes in flight while setting up connections.
+    #[arg(long, global = true, default_value_t = 64)]
+    connect_concurrency: usize,
+    /// tungstenite read buffer per connection, bytes.
+    #[arg(long, global = true, default_value_t = 16 * 1024)]
+    read_buffer: usize,
+    /// Warm-up seconds before measuring.
+    #[arg(long, global = true, default_value_t = 2.0)]
+    warmup: f64,
+    /// Measured seconds (per phase for s5; the time limit for s4).
+    #[arg(long, global = true, default_value_t = 10.0)]
+    duration: f64,
+    /// Append each result as a JSON line to this file.
+    #[arg(long, global = true)]
+    json: Option<PathBuf>,
+    /// Label for the result row (e.g. stomp-broker, rabbitmq).
+    #[arg(long, global = true, default_value = "broker")]
+    label: String,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand, Debug)]
+enum Scenario {
+    /// S1 fan-out: one publisher, N subscribers on one topic.
+    S1 {
+        /// Subscribers.
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        /// Body bytes (the first 8 carry the send time).
+        #[arg(long, default_value_t = 200)]
+        body: usize,
+        /// Open-loop publish rate (messages/s); without it, max throughput.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Max-throughput mode: messages not yet delivered to everyone.
+        #[arg(long, default_value_t = 64)]
+        window: u64,
+        /// Topic.
+        #[arg(long, default_value = "/topic/fanout")]
+        topic: String,
+    },
+    /// S2 per-order 1:1: N subscribers each on /topic/<prefix>.<id>,
+    /// open-loop publishing spread over the ids.
+    S2 {
+        /// Subscribers (= distinct ids).
+        #[arg(long, default_value_t = 10_000)]
+        subscribers: usize,
+        /// Publish rate, messages/s in total.
+        #[arg(long, default_value_t = 50_000.0)]
+        rate: f64,
+        /// Body bytes.
+        #[arg(long, default_value_t = 200)]
+        body: usize,
+        /// Publisher connections sharing the schedule.
+        #[arg(long, default_value_t = 1)]
+        publishers: usize,
+        /// Destination prefix.
+        #[arg(long, default_value = "order")]
+        prefix: String,
+    },
+    /// S3 idle: N connections exchanging only heart-beats.
+    S3 {
+        /// Connections.
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Heart-beat both ways, ms.
+        #[arg(long, default_value_t = 10_000)]
+        heart_beat_ms: u32,
+        /// Seconds to wait after connecting before measuring.
+        #[arg(long, default_value_t = 5.0)]
+        settle: f64,
+    },
+    /// S4 connect rate: WebSocket upgrade + CONNECT → CONNECTED per second.
+    S4 {
+        /// Connection attempts at most (also bounded by --duration).
+        #[arg(long, default_value_t = 20_000)]
+        total: usize,
+        /// Concurrent connecting loops.
+        #[arg(long, default_value_t = 32)]
+        workers: usize,
+    },
+    /// S5 slow consumer among N subscribers (phase A undisturbed, phase B
+    /// with one stalled subscriber).
+    S5 {
+        /// Subscribers that keep reading.
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        /// Publish rate to everyone, messages/s.
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        /// Body bytes.
+        #[arg(long, default_value_t = 200)]
+        body: usize,
+        /// Topic.
+        #[arg(long, default_value = "/topic/slow")]
+        topic: String,
+        /// Extra stream only the victim subscribes to (<topic>.victim),
+        /// messages/s, so its backlog grows fast once it stalls (0 = none).
+        #[arg(long, default_value_t = 200.0)]
+        victim_rate: f64,
+        /// Body bytes of the victim's extra stream.
+        #[arg(long, default_value_t = 16 * 1024)]
+        victim_body: usize,
+    },
+    /// S6 Kafka → WebSocket (stub: measured with the Kafka bridge).
+    S6 {
+        /// stomp-broker binary whose --help is checked for the bridge flags.
+        #[arg(long)]
+        broker_bin: Option<PathBuf>,
+    },
+}
+
+fn loopback(addr: &SocketAddr) -> Result<()> {
+    match addr.ip() {
+        IpAddr::V4(v4) if v4.octets()[0] == 127 => Ok(()),
+        _ => bail!("{addr} is not in 127.0.0.0/8: loadgen only talks to loopback"),
+    }
+}
+
+fn ws_host(url: &str) -> Result<SocketAddr> {
+    let rest = url
+        .strip_prefix("ws://")
+        .context("only ws:// URLs are supported")?;
+    let host = rest.split('/').next().unwrap_or(rest);
+    host.parse()
+        .with_context(|| format!("{host}: expected an IP:port"))
+}
+
+fn target(cli: &Cli) -> Result<Target> {
+    let (mut ws_url, mut stomp_addr) = (cli.ws_url.clone(), cli.stomp_addr);
+    if let Some(pf) = &cli.port_file {
+        let text = std::fs::read_to_string(pf).with_context(|| format!("{}", pf.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text).context("port file JSON")?;
+        if ws_url.is_none() {
+            if let Some(h) = v.get("http").and_then(|h| h.as_str()) {
+                ws_url = Some(format!("ws://{h}{}", cli.ws_path));
+            }
+        }
+        if stomp_addr.is_none() {
+            if let Some(s) = v.get("stomp").and_then(|s| s.as_str()) {
+                stomp_addr = Some(s.parse().context("stomp address in port file")?);
+            }
+        }
+    }
+    let ws_url = ws_url.context("give --port-file or --ws-url")?;
+    let ws_addr = ws_host(&ws_url)?;
+    loopback(&ws_addr)?;
+    if let Some(a) = &stomp_addr {
+        loopback(a)?;
+    }
+    Ok(Target {
+        transport: cli.transport,
+        ws_addr,
+        ws_url,
+        stomp_addr,
+        host: cli.vhost.clone(),
+        login: cli.login.clone().map(|l| (l, cli.passcode.clone())),
+        source_ips: cli.source_ips.clamp(1, 250),
+        read_buffer: cli.read_buffer,
+    })
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if let Scenario::S6 { broker_bin } = &cli.scenario {
+        let help = broker_bin.as_ref().and_then(|b| {
+            std::process::Command::new(b)
+                .arg("--help")
+                .output()
+                .ok()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        });
+        return scenarios::s6(help.as_deref());
+    }
+    let common = Common {
+        target: target(&cli)?,
+        broker_pid: cli.broker_pid,
+        json: cli.json.clone(),
+        label: cli.label.clone(),
+        connect_concurrency: cli.connect_concurrency,
+        conns_per_task: cli.conns_per_task,
+        warmup: cli.warmup,
+        duration: cli.duration,
+    };
+    let rt = if cli.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cli.threads)
+            .enable_all()
+            .build()?
+    };
+    stats::now_ns();
+    rt.block_on(async {
+        match &cli.scenario {
+            Scenario::S1 {
+                subscribers,
+                body,
+                rate,
+                window,
+                topic,
+            } => scenarios::s1(&common, *subscribers, *body, *rate, *window, topic).await,
+            Scenario::S2 {
+                subscribers,
+                rate,
+                body,
+                publishers,
+                prefix,
+            } => scenarios::s2(&common, *subscribers, *rate, *body, *publishers, prefix).await,
+            Scenario::S3 {
+                connections,
+                heart_beat_ms,
+                settle,
+            } => scenarios::s3(&common, *connections, *heart_beat_ms, *settle).await,
+            Scenario::S4 { total, workers } => scenarios::s4(&common, *total, *workers).await,
+            Scenario::S5 {
+                subscribers,
+                rate,
+                body,
+                topic,
+                victim_rate,
+                victim_body,
+            } => {
+                scenarios::s5(
+                    &common,
+                    *subscribers,
+                    *rate,
+                    *body,
+                    topic,
+                    *victim_rate,
+                    *victim_body,
+                )
+                .await
+            }
+            Scenario::S6 { .. } => unreachable!("handled above"),
+        }
+    })
+}

@@ -1,0 +1,882 @@
+//! The scenarios (S1–S6). Each prints one result table and appends it as a
+//! JSON line to `--json` for scripts/bench-compare.sh.
+
+use std::{
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use bytes::{Bytes, BytesMut};
+use futures_util::{stream, StreamExt};
+use hdrhistogram::Histogram;
+use tokio::{sync::Notify, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    net::{absorb, body_stamp, describe, Conn, SendTemplate, Session, Target},
+    stats::{
+        instant_at, new_hist, now_ns, percentiles, round, snapshot, Measured, Row, Snapshot, Window,
+    },
+};
+
+/// Settings every scenario shares.
+pub struct Common {
+    /// Where to connect.
+    pub target: Target,
+    /// Broker process id for CPU/RSS (`--broker-pid`).
+    pub broker_pid: Option<u32>,
+    /// Append results here as JSON lines.
+    pub json: Option<PathBuf>,
+    /// Free-form label (e.g. "stomp-broker", "rabbitmq") put in the row.
+    pub label: String,
+    /// Connections opened concurrently during setup.
+    pub connect_concurrency: usize,
+    /// Subscriber connections driven by one task.
+    pub conns_per_task: usize,
+    /// Seconds of warm-up before measuring.
+    pub warmup: f64,
+    /// Seconds measured.
+    pub duration: f64,
+}
+
+impl Common {
+    fn row(&self, scenario: &str) -> Row {
+        let mut r = Row::default();
+        r.put("scenario", scenario)
+            .put("label", self.label.as_str())
+            .put(
+                "transport",
+                format!("{:?}", self.target.transport).to_lowercase(),
+            );
+        r
+    }
+
+    fn secs(&self) -> u64 {
+        (self.duration * 1e9) as u64
+    }
+
+    fn warm(&self) -> u64 {
+        (self.warmup * 1e9) as u64
+    }
+}
+
+/// State shared by subscriber groups and the publisher of one run.
+pub struct RunCtx {
+    windows: Vec<Window>,
+    stop: CancellationToken,
+    delivered: AtomicU64,
+    waiting: AtomicBool,
+    notify: Notify,
+}
+
+impl RunCtx {
+    fn new(windows: Vec<Window>) -> Arc<RunCtx> {
+        Arc::new(RunCtx {
+            windows,
+            stop: CancellationToken::new(),
+            delivered: AtomicU64::new(0),
+            waiting: AtomicBool::new(false),
+            notify: Notify::new(),
+        })
+    }
+
+    #[inline]
+    fn add_delivered(&self, n: u64) {
+        if n > 0 {
+            self.delivered.fetch_add(n, Ordering::Relaxed);
+            if self.waiting.load(Ordering::Relaxed) {
+                self.notify.notify_one();
+            }
+        }
+    }
+}
+
+/// Opens `n` STOMP sessions (connection numbers `first..first + n`) with at
+/// most `concurrency` handshakes in flight, subscribing each to
+/// `dest(i)` when given.
+async fn open_many(
+    c: &Common,
+    first: usize,
+    n: usize,
+    heart_beat: (u32, u32),
+    dest: Option<&(dyn Fn(usize) -> String + Sync)>,
+) -> Result<Vec<Session>> {
+    let started = now_ns();
+    let target = &c.target;
+    let mut out = Vec::with_capacity(n);
+    let mut s = stream::iter(first..first + n)
+        .map(|i| async move {
+            let mut s = target.open_stomp(i, heart_beat).await?;
+            if let Some(d) = dest {
+                s.subscribe("0", &d(i)).await?;
+            }
+            anyhow::Ok(s)
+        })
+        .buffer_unordered(c.connect_concurrency.max(1));
+    while let Some(r) = s.next().await {
+        out.push(r.with_context(|| format!("after {} of {n} connections", out.len()))?);
+        if out.len() % 5000 == 0 {
+            eprintln!("loadgen: {} / {n} connected", out.len());
+        }
+    }
+    eprintln!(
+        "loadgen: {n} connections ready in {:.1} s",
+        (now_ns() - started) as f64 / 1e9
+    );
+    Ok(out)
+}
+
+/// Drives many subscriber connections in one task: reads whatever arrives,
+/// scans frames, records latency from the body's stamp.
+async fn subscriber_group(sessions: Vec<Session>, ctx: Arc<RunCtx>) -> Measured {
+    let mut m = Measured::new(ctx.windows.len());
+    let mut bufs: Vec<BytesMut> = Vec::with_capacity(sessions.len());
+    let mut conns: Vec<Conn> = Vec::with_capacity(sessions.len());
+    for s in sessions {
+        bufs.push(s.buf);
+        conns.push(s.conn);
+    }
+    let mut sel = stream::select_all(conns.into_iter().enumerate().map(|(i, c)| {
+        c.map(move |r| (i, Some(r)))
+            .chain(stream::once(std::future::ready((i, None))))
+    }));
+    let stopped = ctx.stop.cancelled();
+    tokio::pin!(stopped);
+    let mut others = Vec::new();
+    loop {
+        let item = tokio::select! {
+            biased;
+            _ = &mut stopped => break,
+            item = sel.next() => item,
+        };
+        let Some((i, r)) = item else { break };
+        match r {
+            Some(Ok(chunk)) => {
+                let now = now_ns();
+                let mut n = 0;
+                let windows = &ctx.windows;
+                let res = absorb(
+                    &mut bufs[i],
+                    &chunk,
+                    |f, body| {
+                        if let Some(ts) = body_stamp(f, body) {
+                            m.record(windows, ts, now);
+                            n += 1;
+                        }
+                    },
+                    |f| others.push(f),
+                );
+                ctx.add_delivered(n);
+                if let Err(e) = res {
+                    m.error(format!("bad frame: {e:#}"));
+                }
+                for f in others.drain(..) {
+                    match f {
+                        Some(f) if f.command == stomp_codec::Command::Error => {
+                            m.error(format!("ERROR frame: {}", describe(&f)))
+                        }
+                        Some(_) => {}
+                        None => m.error("undecodable frame".into()),
+                    }
+                }
+            }
+            Some(Err(e)) => m.error(format!("read: {e:#}")),
+            None => m.closed += 1,
+        }
+    }
+    m
+}
+
+fn spawn_groups(
+    sessions: Vec<Session>,
+    per_task: usize,
+    ctx: &Arc<RunCtx>,
+) -> Vec<JoinHandle<Measured>> {
+    let mut handles = Vec::new();
+    let mut it = sessions.into_iter().peekable();
+    while it.peek().is_some() {
+        let chunk: Vec<Session> = it.by_ref().take(per_task.max(1)).collect();
+        handles.push(tokio::spawn(subscriber_group(chunk, ctx.clone())));
+    }
+    handles
+}
+
+async fn join_groups(handles: Vec<JoinHandle<Measured>>, windows: usize) -> Result<Measured> {
+    let mut all = Measured::new(windows);
+    for h in handles {
+        all.merge(&h.await?);
+    }
+    Ok(all)
+}
+
+/// What a publisher did.
+struct Published {
+    sent: u64,
+    /// Actual send time minus scheduled send time (open loop only): the
+    /// generator's own lateness, included in the reported latencies.
+    lag: Histogram<u64>,
+}
+
+/// Open-loop publisher: message `k` (k = first, first + step, ...) is due
+/// at `start + k / rate` and carries that scheduled time as its stamp, so a
+/// stalled broker (or generator) shows up in the latency instead of
+/// silently lowering the rate (no coordinated omission).
+#[allow(clippy::too_many_arguments)]
+async fn publish_open_loop(
+    mut s: Session,
+    templates: Arc<Vec<SendTemplate>>,
+    rate: f64,
+    start: u64,
+    end: u64,
+    first: u64,
+    step: u64,
+    stop: CancellationToken,
+) -> Result<Published> {
+    let period = 1e9 / rate;
+    let mut k = first;
+    let mut sent = 0;
+    let mut lag = new_hist();
+    let due = |k: u64| start + (k as f64 * period) as u64;
+    loop {
+        let t = due(k);
+        if t >= end || stop.is_cancelled() {
+            break;
+        }
+        let now = now_ns();
+        if t > now {
+            tokio::time::sleep_until(instant_at(t).into()).await;
+            continue;
+        }
+        let mut batch = 0;
+        while batch < 1024 {
+            let t = due(k);
+            if t > now || t >= end {
+                break;
+            }
+            let tpl = &templates[(k as usize) % templates.len()];
+            s.conn.feed(tpl.frame(t)).await?;
+            let _ = lag.record(now.saturating_sub(t).max(1));
+            k += step;
+            batch += 1;
+        }
+        s.conn.flush().await?;
+        sent += batch;
+    }
+    Ok(Published { sent, lag })
+}
+
+/// Closed-loop, maximum-throughput publisher: keeps at most `window`
+/// messages not yet delivered to all `fanout` subscribers, so subscribers
+/// are never pushed past the broker's slow-consumer budget. Stamps are
+/// actual send times.
+async fn publish_windowed(
+    mut s: Session,
+    tpl: SendTemplate,
+    end: u64,
+    window: u64,
+    fanout: u64,
+    ctx: Arc<RunCtx>,
+) -> Result<Published> {
+    let mut sent: u64 = 0;
+    loop {
+        if now_ns() >= end || ctx.stop.is_cancelled() {
+            break;
+        }
+        let delivered = ctx.delivered.load(Ordering::Relaxed);
+        let inflight = (sent * fanout).saturating_sub(delivered);
+        let room = (window * fanout).saturating_sub(inflight) / fanout;
+        if room == 0 {
+            ctx.waiting.store(true, Ordering::Relaxed);
+            let delivered2 = ctx.delivered.load(Ordering::Relaxed);
+            if delivered2 == delivered {
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(10), ctx.notify.notified()).await;
+            }
+            ctx.waiting.store(false, Ordering::Relaxed);
+            continue;
+        }
+        let batch = room.min(256);
+        for _ in 0..batch {
+            s.conn.feed(tpl.frame(now_ns())).await?;
+        }
+        s.conn.flush().await?;
+        sent += batch;
+    }
+    Ok(Published {
+        sent,
+        lag: new_hist(),
+    })
+}
+
+/// Samples broker and generator at the window edges (and every second
+/// when `series` is set, for memory over time).
+fn spawn_sampler(pid: Option<u32>, windows: Vec<Window>) -> JoinHandle<Vec<(Snapshot, Snapshot)>> {
+    tokio::spawn(async move {
+        let mut edges = Vec::new();
+        for w in &windows {
+            tokio::time::sleep_until(instant_at(w.start).into()).await;
+            let a = snapshot(pid);
+            tokio::time::sleep_until(instant_at(w.end).into()).await;
+            edges.push((a, snapshot(pid)));
+        }
+        edges
+    })
+}
+
+fn spawn_series(pid: Option<u32>, until: u64) -> JoinHandle<Vec<Snapshot>> {
+    tokio::spawn(async move {
+        let mut v = Vec::new();
+        while now_ns() < until {
+            v.push(snapshot(pid));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        v
+    })
+}
+
+/// Waits until deliveries stop arriving (at most `max`), then stops the
+/// subscribers.
+async fn drain(ctx: &RunCtx, expected: Option<u64>, max: Duration) {
+    let until = now_ns() + max.as_nanos() as u64;
+    let mut last = ctx.delivered.load(Ordering::Relaxed);
+    let mut quiet = 0;
+    while now_ns() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let d = ctx.delivered.load(Ordering::Relaxed);
+        if expected.is_some_and(|e| d >= e) {
+            break;
+        }
+        quiet = if d == last { quiet + 1 } else { 0 };
+        if quiet >= 10 {
+            break;
+        }
+        last = d;
+    }
+    ctx.stop.cancel();
+}
+
+fn put_errors(row: &mut Row, m: &Measured) {
+    row.put("errors", m.errors)
+        .put("closed_by_broker", m.closed);
+    if let Some(e) = &m.first_error {
+        row.put("first_error", e.as_str());
+    }
+}
+
+// ------------------------------------------------------------------ S1
+
+/// S1 fan-out: one publisher, `subscribers` subscribers on one topic.
+pub async fn s1(
+    c: &Common,
+    subscribers: usize,
+    body: usize,
+    rate: Option<f64>,
+    window: u64,
+    topic: &str,
+) -> Result<()> {
+    let subs = open_many(c, 1, subscribers, (0, 0), Some(&|_| topic.to_string())).await?;
+    let publisher = c.target.open_stomp(0, (0, 0)).await?;
+    let t0 = now_ns() + 200_000_000;
+    let w = Window {
+        start: t0 + c.warm(),
+        end: t0 + c.warm() + c.secs(),
+    };
+    let ctx = RunCtx::new(vec![w]);
+    let groups = spawn_groups(subs, c.conns_per_task, &ctx);
+    let sampler = spawn_sampler(c.broker_pid, vec![w]);
+    let tpl = SendTemplate::new(topic, body);
+    let published = match rate {
+        Some(r) => {
+            publish_open_loop(
+                publisher,
+                Arc::new(vec![tpl]),
+                r,
+                t0,
+                w.end,
+                0,
+                1,
+                ctx.stop.clone(),
+            )
+            .await?
+        }
+        None => {
+            tokio::time::sleep_until(instant_at(t0).into()).await;
+            publish_windowed(
+                publisher,
+                tpl,
+                w.end,
+                window,
+                subscribers as u64,
+                ctx.clone(),
+            )
+            .await?
+        }
+    };
+    let expected = published.sent * subscribers as u64;
+    drain(&ctx, Some(expected), Duration::from_secs(10)).await;
+    let m = join_groups(groups, 1).await?;
+    let edges = sampler.await?;
+    let (a, b) = edges[0];
+    let mut row = c.row("s1");
+    row.put("mode", if rate.is_some() { "open-loop" } else { "max" })
+        .put("connections", subscribers as u64 + 1)
+        .put("subscribers", subscribers as u64)
+        .put("body_bytes", body as u64);
+    if let Some(r) = rate {
+        row.put("publish_rate", r);
+    } else {
+        row.put("window_msgs", window);
+    }
+    row.put("published", published.sent)
+        .put("delivered", m.total)
+        .put("lost", expected.saturating_sub(m.total))
+        .put("deliveries_per_s", round(m.count[0] as f64 / c.duration))
+        .latency("", &m.hist[0]);
+    if rate.is_some() {
+        row.latency("pub_lag_", &published.lag);
+    }
+    row.resources(&a, &b, m.count[0], subscribers as u64 + 1, None);
+    put_errors(&mut row, &m);
+    row.emit(c.json.as_deref())
+}
+
+// ------------------------------------------------------------------ S2
+
+/// S2 per-order 1:1: `subscribers` subscribers each on
+/// `/topic/<prefix>.<id>`, open-loop publishing at `rate` spread over ids.
+pub async fn s2(
+    c: &Common,
+    subscribers: usize,
+    rate: f64,
+    body: usize,
+    publishers: usize,
+    prefix: &str,
+) -> Result<()> {
+    let dest = |i: usize| format!("/topic/{prefix}.{}", i - publishers);
+    let subs = open_many(c, publishers, subscribers, (0, 0), Some(&dest)).await?;
+    let mut pubs = Vec::new();
+    for p in 0..publishers {
+        pubs.push(c.target.open_stomp(p, (0, 0)).await?);
+    }
+    // Spread ids with a stride coprime to the id count so consecutive
+    // messages hit different subscribers (and different broker shards).
+    let n = subscribers;
+    let stride = (1..n)
+        .rev()
+        .find(|s| gcd(*s, n) == 1 && *s < n / 2 + 1)
+        .unwrap_or(1);
+    let templates: Arc<Vec<SendTemplate>> = Arc::new(
+        (0..n)
+            .map(|k| SendTemplate::new(&format!("/topic/{prefix}.{}", (k * stride) % n), body))
+            .collect(),
+    );
+    let t0 = now_ns() + 200_000_000;
+    let w = Window {
+        start: t0 + c.warm(),
+        end: t0 + c.warm() + c.secs(),
+    };
+    let ctx = RunCtx::new(vec![w]);
+    let groups = spawn_groups(subs, c.conns_per_task, &ctx);
+    let sampler = spawn_sampler(c.broker_pid, vec![w]);
+    let mut tasks = Vec::new();
+    for (p, s) in pubs.into_iter().enumerate() {
+        tasks.push(tokio::spawn(publish_open_loop(
+            s,
+            templates.clone(),
+            rate,
+            t0,
+            w.end,
+            p as u64,
+            publishers as u64,
+            ctx.stop.clone(),
+        )));
+    }
+    let mut sent = 0;
+    let mut lag = new_hist();
+    for t in tasks {
+        let p = t.await??;
+        sent += p.sent;
+        let _ = lag.add(&p.lag);
+    }
+    drain(&ctx, Some(sent), Duration::from_secs(10)).await;
+    let m = join_groups(groups, 1).await?;
+    let edges = sampler.await?;
+    let (a, b) = edges[0];
+    let mut row = c.row("s2");
+    row.put("connections", (subscribers + publishers) as u64)
+        .put("subscribers", subscribers as u64)
+        .put("publishers", publishers as u64)
+        .put("publish_rate", rate)
+        .put("body_bytes", body as u64)
+        .put("published", sent)
+        .put("delivered", m.total)
+        .put("lost", sent.saturating_sub(m.total))
+        .put("deliveries_per_s", round(m.count[0] as f64 / c.duration))
+        .latency("", &m.hist[0])
+        .latency("pub_lag_", &lag)
+        .resources(&a, &b, m.count[0], (subscribers + publishers) as u64, None);
+    put_errors(&mut row, &m);
+    row.emit(c.json.as_deref())
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+// ------------------------------------------------------------------ S3
+
+/// S3 idle: `n` connections that only exchange heart-beats; broker RSS per
+/// connection and idle CPU.
+pub async fn s3(c: &Common, n: usize, heart_beat_ms: u32, settle: f64) -> Result<()> {
+    let base = snapshot(c.broker_pid);
+    let sessions = open_many(c, 0, n, (heart_beat_ms, heart_beat_ms), None).await?;
+    let stop = CancellationToken::new();
+    let beats = Arc::new(AtomicU64::new(0));
+    let closed = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::with_capacity(n);
+    for s in sessions {
+        let stop = stop.clone();
+        let beats = beats.clone();
+        let closed = closed.clone();
+        tasks.push(tokio::spawn(idle_conn(
+            s,
+            heart_beat_ms,
+            stop,
+            beats,
+            closed,
+        )));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(settle)).await;
+    let a = snapshot(c.broker_pid);
+    tokio::time::sleep(Duration::from_secs_f64(c.duration)).await;
+    let b = snapshot(c.broker_pid);
+    stop.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut row = c.row("s3");
+    row.put("connections", n as u64)
+        .put("heart_beat_ms", heart_beat_ms)
+        .put("idle_s", c.duration)
+        .put("server_heart_beats", beats.load(Ordering::Relaxed))
+        .put("closed_by_broker", closed.load(Ordering::Relaxed));
+    if let (Some(x), Some(y)) = (base.broker, b.broker) {
+        row.put("broker_rss_base_mib", round(x.rss_kib as f64 / 1024.0))
+            .put("broker_rss_mib", round(y.rss_kib as f64 / 1024.0));
+    }
+    row.resources(&a, &b, 0, n as u64, base.broker.map(|x| x.rss_kib));
+    row.emit(c.json.as_deref())
+}
+
+async fn idle_conn(
+    mut s: Session,
+    hb_ms: u32,
+    stop: CancellationToken,
+    beats: Arc<AtomicU64>,
+    closed: Arc<AtomicU64>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(u64::from(hb_ms.max(100))));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick(), if hb_ms > 0 => {
+                if s.conn.feed(Bytes::from_static(b"\n")).await.is_err() || s.conn.flush().await.is_err() {
+                    closed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+            r = s.conn.next() => match r {
+                Some(Ok(_)) => { beats.fetch_add(1, Ordering::Relaxed); }
+                _ => {
+                    closed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            },
+        }
+    }
+}
+
+// ------------------------------------------------------------------ S4
+
+/// S4 connect rate: `workers` loops each doing TCP connect + WebSocket
+/// upgrade + CONNECT → CONNECTED, then closing; `total` attempts at most.
+pub async fn s4(c: &Common, total: usize, workers: usize) -> Result<()> {
+    let next = Arc::new(AtomicU64::new(0));
+    let deadline = now_ns() + c.secs();
+    let a = snapshot(c.broker_pid);
+    let started = now_ns();
+    let mut tasks = Vec::new();
+    for _ in 0..workers.max(1) {
+        let next = next.clone();
+        let target = c.target.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut h = new_hist();
+            let mut errs = 0u64;
+            let mut first_err = None;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= total || now_ns() >= deadline {
+                    break;
+                }
+                let t = now_ns();
+                match target.open_stomp(i, (0, 0)).await {
+                    Ok(s) => {
+                        let _ = h.record((now_ns() - t).max(1));
+                        drop(s);
+                    }
+                    Err(e) => {
+                        errs += 1;
+                        first_err.get_or_insert_with(|| format!("{e:#}"));
+                    }
+                }
+            }
+            (h, errs, first_err)
+        }));
+    }
+    let mut h = new_hist();
+    let mut errs = 0;
+    let mut first_err = None;
+    for t in tasks {
+        let (hh, e, fe) = t.await?;
+        let _ = h.add(&hh);
+        errs += e;
+        if first_err.is_none() {
+            first_err = fe;
+        }
+    }
+    let elapsed = (now_ns() - started) as f64 / 1e9;
+    let b = snapshot(c.broker_pid);
+    let ok = h.len();
+    let (p50, p99, p999, max) = percentiles(&h);
+    let mut row = c.row("s4");
+    row.put("workers", workers as u64)
+        .put("connects", ok)
+        .put("elapsed_s", round(elapsed))
+        .put("connects_per_s", round(ok as f64 / elapsed))
+        .put("p50_us", round(p50))
+        .put("p99_us", round(p99))
+        .put("p999_us", round(p999))
+        .put("max_us", round(max))
+        .put("errors", errs);
+    if let (Some(x), Some(y)) = (a.broker, b.broker) {
+        row.put(
+            "broker_cpu_ms_per_k_connects",
+            round(1e6 * (y.cpu_s - x.cpu_s) / (ok.max(1) as f64)),
+        );
+    }
+    row.resources(&a, &b, 0, 0, None);
+    if let Some(e) = first_err {
+        row.put("first_error", e);
+    }
+    row.emit(c.json.as_deref())
+}
+
+// ------------------------------------------------------------------ S5
+
+/// S5 slow consumer: `subscribers` on one topic at an open-loop `rate`;
+/// phase A undisturbed, phase B with one extra subscriber that stops
+/// reading. Reports the others' latency in both phases, broker RSS over
+/// time and what happened to the stalled subscriber.
+#[allow(clippy::too_many_arguments)]
+pub async fn s5(
+    c: &Common,
+    subscribers: usize,
+    rate: f64,
+    body: usize,
+    topic: &str,
+    victim_rate: f64,
+    victim_body: usize,
+) -> Result<()> {
+    let subs = open_many(c, 3, subscribers, (0, 0), Some(&|_| topic.to_string())).await?;
+    let publisher = c.target.open_stomp(0, (0, 0)).await?;
+    let victim_topic = format!("{topic}.victim");
+    let victim_publisher = if victim_rate > 0.0 {
+        Some(c.target.open_stomp(2, (0, 0)).await?)
+    } else {
+        None
+    };
+    // The victim: a small receive buffer so that it backs up into the
+    // broker quickly once it stops reading, as a stuck browser tab would.
+    let mut victim = Session::new(c.target.open_with(1, Some(4096)).await?);
+    victim.handshake(&c.target, (0, 0)).await?;
+    victim.subscribe("0", topic).await?;
+    if victim_publisher.is_some() {
+        victim.subscribe("1", &victim_topic).await?;
+    }
+
+    let t0 = now_ns() + 200_000_000;
+    let a_w = Window {
+        start: t0 + c.warm(),
+        end: t0 + c.warm() + c.secs(),
+    };
+    let b_w = Window {
+        start: a_w.end,
+        end: a_w.end + c.secs(),
+    };
+    let ctx = RunCtx::new(vec![a_w, b_w]);
+    let groups = spawn_groups(subs, c.conns_per_task, &ctx);
+    let sampler = spawn_sampler(c.broker_pid, vec![a_w, b_w]);
+    let series = spawn_series(c.broker_pid, b_w.end + 2_000_000_000);
+    let victim_task = tokio::spawn(stalling_reader(victim, b_w.start, ctx.stop.clone()));
+    // The victim's own heavy stream (both phases, so the only difference
+    // between A and B is that the victim stops reading): its backlog grows
+    // by victim_rate × victim_body bytes/s once it stalls.
+    let victim_pub = victim_publisher.map(|s| {
+        tokio::spawn(publish_open_loop(
+            s,
+            Arc::new(vec![SendTemplate::new(&victim_topic, victim_body)]),
+            victim_rate,
+            t0,
+            b_w.end,
+            0,
+            1,
+            ctx.stop.clone(),
+        ))
+    });
+    let published = publish_open_loop(
+        publisher,
+        Arc::new(vec![SendTemplate::new(topic, body)]),
+        rate,
+        t0,
+        b_w.end,
+        0,
+        1,
+        ctx.stop.clone(),
+    )
+    .await?;
+    let victim_sent = match victim_pub {
+        Some(t) => t.await??.sent,
+        None => 0,
+    };
+    drain(&ctx, None, Duration::from_secs(5)).await;
+    let m = join_groups(groups, 2).await?;
+    let edges = sampler.await?;
+    let rss = series.await?;
+    let victim = victim_task.await?;
+    let mut row = c.row("s5");
+    row.put("subscribers", subscribers as u64)
+        .put("publish_rate", rate)
+        .put("body_bytes", body as u64)
+        .put("published", published.sent)
+        .put("delivered_others", m.total)
+        .put(
+            "lost_others",
+            (published.sent * subscribers as u64).saturating_sub(m.total),
+        )
+        .latency("undisturbed_", &m.hist[0])
+        .latency("stalled_", &m.hist[1]);
+    let (_, p99a, _, _) = percentiles(&m.hist[0]);
+    let (_, p99b, _, _) = percentiles(&m.hist[1]);
+    row.put("p99_ratio", crate::stats::round3(p99b / p99a));
+    row.latency("pub_lag_", &published.lag);
+    let rss_mib: Vec<f64> = rss
+        .iter()
+        .filter_map(|s| {
+            s.broker
+                .map(|b| (b.rss_kib as f64 / 1024.0 * 10.0).round() / 10.0)
+        })
+        .collect();
+    if !rss_mib.is_empty() {
+        let max = rss_mib.iter().cloned().fold(f64::MIN, f64::max);
+        row.put("broker_rss_max_mib", max)
+            .put("broker_rss_series_mib", serde_json::json!(rss_mib));
+    }
+    let (a, b) = edges[1];
+    row.resources(&a, &b, m.count[1], subscribers as u64 + 2, None);
+    row.put("victim_stream_rate", victim_rate)
+        .put("victim_stream_body_bytes", victim_body as u64)
+        .put("victim_stream_published", victim_sent)
+        .put("victim_received", victim.received)
+        .put("victim_outcome", victim.outcome);
+    put_errors(&mut row, &m);
+    row.emit(c.json.as_deref())
+}
+
+struct VictimReport {
+    received: u64,
+    outcome: String,
+}
+
+/// Reads normally until `stall_at`, then stops reading until `stop`, then
+/// reads what is left (up to 10 s) to learn whether the broker cut it off.
+async fn stalling_reader(mut s: Session, stall_at: u64, stop: CancellationToken) -> VictimReport {
+    let mut received = 0u64;
+    let mut outcome = None;
+    // Phase 1: keep up.
+    loop {
+        let left = stall_at.saturating_sub(now_ns());
+        if left == 0 {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_nanos(left), s.conn.next()).await {
+            Err(_) => break,
+            Ok(Some(Ok(chunk))) => {
+                let mut errs = Vec::new();
+                let _ = absorb(&mut s.buf, &chunk, |_, _| received += 1, |f| errs.push(f));
+                if let Some(Some(f)) = errs.into_iter().next() {
+                    outcome = Some(format!("{} before stalling", describe(&f)));
+                }
+            }
+            Ok(_) => {
+                outcome = Some("closed before stalling".into());
+                break;
+            }
+        }
+    }
+    // Phase 2: stalled.
+    stop.cancelled().await;
+    // Phase 3: see what the broker did.
+    let until = now_ns() + 10_000_000_000;
+    while outcome.is_none() && now_ns() < until {
+        match tokio::time::timeout(Duration::from_secs(2), s.conn.next()).await {
+            Err(_) => {
+                outcome = Some("still connected, no more data".into());
+            }
+            Ok(Some(Ok(chunk))) => {
+                let mut errs = Vec::new();
+                let _ = absorb(&mut s.buf, &chunk, |_, _| received += 1, |f| errs.push(f));
+                if let Some(Some(f)) = errs.into_iter().next() {
+                    outcome = Some(format!("{} after stalling", describe(&f)));
+                }
+            }
+            Ok(Some(Err(e))) => outcome = Some(format!("read error after stalling: {e:#}")),
+            Ok(None) => outcome = Some("closed by broker after stalling".into()),
+        }
+    }
+    VictimReport {
+        received,
+        outcome: outcome.unwrap_or_else(|| "still connected, data still flowing after 10 s".into()),
+    }
+}
+
+// ------------------------------------------------------------------ S6
+
+/// S6 Kafka → WebSocket: needs the broker's Kafka bridge and a Kafka
+/// producer; see the message.
+pub fn s6(help_text: Option<&str>) -> Result<()> {
+    let has_bridge =
+        help_text.is_some_and(|h| h.contains("--kafka-brokers") && h.contains("--route"));
+    if has_bridge {
+        bail!(
+            "S6 (Kafka → WebSocket, p99 ≤ 20 ms at 5,000 records/s) needs a Kafka producer and \
+             the bridge's record → destination routing; this loadgen does not link a Kafka client. \
+             It is measured by the Kafka bridge engineer (kafka-bridge/); run S2-style subscribers \
+             with `loadgen s2 --publishers 0` is not supported yet."
+        );
+    }
+    bail!(
+        "S6 (Kafka → WebSocket) needs the broker's Kafka bridge (`--kafka-brokers`/`--route` flags), \
+         which `stomp-broker --help` does not list yet. It is measured by the Kafka bridge engineer; \
+         see docs/benchmarks.md."
+    )
+}

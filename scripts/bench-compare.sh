@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# stomp-broker and RabbitMQ Web-STOMP side by side, same generator, same
+# pinning (broker on CPU $BROKER_CPU, loadgen on CPU $GEN_CPU), alternating
+# ours, rabbit, ours, rabbit ... for $ROUNDS rounds. Writes
+#   docs/bench-results.jsonl   every run (one JSON line each)
+#   docs/bench-compare.md      medians per scenario and the ratio ours/rabbit
+#   docs/bench-s1.svg          S1 deliveries/s chart
+#   docs/bench-s2.svg          S2 latency chart
+# (the report and the SVGs are written by loadgen/bench-report.py: plain
+# Python 3, no packages, no network).
+#
+# Environment (defaults keep a run under ~15 minutes):
+#   ROUNDS=3  DURATION=5 (s measured)  WARMUP=1
+#   SCENARIOS="s3 s4 s1 s2 s5"
+#   S1_SUBS="100 1000 10000"   S2_SUBS=10000  S2_RATE=50000
+#   S3_CONNS=10000  S4_TOTAL=20000  S5_SUBS=1000  S5_RATE=10
+#   BROKER_CPU=0 GEN_CPU=1 BENCH_NICE=-10  OUT=docs
+#   BENCH_NO_BUILD=1 to reuse built binaries
+# Quick smoke run: ROUNDS=1 DURATION=2 S1_SUBS=100 S2_SUBS=1000 S2_RATE=5000 S3_CONNS=1000 S4_TOTAL=2000 S5_SUBS=100
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
+
+ROUNDS="${ROUNDS:-3}"
+DURATION="${DURATION:-5}"
+WARMUP="${WARMUP:-1}"
+SCENARIOS="${SCENARIOS:-s3 s4 s1 s2 s5}"
+S1_SUBS="${S1_SUBS:-100 1000 10000}"
+S2_SUBS="${S2_SUBS:-10000}"
+S2_RATE="${S2_RATE:-50000}"
+S3_CONNS="${S3_CONNS:-10000}"
+S4_TOTAL="${S4_TOTAL:-20000}"
+S5_SUBS="${S5_SUBS:-1000}"
+S5_RATE="${S5_RATE:-10}"
+OUT="${OUT:-$ROOT/docs}"
+mkdir -p "$OUT"
+RESULTS="$OUT/bench-results.jsonl"
+
+cleanup() { stop_ours; stop_rabbit; }
+trap cleanup EXIT
+
+bench_prepare
+bench_build
+: >"$RESULTS"
+blog "machine: $(machine_info)"
+echo "{\"machine\": \"$(machine_info | sed 's/"/\\"/g')\", \"date\": \"$(date -u +%FT%TZ)\", \"rounds\": $ROUNDS, \"duration\": $DURATION}" >"$OUT/bench-run-info.json"
+
+common=(--duration "$DURATION" --warmup "$WARMUP" --json "$RESULTS")
+
+# run_scenarios <ours|rabbit> <round>
+run_scenarios() {
+    local who="$1" round="$2" sc n lg
+    lg="loadgen_$who"
+    for sc in $SCENARIOS; do
+        # A fresh broker for each scenario (RabbitMQ: once per round, S3 first).
+        if [[ "$who" == ours ]]; then start_ours; fi
+        blog "round $round $who $sc"
+        case "$sc" in
+            s1) for n in $S1_SUBS; do
+                    "$lg" s1 --subscribers "$n" "${common[@]}" >/dev/null \
+                        || blog "s1 $n failed on $who (see above)"
+                done ;;
+            s2) "$lg" s2 --subscribers "$S2_SUBS" --rate "$S2_RATE" "${common[@]}" >/dev/null \
+                    || blog "s2 failed on $who" ;;
+            s3) "$lg" s3 --connections "$S3_CONNS" --read-buffer 4096 --connect-concurrency 128 \
+                    "${common[@]}" >/dev/null || blog "s3 failed on $who" ;;
+            s4) "$lg" s4 --total "$S4_TOTAL" --read-buffer 4096 "${common[@]}" >/dev/null \
+                    || blog "s4 failed on $who" ;;
+            s5) "$lg" s5 --subscribers "$S5_SUBS" --rate "$S5_RATE" "${common[@]}" >/dev/null \
+                    || blog "s5 failed on $who" ;;
+            *) blog "unknown scenario $sc" ;;
+        esac
+        if [[ "$who" == ours ]]; then stop_ours; fi
+    done
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+    run_scenarios ours "$round"
+    if start_rabbit; then
+        run_scenarios rabbit "$round"
+        stop_rabbit
+    else
+        blog "RabbitMQ did not start; see .rabbitmq/log"
+    fi
+done
+
+python3 "$ROOT/loadgen/bench-report.py" "$RESULTS" "$OUT"
+blog "wrote $OUT/bench-compare.md, $OUT/bench-s1.svg, $OUT/bench-s2.svg"
+cat "$OUT/bench-compare.md"

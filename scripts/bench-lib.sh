@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Shared helpers for scripts/bench-*.sh (sourced, not run).
+#
+# Pinning: the broker runs on CPU $BROKER_CPU (default 0), the load generator
+# on CPU $GEN_CPU (default 1). On a shared 2-core machine other work competes
+# for both cores; BENCH_NICE (default -10) is applied to this script's
+# scheduler autogroup and to the processes (set BENCH_NICE=0 to disable).
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+BIN_DIR="$CARGO_TARGET_DIR/release"
+BROKER_BIN="$BIN_DIR/stomp-broker"
+LOADGEN_BIN="$BIN_DIR/loadgen"
+BROKER_CPU="${BROKER_CPU:-0}"
+GEN_CPU="${GEN_CPU:-1}"
+BENCH_NICE="${BENCH_NICE:--10}"
+WORK="${BENCH_WORK:-$(mktemp -d /tmp/stomp-bench.XXXXXX)}"
+OURS_PID=""
+
+blog() { echo "bench: $*" >&2; }
+
+bench_prepare() {
+    # Many connections: raise the open-file limit as far as allowed.
+    ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+    blog "open files: $(ulimit -n) (hard $(ulimit -Hn)); ephemeral ports: $(sysctl -n net.ipv4.ip_local_port_range 2>/dev/null | tr '\t' ' ')"
+    blog "loadgen spreads client sockets over 127.0.0.2..127.0.0.65 (--source-ips 64)"
+    if [[ "$BENCH_NICE" != 0 ]]; then
+        echo "$BENCH_NICE" >/proc/self/autogroup 2>/dev/null || true
+        renice -n "$BENCH_NICE" -p $$ >/dev/null 2>&1 || true
+        blog "scheduler: autogroup $(cat /proc/self/autogroup 2>/dev/null), nice $BENCH_NICE"
+    fi
+}
+
+bench_build() {
+    if [[ "${BENCH_NO_BUILD:-0}" == 1 && -x "$BROKER_BIN" && -x "$LOADGEN_BIN" ]]; then
+        return 0
+    fi
+    blog "building release binaries (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+    (cd "$ROOT" && cargo build --release -q -p stomp-broker -p loadgen)
+}
+
+machine_info() {
+    echo "nproc=$(nproc) cpu=\"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')\" kernel=$(uname -r) mem=$(free -g | awk '/Mem:/{print $2}')GiB load=\"$(cut -d' ' -f1-3 /proc/loadavg)\""
+}
+
+# start_ours [extra broker flags...]: fresh broker pinned to $BROKER_CPU.
+start_ours() {
+    local pf="$WORK/ours.ports"
+    rm -f "$pf"
+    taskset -c "$BROKER_CPU" "$BROKER_BIN" --stomp-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
+        --port-file "$pf" --log-level warn "$@" >"$WORK/ours.log" 2>&1 &
+    OURS_PID=$!
+    local i
+    for i in $(seq 1 100); do
+        [[ -s "$pf" ]] && { sleep 0.2; return 0; }
+        kill -0 "$OURS_PID" 2>/dev/null || { cat "$WORK/ours.log" >&2; return 1; }
+        sleep 0.1
+    done
+    blog "stomp-broker did not write its port file"; return 1
+}
+
+stop_ours() {
+    if [[ -n "$OURS_PID" ]] && kill -0 "$OURS_PID" 2>/dev/null; then
+        kill -TERM "$OURS_PID" 2>/dev/null || true
+        local i
+        for i in $(seq 1 50); do kill -0 "$OURS_PID" 2>/dev/null || break; sleep 0.2; done
+        kill -KILL "$OURS_PID" 2>/dev/null || true
+        wait "$OURS_PID" 2>/dev/null || true
+    fi
+    OURS_PID=""
+}
+
+# loadgen_ours <scenario> [args...]
+loadgen_ours() {
+    local sc="$1"; shift
+    taskset -c "$GEN_CPU" "$LOADGEN_BIN" "$sc" --port-file "$WORK/ours.ports" \
+        --broker-pid "$OURS_PID" --label stomp-broker "$@"
+}
+
+start_rabbit() {
+    RABBIT_CPU="$BROKER_CPU" RABBIT_SCHEDULERS=1 bash "$ROOT/scripts/rabbitmq.sh" start >/dev/null
+    RABBIT_PID="$(bash "$ROOT/scripts/rabbitmq.sh" pid)"
+    RABBIT_WS_URL="ws://127.0.0.1:${RABBIT_WS_PORT:-15694}/ws"
+}
+
+stop_rabbit() { bash "$ROOT/scripts/rabbitmq.sh" stop >/dev/null 2>&1 || true; }
+
+# loadgen_rabbit <scenario> [args...]
+loadgen_rabbit() {
+    local sc="$1"; shift
+    taskset -c "$GEN_CPU" "$LOADGEN_BIN" "$sc" --ws-url "$RABBIT_WS_URL" \
+        --login guest --passcode guest --vhost / \
+        --broker-pid "$RABBIT_PID" --label rabbitmq "$@"
+}
