@@ -180,3 +180,55 @@ async fn publisher_reports_the_brokers_error() {
     );
     broker.stop().await;
 }
+
+/// GET over a raw TCP connection; returns (status, body).
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
+
+#[tokio::test]
+async fn demo_web_serves_the_page_and_the_stomp_bundle_and_nothing_else() {
+    let dir = std::env::temp_dir().join(format!("demo-web-smoke-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bundle = dir.join("stomp.umd.min.js");
+    std::fs::write(&bundle, "/* stomp.js */").unwrap();
+    let cancel = CancellationToken::new();
+    let (addr, serve) = examples::web::bind(
+        "127.0.0.1:0",
+        examples::web::WebConfig {
+            web_dir: std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("web"),
+            stomp_js: bundle,
+        },
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let server = tokio::spawn(serve);
+    let (status, body) = http_get(addr, "/").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("stomp.umd.min.js") && body.contains("app.js"));
+    assert_eq!(http_get(addr, "/stomp.umd.min.js").await.0, 200);
+    assert_eq!(http_get(addr, "/app.js").await.0, 200);
+    assert_eq!(http_get(addr, "/../Cargo.toml").await.0, 404);
+    assert_eq!(http_get(addr, "/%2e%2e/Cargo.toml").await.0, 404);
+    cancel.cancel();
+    server.await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
