@@ -222,15 +222,12 @@ async fn run<T: Transport>(
         if matches!(ended, Some(End::Close)) {
             // DISCONNECT: messages already queued for this connection were
             // published before the receipt was due; write them first.
-            let receipt = session.take_output();
             while let Ok(item) = rx.try_recv() {
                 if let Outbound::Message { .. } = item {
                     let _ = session.on_outbound(item);
                 }
             }
-            let mut queued = session.take_output();
-            queued.extend(receipt);
-            session.prepend_output(queued);
+            session.finish_disconnect();
         }
         if let Some(End::Error(e, _)) = &ended {
             tracing::info!(error = %e.message, "closing with ERROR");
@@ -248,7 +245,7 @@ async fn run<T: Transport>(
                         "slow consumer",
                         "The connection is closed: slow consumer.",
                     );
-                    session.take_output();
+                    session.discard_output();
                     session.push_error(&err);
                     let _ = tokio::time::timeout(
                         Duration::from_secs(1),
@@ -274,6 +271,7 @@ async fn run<T: Transport>(
         End::Close => transport.close(CloseKind::Normal).await,
         End::Error(_, kind) => transport.close(kind).await,
     }
+    session.discard_output();
     // Unsubscribe first so requeued messages go to other consumers, then
     // return queue messages that were queued for us but never written.
     session.close();
@@ -360,12 +358,12 @@ async fn flush<T: Transport>(
     transport: &mut T,
     session: &mut Session,
 ) -> std::io::Result<()> {
-    let frames = session.take_output();
-    let bytes: usize = frames.iter().map(|f| f.bytes.len()).sum();
-    let cost: usize = frames.iter().map(|f| f.cost).sum();
+    let batch = session.take_output();
+    let bytes = batch.bytes.len();
+    let cost = batch.cost;
     let conn = session.conn().clone();
     let result = tokio::select! {
-        r = tokio::time::timeout(WRITE_TIMEOUT, transport.write_batch(&frames)) => {
+        r = tokio::time::timeout(WRITE_TIMEOUT, transport.write_batch(&batch)) => {
             r.unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out")))
         }
         _ = condemned(&conn) => Err(std::io::Error::other("slow consumer")),

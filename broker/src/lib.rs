@@ -17,6 +17,7 @@ pub mod connection;
 pub mod core;
 pub mod http;
 pub mod metrics;
+pub mod output;
 pub mod retain;
 pub mod router;
 pub mod session;

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use stomp_codec::{
     encode, AckMode, ClientFrame, Command, Connect, Frame, FrameAck, Headers, Version,
 };
@@ -18,19 +18,9 @@ use crate::{
     auth::{AuthError, Identity},
     conn::{ConnShared, DeliveryKind, Outbound},
     core::BrokerCore,
+    output::{Batch, Output},
     router::{parse_destination, DestKind, Message, RouteError, Subscriber, SubscriptionHandle},
 };
-
-/// One encoded frame ready to write.
-#[derive(Debug, Clone)]
-pub struct OutFrame {
-    /// The frame's bytes (or a heart-beat EOL).
-    pub bytes: Bytes,
-    /// Whether a WebSocket may send it as a text message.
-    pub text: bool,
-    /// Bytes to credit to the connection's outbound budget once written.
-    pub cost: usize,
-}
 
 /// A protocol error: becomes exactly one ERROR frame, then the connection closes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,8 +170,9 @@ pub struct Session {
     subs: HashMap<Arc<str>, SubState>,
     transactions: HashMap<String, Vec<TxOp>>,
     next_ack: u64,
-    out: Vec<OutFrame>,
-    scratch: BytesMut,
+    out: Output,
+    /// A DISCONNECT's receipt, written after what was already queued.
+    disconnect_receipt: Option<String>,
     /// Retained messages to replay once the SUBSCRIBE is answered.
     replay: Option<(Arc<str>, Vec<Arc<Message>>)>,
 }
@@ -205,8 +196,8 @@ impl Session {
             subs: HashMap::new(),
             transactions: HashMap::new(),
             next_ack: 1,
-            out: Vec::new(),
-            scratch: BytesMut::new(),
+            out: Output::default(),
+            disconnect_receipt: None,
             replay: None,
         }
     }
@@ -269,16 +260,16 @@ impl Session {
         &self.conn
     }
 
-    /// Frames produced so far; the caller writes them and credits their cost.
-    pub fn take_output(&mut self) -> Vec<OutFrame> {
-        std::mem::take(&mut self.out)
+    /// Everything produced so far, for one write; the caller credits its
+    /// cost to the connection after writing.
+    pub fn take_output(&mut self) -> Batch {
+        self.out.take()
     }
 
-    /// Puts frames back in front of the output (used to write messages
-    /// already queued for this connection before a DISCONNECT receipt).
-    pub fn prepend_output(&mut self, mut frames: Vec<OutFrame>) {
-        frames.append(&mut self.out);
-        self.out = frames;
+    /// Drops pending output (when the peer is gone); credits its budget.
+    pub fn discard_output(&mut self) {
+        let cost = self.out.discard();
+        self.conn.written(cost);
     }
 
     /// Whether output is waiting.
@@ -288,29 +279,27 @@ impl Session {
 
     /// Bytes of output waiting.
     pub fn output_len(&self) -> usize {
-        self.out.iter().map(|f| f.bytes.len()).sum()
+        self.out.len()
+    }
+
+    /// After DISCONNECT: the RECEIPT, once messages already queued for this
+    /// connection have been added to the output.
+    pub fn finish_disconnect(&mut self) {
+        let receipt = self.disconnect_receipt.take();
+        self.receipt(receipt.as_deref());
     }
 
     fn push_frame(&mut self, frame: &Frame) {
         let version = self.version.unwrap_or(Version::V1_2);
-        encode(frame, version, &mut self.scratch);
+        encode(frame, version, self.out.buf());
+        self.out.commit_checked(0);
         self.core.metrics.frames_out(frame.command, 1);
-        let bytes = self.scratch.split().freeze();
-        let text = std::str::from_utf8(&bytes).is_ok();
-        self.out.push(OutFrame {
-            bytes,
-            text,
-            cost: 0,
-        });
     }
 
     /// Queues a heart-beat EOL.
     pub fn push_heartbeat(&mut self) {
-        self.out.push(OutFrame {
-            bytes: Bytes::from_static(b"\n"),
-            text: true,
-            cost: 0,
-        });
+        stomp_codec::encode_heartbeat(self.out.buf());
+        self.out.commit(true, 0);
     }
 
     /// The ERROR frame for `err` (the one place errors become frames).
@@ -469,7 +458,7 @@ impl Session {
                 self.transactions.remove(tx).ok_or_else(|| unknown_tx(tx))?;
             }
             ClientFrame::Disconnect => {
-                self.receipt(receipt);
+                self.disconnect_receipt = receipt.map(str::to_owned);
                 return Ok(Flow::Close);
             }
         }
@@ -863,13 +852,8 @@ impl Session {
             }
         }
         msg.template
-            .encode_for(version, &headers[..n], &mut self.scratch);
-        let bytes = self.scratch.split().freeze();
-        self.out.push(OutFrame {
-            bytes,
-            text: msg.text,
-            cost,
-        });
+            .encode_for(version, &headers[..n], self.out.buf());
+        self.out.commit(msg.text, cost);
         self.core.metrics.frames_out(Command::Message, 1);
     }
 

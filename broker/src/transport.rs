@@ -17,7 +17,7 @@ use tokio_tungstenite::{
     WebSocketStream,
 };
 
-use crate::session::OutFrame;
+use crate::output::Batch;
 
 /// Bytes to reserve before each socket read; small, for many idle connections.
 const READ_CHUNK: usize = 4 * 1024;
@@ -39,7 +39,7 @@ pub trait Transport: Send {
     /// Must be cancel-safe (used in `select!`).
     fn read(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<usize>> + Send;
     /// Writes a batch of frames and flushes once.
-    fn write_batch(&mut self, frames: &[OutFrame]) -> impl Future<Output = io::Result<()>> + Send;
+    fn write_batch(&mut self, batch: &Batch) -> impl Future<Output = io::Result<()>> + Send;
     /// Closes the transport.
     fn close(&mut self, kind: CloseKind) -> impl Future<Output = ()> + Send;
 }
@@ -71,19 +71,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for StreamTransport<S> 
         self.stream.read_buf(buf).await
     }
 
-    async fn write_batch(&mut self, frames: &[OutFrame]) -> io::Result<()> {
-        match frames {
-            [] => Ok(()),
-            [one] => self.stream.write_all(&one.bytes).await,
-            many => {
-                let total = many.iter().map(|f| f.bytes.len()).sum();
-                let mut joined = BytesMut::with_capacity(total);
-                for f in many {
-                    joined.extend_from_slice(&f.bytes);
-                }
-                self.stream.write_all(&joined).await
-            }
-        }
+    async fn write_batch(&mut self, batch: &Batch) -> io::Result<()> {
+        self.stream.write_all(&batch.bytes).await
     }
 
     async fn close(&mut self, _kind: CloseKind) {
@@ -151,15 +140,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for WsTransport<S> {
         }
     }
 
-    async fn write_batch(&mut self, frames: &[OutFrame]) -> io::Result<()> {
-        for f in frames {
-            let msg = if f.text {
-                match Utf8Bytes::try_from(f.bytes.clone()) {
+    async fn write_batch(&mut self, batch: &Batch) -> io::Result<()> {
+        for (run, text) in batch.runs() {
+            let msg = if text {
+                match Utf8Bytes::try_from(run.clone()) {
                     Ok(t) => Message::Text(t),
-                    Err(_) => Message::Binary(f.bytes.clone()),
+                    Err(_) => Message::Binary(run),
                 }
             } else {
-                Message::Binary(f.bytes.clone())
+                Message::Binary(run)
             };
             self.ws.feed(msg).await.map_err(ws_err)?;
         }
