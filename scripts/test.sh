@@ -40,8 +40,8 @@ KAFKA_BOOTSTRAP="$(bash scripts/kafka.sh bootstrap)"
 export KAFKA_BOOTSTRAP
 echo "Kafka at $KAFKA_BOOTSTRAP"
 
-step "cargo test --workspace"
-cargo test --workspace
+step "cargo test --workspace --no-fail-fast"
+cargo test --workspace --no-fail-fast
 
 step "interop: stomp.js (Node, Chromium) and stomp.py"
 cargo build -p stomp-broker
