@@ -53,9 +53,11 @@ run_scenarios() {
     for sc in $SCENARIOS; do
         # A fresh broker for each scenario (RabbitMQ: once per round, S3 first).
         if [[ "$who" == ours ]]; then start_ours; fi
+        if [[ "$who" == ours ]]; then wait_idle "$OURS_PID"; else wait_idle "$RABBIT_PID"; fi
         blog "round $round $who $sc"
         case "$sc" in
             s1) for n in $S1_SUBS; do
+                    if [[ "$who" == rabbit ]]; then wait_idle "$RABBIT_PID"; fi
                     "$lg" s1 --subscribers "$n" "${common[@]}" >/dev/null \
                         || blog "s1 $n failed on $who (see above)"
                 done ;;
@@ -79,7 +81,7 @@ for round in $(seq 1 "$ROUNDS"); do
         run_scenarios rabbit "$round"
         stop_rabbit
     else
-        blog "RabbitMQ did not start; see .rabbitmq/log"
+        blog "RabbitMQ did not start; see $RABBIT_DIR or /tmp/stomp-bench-rabbitmq/log"
     fi
 done
 

@@ -83,6 +83,20 @@ start_rabbit() {
     RABBIT_WS_URL="ws://127.0.0.1:${RABBIT_WS_PORT:-15694}/ws"
 }
 
+# wait_idle <pid>: until the process uses < 3 % CPU over a second (at most
+# 90 s), so one scenario's teardown (e.g. RabbitMQ closing 10,000
+# connections) is not measured as the next scenario's cost.
+wait_idle() {
+    local pid="$1" i a b
+    for i in $(seq 1 90); do
+        a=$(awk '{print $14+$15}' "/proc/$pid/stat" 2>/dev/null) || return 0
+        sleep 1
+        b=$(awk '{print $14+$15}' "/proc/$pid/stat" 2>/dev/null) || return 0
+        (( b - a < 3 )) && return 0
+    done
+    blog "pid $pid still busy after 90 s"
+}
+
 stop_rabbit() { bash "$ROOT/scripts/rabbitmq.sh" stop >/dev/null 2>&1 || true; }
 
 # loadgen_rabbit <scenario> [args...]

@@ -18,7 +18,7 @@
 # Every listener, epmd and Erlang distribution are bound to 127.0.0.1.
 #
 # Environment:
-#   RABBIT_DIR         state directory (default: <repo>/.rabbitmq)
+#   RABBIT_DIR         state directory (default: ${TMPDIR:-/tmp}/stomp-bench-rabbitmq)
 #   RABBIT_WS_PORT     Web-STOMP port (default 15694; ours defaults to 15674)
 #   RABBIT_STOMP_PORT  STOMP/TCP port (default 61633; ours defaults to 61613)
 #   RABBIT_AMQP_PORT   AMQP port (default 5692)
@@ -29,7 +29,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-RDIR="${RABBIT_DIR:-$ROOT/.rabbitmq}"
+RDIR="${RABBIT_DIR:-${TMPDIR:-/tmp}/stomp-bench-rabbitmq}"
 WS_PORT="${RABBIT_WS_PORT:-15694}"
 STOMP_PORT="${RABBIT_STOMP_PORT:-61633}"
 AMQP_PORT="${RABBIT_AMQP_PORT:-5692}"
@@ -56,6 +56,7 @@ export ERL_EPMD_ADDRESS=127.0.0.1
 export ERL_EPMD_PORT="$EPMD_PORT"
 export HOME="$RDIR"                                   # .erlang.cookie lives here
 export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+export RABBITMQ_CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"  # rabbitmqctl's own node
 
 cmd_install() {
     if [[ -x "$RBIN/rabbitmq-server" ]]; then
