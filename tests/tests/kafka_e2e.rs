@@ -452,6 +452,8 @@ async fn send_to_an_invalid_kafka_topic_is_an_error_with_the_receipt_id() -> Res
             msg.contains("kafka") && msg.contains("valid Kafka topic"),
             "message {msg:?} does not name the failure"
         );
+        // STOMP: after an ERROR the server closes the connection.
+        c.expect_closed().await?;
     }
     b.stop().await;
     Ok(())
