@@ -362,11 +362,22 @@ async fn flush<T: Transport>(
     let bytes = batch.bytes.len();
     let cost = batch.cost;
     let conn = session.conn().clone();
-    let result = tokio::select! {
-        r = tokio::time::timeout(WRITE_TIMEOUT, transport.write_batch(&batch)) => {
-            r.unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out")))
-        }
-        _ = condemned(&conn) => Err(std::io::Error::other("slow consumer")),
+    let write = transport.write_batch(&batch);
+    tokio::pin!(write);
+    // Fast path: the socket takes the batch at once, no timers needed.
+    let first = tokio::select! {
+        biased;
+        r = &mut write => Some(r),
+        _ = std::future::ready(()) => None,
+    };
+    let result = match first {
+        Some(r) => r,
+        None => tokio::select! {
+            r = tokio::time::timeout(WRITE_TIMEOUT, &mut write) => {
+                r.unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out")))
+            }
+            _ = condemned(&conn) => Err(std::io::Error::other("slow consumer")),
+        },
     };
     conn.written(cost);
     core.metrics.bytes_out.fetch_add(bytes as u64, Relaxed);
