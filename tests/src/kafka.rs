@@ -228,6 +228,22 @@ pub async fn consume(
     Ok(out)
 }
 
+/// The high watermark (offset of the next record) of one partition, asked
+/// of Kafka now.
+pub async fn high_watermark(brokers: &str, topic: &str, partition: i32) -> Result<i64> {
+    let brokers = brokers.to_owned();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let c: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", unique("e2e-watermark"))
+            .create()?;
+        let (_, high) = c.fetch_watermarks(&topic, partition, Duration::from_secs(10))?;
+        anyhow::Ok(high)
+    })
+    .await?
+}
+
 /// Headers of a Kafka record as text.
 pub fn record_headers(m: &OwnedMessage) -> HashMap<String, String> {
     use rdkafka::message::Headers as _;

@@ -15,7 +15,7 @@ use e2e_tests::{
     body, both_transports,
     kafka::{
         bootstrap, bridge_config, consume, create_topic, delivered, enqueue, frame_headers,
-        free_port, producer, record_headers, unique, wait_for, Landed,
+        free_port, high_watermark, producer, record_headers, unique, wait_for, Landed,
     },
     Client, Kind, TestBroker,
 };
@@ -390,7 +390,10 @@ async fn send_to_app_destination_is_in_kafka_when_the_receipt_arrives(kind: Kind
         r.headers,
         body(&r)
     );
-    // The RECEIPT means Kafka has it.
+    // The RECEIPT means Kafka has it: the partition's high watermark,
+    // asked right now, already counts it.
+    let high = high_watermark(&brokers, &topic, 0).await?;
+    ensure!(high == 1, "high watermark {high} when the RECEIPT arrived");
     let recs = consume(&brokers, &topic, 1, Duration::from_secs(30)).await?;
     let rec = &recs[0];
     ensure!(rec.key() == Some(b"B-9".as_slice()), "key {:?}", rec.key());
@@ -413,6 +416,11 @@ async fn send_to_app_destination_is_in_kafka_when_the_receipt_arrives(kind: Kind
     // The session is still usable.
     c.send_with(&dest, b"second", &[("receipt", "r-2")]).await?;
     c.expect_receipt("r-2").await?;
+    let high = high_watermark(&brokers, &topic, 0).await?;
+    ensure!(
+        high == 2,
+        "high watermark {high} when the second RECEIPT arrived"
+    );
     let m = b.core.bridge().context("bridge")?.metrics();
     ensure!(m.produced() == 2, "produced {}", m.produced());
     b.stop().await;
