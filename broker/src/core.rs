@@ -171,11 +171,14 @@ impl BrokerCore {
             }
         }
         let msg = Arc::new(Message::new(destination, &id, pass, body));
-        let delivered = self.router.publish(msg.clone())?;
+        // Retain first: a SUBSCRIBE that lands between the two steps then
+        // gets the message twice (replayed and live; same message-id)
+        // rather than not at all.
         if let Some(policy) = retain {
-            self.retained.retain(msg, policy);
+            crate::router::validate_destination(destination)?;
+            self.retained.retain(msg.clone(), policy);
         }
-        Ok(delivered)
+        self.router.publish(msg)
     }
 
     /// Subscribes from inside the process: a local link with the same

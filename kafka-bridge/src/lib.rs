@@ -34,7 +34,7 @@ mod mapping;
 mod metrics;
 mod template;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -98,9 +98,9 @@ pub struct SinkFull;
 /// Connection state of the bridge, for `/readyz`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BridgeState {
-    /// Started, not yet connected to Kafka (or not yet in its consumer group).
+    /// Started, not yet connected to Kafka.
     Connecting,
-    /// Connected, and the consumer group assigned this node its partitions.
+    /// Connected to Kafka (partition assignment may still be pending).
     Up,
     /// Not connected (or stopped); the reason says why. librdkafka keeps
     /// reconnecting in the background.
@@ -132,8 +132,8 @@ pub enum BridgeError {
     Spawn(#[from] std::io::Error),
 }
 
-/// Why a SEND could not be produced to Kafka. The STOMP session stays usable;
-/// the broker reports the error to the client (ERROR frame).
+/// Why a SEND could not be produced to Kafka. The broker reports it to the
+/// client in an ERROR frame (which, as STOMP requires, ends the session).
 #[derive(Debug, thiserror::Error)]
 pub enum ProduceError {
     /// The destination does not start with the app prefix.
@@ -161,8 +161,6 @@ pub enum ProduceError {
 #[derive(Debug)]
 pub(crate) struct Shared {
     state: Mutex<BridgeState>,
-    assigned: AtomicBool,
-    has_consumer: bool,
     pub(crate) metrics: BridgeMetrics,
 }
 
@@ -184,15 +182,16 @@ impl Shared {
     }
 
     pub(crate) fn on_assigned(&self) {
-        self.assigned.store(true, Ordering::Relaxed);
         self.set_state(BridgeState::Up);
     }
 
+    /// Ready means connected to Kafka. Waiting for a partition assignment
+    /// (a routed topic that does not exist yet, or a group still held by a
+    /// crashed predecessor) does not make the broker unready: records flow
+    /// once the assignment comes.
     pub(crate) fn on_broker_status(&self, any_up: bool) {
         if any_up {
-            if !self.has_consumer || self.assigned.load(Ordering::Relaxed) {
-                self.set_state(BridgeState::Up);
-            }
+            self.set_state(BridgeState::Up);
         } else if self.state() != BridgeState::Connecting {
             self.set_state(BridgeState::Down(
                 "no connection to any Kafka broker".into(),
@@ -246,8 +245,6 @@ impl Bridge {
         let group_id = config.effective_group_id();
         let shared = Arc::new(Shared {
             state: Mutex::new(BridgeState::Connecting),
-            assigned: AtomicBool::new(false),
-            has_consumer: !routes.is_empty(),
             metrics: BridgeMetrics::default(),
         });
         let stats_ms = config
@@ -292,6 +289,10 @@ impl Bridge {
                 .set("enable.auto.offset.store", "false")
                 .set("auto.offset.reset", config.auto_offset_reset.as_str())
                 .set("enable.partition.eof", "false")
+                // A node restarted after a crash gets its partitions back
+                // after this long (librdkafka's default is 45 s).
+                .set("session.timeout.ms", "10000")
+                .set("heartbeat.interval.ms", "3000")
                 // Notice subscribed topics created after start within 10 s
                 // (librdkafka's default is 5 min).
                 .set("topic.metadata.refresh.interval.ms", "10000")
