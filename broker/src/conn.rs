@@ -9,7 +9,7 @@ use std::sync::{
 use stomp_codec::Frame;
 use tokio::sync::mpsc;
 
-use crate::{config::SlowConsumerPolicy, metrics::Metrics, router::Message};
+use crate::{config::SlowConsumerPolicy, metrics::Metrics, router::Message, session::StompError};
 
 /// Something for a connection's task to write or act on.
 #[derive(Debug)]
@@ -24,17 +24,12 @@ pub enum Outbound {
         kind: DeliveryKind,
     },
     /// A frame produced asynchronously for this connection (e.g. a RECEIPT
-    /// after Kafka acknowledged a SEND).
-    Frame(Frame),
+    /// after Kafka acknowledged a SEND). Boxed, like `Fatal`, to keep the
+    /// common variant small: every connection's queue allocates a block of
+    /// slots of this size up front.
+    Frame(Box<Frame>),
     /// An ERROR to send before closing (slow consumer, Kafka failure …).
-    Fatal {
-        /// Short message for the `message` header.
-        message: String,
-        /// Metric kind.
-        kind: &'static str,
-        /// `receipt-id` to put on the ERROR, if any.
-        receipt_id: Option<String>,
-    },
+    Fatal(Box<StompError>),
 }
 
 /// How a message reaches a subscription; decides the extra MESSAGE header.
@@ -102,11 +97,11 @@ impl ConnShared {
                 SlowConsumerPolicy::Disconnect => {
                     if !self.slow.swap(true, Relaxed) {
                         self.metrics.slow_consumer_disconnects.fetch_add(1, Relaxed);
-                        let _ = self.tx.send(Outbound::Fatal {
-                            message: "slow consumer".into(),
-                            kind: "slow_consumer",
-                            receipt_id: None,
-                        });
+                        let _ = self.tx.send(Outbound::Fatal(Box::new(StompError::new(
+                            "slow_consumer",
+                            "slow consumer",
+                            "The connection is closed: slow consumer.",
+                        ))));
                     }
                 }
             }

@@ -219,7 +219,7 @@ impl LocalSubscription {
                     self.conn.written(msg.cost);
                     return Some(msg);
                 }
-                Outbound::Fatal { .. } => return None,
+                Outbound::Fatal(_) => return None,
                 Outbound::Frame(_) => {}
             }
         }

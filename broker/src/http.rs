@@ -38,7 +38,7 @@ pub fn ws_config(core: &BrokerCore) -> WebSocketConfig {
         .saturating_mul(2)
         .max(64 * 1024);
     WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(
             core.config

@@ -595,18 +595,20 @@ impl Session {
             match result {
                 Ok(()) => {
                     if let Some(r) = receipt {
-                        conn.send_control(Outbound::Frame(
+                        conn.send_control(Outbound::Frame(Box::new(
                             Frame::new(Command::Receipt).with_header("receipt-id", r),
-                        ));
+                        )));
                     }
                 }
                 Err(e) => {
                     tracing::warn!(%destination, error = %e, "Kafka write failed");
-                    conn.send_control(Outbound::Fatal {
-                        message: format!("kafka write failed: {e}"),
-                        kind: "kafka",
-                        receipt_id: receipt,
-                    });
+                    let mut err = StompError::new(
+                        "kafka",
+                        format!("kafka write failed: {e}"),
+                        format!("The message could not be written to Kafka: {e}."),
+                    );
+                    err.receipt_id = receipt;
+                    conn.send_control(Outbound::Fatal(Box::new(err)));
                 }
             }
         });
@@ -792,19 +794,7 @@ impl Session {
                 self.push_frame(&f);
                 Ok(())
             }
-            Outbound::Fatal {
-                message,
-                kind,
-                receipt_id,
-            } => {
-                let mut e = StompError::new(
-                    kind,
-                    message.clone(),
-                    format!("The connection is closed: {message}."),
-                );
-                e.receipt_id = receipt_id;
-                Err(e)
-            }
+            Outbound::Fatal(e) => Err(*e),
         }
     }
 
