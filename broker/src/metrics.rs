@@ -8,23 +8,7 @@ use std::{
 use dashmap::DashMap;
 use stomp_codec::Command;
 
-const COMMANDS: [Command; 15] = [
-    Command::Connect,
-    Command::Stomp,
-    Command::Send,
-    Command::Subscribe,
-    Command::Unsubscribe,
-    Command::Ack,
-    Command::Nack,
-    Command::Begin,
-    Command::Commit,
-    Command::Abort,
-    Command::Disconnect,
-    Command::Connected,
-    Command::Message,
-    Command::Receipt,
-    Command::Error,
-];
+const COMMANDS: [Command; 15] = Command::ALL;
 
 fn command_index(c: Command) -> usize {
     COMMANDS.iter().position(|&x| x == c).unwrap_or(0)

@@ -810,7 +810,7 @@ impl Session {
             }
             return;
         };
-        let mut ack_buf = [0u8; 20];
+        let mut ack_buf = itoa::Buffer::new();
         let mut headers: [(&str, &[u8]); 3] =
             [("subscription", sub.as_bytes()), ("", b""), ("", b"")];
         let mut n = 1;
@@ -827,7 +827,7 @@ impl Session {
                 ack_id,
                 msg: msg.clone(),
             });
-            headers[n] = ("ack", format_u64(ack_id, &mut ack_buf));
+            headers[n] = ("ack", ack_buf.format(ack_id).as_bytes());
             n += 1;
         }
         match kind {
@@ -862,19 +862,6 @@ impl Drop for Session {
     fn drop(&mut self) {
         self.close();
     }
-}
-
-fn format_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    &buf[i..]
 }
 
 /// A SEND's RECEIPT is deferred when it asked for one.

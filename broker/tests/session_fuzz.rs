@@ -10,24 +10,6 @@ use stomp_broker::{auth::Identity, session::Session, BrokerCore, Config};
 use stomp_codec::{Command, Frame, Headers};
 use tokio_util::sync::CancellationToken;
 
-const COMMANDS: [Command; 15] = [
-    Command::Connect,
-    Command::Stomp,
-    Command::Send,
-    Command::Subscribe,
-    Command::Unsubscribe,
-    Command::Ack,
-    Command::Nack,
-    Command::Begin,
-    Command::Commit,
-    Command::Abort,
-    Command::Disconnect,
-    Command::Connected,
-    Command::Message,
-    Command::Receipt,
-    Command::Error,
-];
-
 fn header() -> impl Strategy<Value = (String, String)> {
     let names = prop::sample::select(vec![
         "destination",
@@ -83,7 +65,7 @@ fn header() -> impl Strategy<Value = (String, String)> {
 
 fn frame() -> impl Strategy<Value = Frame> {
     (
-        prop::sample::select(COMMANDS.to_vec()),
+        prop::sample::select(Command::ALL.to_vec()),
         prop::collection::vec(header(), 0..6),
         prop::collection::vec(any::<u8>(), 0..16),
     )

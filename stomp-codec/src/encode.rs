@@ -57,36 +57,9 @@ fn write_header(name: &[u8], value: &[u8], version: Version, dst: &mut BytesMut)
 fn write_content_length(len: usize, dst: &mut BytesMut) {
     if len > 0 {
         dst.extend_from_slice(b"content-length:");
-        let mut itoa_buf = itoa_usize(len);
-        dst.extend_from_slice(itoa_buf.as_bytes_mut());
+        dst.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
         dst.put_u8(b'\n');
     }
-}
-
-/// A tiny stack formatter for `usize`, avoiding `format!` on the hot path.
-struct Digits {
-    buf: [u8; 20],
-    start: usize,
-}
-
-impl Digits {
-    fn as_bytes_mut(&mut self) -> &[u8] {
-        &self.buf[self.start..]
-    }
-}
-
-fn itoa_usize(mut n: usize) -> Digits {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    Digits { buf, start: i }
 }
 
 /// The shared part of a MESSAGE, encoded once and reused for every subscriber.
@@ -228,12 +201,5 @@ mod tests {
         let mut b = BytesMut::new();
         encode(&frame, Version::V1_2, &mut b);
         assert_eq!(a, b);
-    }
-
-    #[test]
-    fn itoa_formats() {
-        for n in [0usize, 7, 10, 65536, usize::MAX] {
-            assert_eq!(itoa_usize(n).as_bytes_mut(), n.to_string().as_bytes());
-        }
     }
 }

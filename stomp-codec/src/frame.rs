@@ -71,6 +71,25 @@ pub enum Command {
 }
 
 impl Command {
+    /// Every command, client commands first.
+    pub const ALL: [Command; 15] = [
+        Command::Connect,
+        Command::Stomp,
+        Command::Send,
+        Command::Subscribe,
+        Command::Unsubscribe,
+        Command::Ack,
+        Command::Nack,
+        Command::Begin,
+        Command::Commit,
+        Command::Abort,
+        Command::Disconnect,
+        Command::Connected,
+        Command::Message,
+        Command::Receipt,
+        Command::Error,
+    ];
+
     /// The command's wire name.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -11,24 +11,6 @@ use stomp_codec::{
     encode, Command, Decoded, Decoder, Error, Frame, Headers, Limits, MessageTemplate, Version,
 };
 
-const COMMANDS: [Command; 15] = [
-    Command::Connect,
-    Command::Stomp,
-    Command::Send,
-    Command::Subscribe,
-    Command::Unsubscribe,
-    Command::Ack,
-    Command::Nack,
-    Command::Begin,
-    Command::Commit,
-    Command::Abort,
-    Command::Disconnect,
-    Command::Connected,
-    Command::Message,
-    Command::Receipt,
-    Command::Error,
-];
-
 fn version() -> impl Strategy<Value = Version> {
     prop_oneof![
         Just(Version::V1_0),
@@ -38,7 +20,7 @@ fn version() -> impl Strategy<Value = Version> {
 }
 
 fn command() -> impl Strategy<Value = Command> {
-    proptest::sample::select(&COMMANDS[..])
+    proptest::sample::select(&Command::ALL[..])
 }
 
 /// A byte biased towards the ones that matter to the grammar.
