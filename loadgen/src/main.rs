@@ -11,6 +11,7 @@
 
 mod net;
 mod scenarios;
+mod soak;
 mod stats;
 
 use std::{
@@ -174,6 +175,35 @@ enum Scenario {
         #[arg(long, default_value_t = 16 * 1024)]
         victim_body: usize,
     },
+    /// Soak (issue 8): fan-out, per-order, connection churn and a slow
+    /// consumer every minute, all at once for --duration seconds
+    /// (scripts/soak.sh samples the broker and judges the run).
+    Soak {
+        /// Fan-out subscribers (one topic).
+        #[arg(long, default_value_t = 200)]
+        fanout_subscribers: usize,
+        /// Fan-out publish rate, messages/s.
+        #[arg(long, default_value_t = 50.0)]
+        fanout_rate: f64,
+        /// Per-order subscribers on /topic/order.<id>.
+        #[arg(long, default_value_t = 2000)]
+        order_subscribers: usize,
+        /// Per-order publish rate, messages/s in total.
+        #[arg(long, default_value_t = 2000.0)]
+        order_rate: f64,
+        /// Connects + disconnects per second.
+        #[arg(long, default_value_t = 50.0)]
+        churn_rate: f64,
+        /// Seconds between slow consumers.
+        #[arg(long, default_value_t = 60.0)]
+        slow_every: f64,
+        /// The slow consumer's own stream, 16 KiB messages/s.
+        #[arg(long, default_value_t = 100.0)]
+        slow_rate: f64,
+        /// Body bytes (fan-out and per-order).
+        #[arg(long, default_value_t = 200)]
+        body: usize,
+    },
     /// S6 Kafka → WebSocket (stub: measured with the Kafka bridge).
     S6 {
         /// stomp-broker binary whose --help is checked for the bridge flags.
@@ -305,6 +335,28 @@ fn main() -> Result<()> {
                     *victim_body,
                 )
                 .await
+            }
+            Scenario::Soak {
+                fanout_subscribers,
+                fanout_rate,
+                order_subscribers,
+                order_rate,
+                churn_rate,
+                slow_every,
+                slow_rate,
+                body,
+            } => {
+                let p = soak::SoakParams {
+                    fanout_subs: *fanout_subscribers,
+                    fanout_rate: *fanout_rate,
+                    order_subs: *order_subscribers,
+                    order_rate: *order_rate,
+                    churn_rate: *churn_rate,
+                    slow_every: *slow_every,
+                    slow_rate: *slow_rate,
+                    body: *body,
+                };
+                soak::soak(&common, &p).await
             }
             Scenario::S6 { .. } => unreachable!("handled above"),
         }

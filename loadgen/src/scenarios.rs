@@ -45,7 +45,7 @@ pub struct Common {
 }
 
 impl Common {
-    fn row(&self, scenario: &str) -> Row {
+    pub(crate) fn row(&self, scenario: &str) -> Row {
         let mut r = Row::default();
         r.put("scenario", scenario)
             .put("label", self.label.as_str())
@@ -68,14 +68,14 @@ impl Common {
 /// State shared by subscriber groups and the publisher of one run.
 pub struct RunCtx {
     windows: Vec<Window>,
-    stop: CancellationToken,
-    delivered: AtomicU64,
+    pub(crate) stop: CancellationToken,
+    pub(crate) delivered: AtomicU64,
     waiting: AtomicBool,
     notify: Notify,
 }
 
 impl RunCtx {
-    fn new(windows: Vec<Window>) -> Arc<RunCtx> {
+    pub(crate) fn new(windows: Vec<Window>) -> Arc<RunCtx> {
         Arc::new(RunCtx {
             windows,
             stop: CancellationToken::new(),
@@ -99,7 +99,7 @@ impl RunCtx {
 /// Opens `n` STOMP sessions (connection numbers `first..first + n`) with at
 /// most `concurrency` handshakes in flight, subscribing each to
 /// `dest(i)` when given.
-async fn open_many(
+pub(crate) async fn open_many(
     c: &Common,
     first: usize,
     n: usize,
@@ -192,7 +192,7 @@ async fn subscriber_group(sessions: Vec<Session>, ctx: Arc<RunCtx>) -> Measured 
     m
 }
 
-fn spawn_groups(
+pub(crate) fn spawn_groups(
     sessions: Vec<Session>,
     per_task: usize,
     ctx: &Arc<RunCtx>,
@@ -206,7 +206,10 @@ fn spawn_groups(
     handles
 }
 
-async fn join_groups(handles: Vec<JoinHandle<Measured>>, windows: usize) -> Result<Measured> {
+pub(crate) async fn join_groups(
+    handles: Vec<JoinHandle<Measured>>,
+    windows: usize,
+) -> Result<Measured> {
     let mut all = Measured::new(windows);
     for h in handles {
         all.merge(&h.await?);
@@ -215,8 +218,8 @@ async fn join_groups(handles: Vec<JoinHandle<Measured>>, windows: usize) -> Resu
 }
 
 /// What a publisher did.
-struct Published {
-    sent: u64,
+pub(crate) struct Published {
+    pub(crate) sent: u64,
     /// Actual send time minus scheduled send time (open loop only): the
     /// generator's own lateness, included in the reported latencies.
     lag: Histogram<u64>,
@@ -227,7 +230,7 @@ struct Published {
 /// stalled broker (or generator) shows up in the latency instead of
 /// silently lowering the rate (no coordinated omission).
 #[allow(clippy::too_many_arguments)]
-async fn publish_open_loop(
+pub(crate) async fn publish_open_loop(
     mut s: Session,
     templates: Arc<Vec<SendTemplate>>,
     rate: f64,
