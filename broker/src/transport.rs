@@ -103,6 +103,13 @@ fn ws_err(e: tokio_tungstenite::tungstenite::Error) -> io::Error {
     use tokio_tungstenite::tungstenite::Error as E;
     match e {
         E::Io(io) => io,
+        // A peer that vanished (tab closed, process killed) is not a
+        // protocol violation worth an ERROR: it is gone.
+        E::Protocol(
+            tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        )
+        | E::ConnectionClosed
+        | E::AlreadyClosed => io::Error::new(io::ErrorKind::ConnectionReset, "connection closed"),
         E::Capacity(c) => io::Error::new(
             io::ErrorKind::InvalidData,
             format!("message too large: {c}"),
