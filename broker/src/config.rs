@@ -94,6 +94,9 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// Time allowed between accepting a connection and its CONNECT, ms.
     pub connect_timeout_ms: u64,
+    /// Time a frame may take to arrive once its first byte did, ms (stops
+    /// slowloris clients that negotiated no heart-beats); 0 disables.
+    pub frame_timeout_ms: u64,
     /// Outbound bytes queued for one connection before the slow-consumer
     /// policy applies.
     pub max_pending_bytes_per_connection: usize,
@@ -249,6 +252,7 @@ impl Default for LimitsConfig {
             max_subscriptions_per_connection: 1024,
             max_connections: 100_000,
             connect_timeout_ms: 10_000,
+            frame_timeout_ms: 30_000,
             max_pending_bytes_per_connection: 2 * 1024 * 1024,
             max_unacked_per_subscription: 1_000,
             max_transactions_per_connection: 16,

@@ -22,6 +22,7 @@ enum Event {
     Read(std::io::Result<usize>),
     Out(Option<Outbound>),
     ReadTimeout,
+    FrameTimeout,
     HeartBeat,
     TokenExpired,
     Shutdown,
@@ -98,6 +99,9 @@ async fn run<T: Transport>(
     let mut last_write = Instant::now();
     let tolerance = core.config.heartbeat.tolerance;
     let grace = Duration::from_millis(core.config.heartbeat.grace_ms);
+    let frame_timeout = Duration::from_millis(core.config.limits.frame_timeout_ms);
+    // When a partial frame started waiting in the read buffer.
+    let mut frame_deadline: Option<Instant> = None;
     tracing::debug!("connection opened");
 
     let end = loop {
@@ -122,6 +126,7 @@ async fn run<T: Transport>(
             _ = sleep_until(read_deadline.unwrap_or(last_read)), if read_deadline.is_some() => Event::ReadTimeout,
             _ = sleep_until(write_deadline.unwrap_or(last_write)), if write_deadline.is_some() => Event::HeartBeat,
             _ = sleep_until(expiry.unwrap_or(last_write)), if expiry.is_some() => Event::TokenExpired,
+            _ = sleep_until(frame_deadline.unwrap_or(last_read)), if frame_deadline.is_some() => Event::FrameTimeout,
         };
         let mut ended = None;
         match event {
@@ -170,6 +175,13 @@ async fn run<T: Transport>(
                 if rbuf.is_empty() && rbuf.capacity() > 64 * 1024 {
                     rbuf = BytesMut::new();
                 }
+                frame_deadline = match (rbuf.is_empty(), frame_deadline) {
+                    (true, _) => None,
+                    (false, None) if !frame_timeout.is_zero() => {
+                        Some(Instant::now() + frame_timeout)
+                    }
+                    (false, d) => d,
+                };
             }
             Event::Out(None) => ended = Some(End::Gone),
             Event::Out(Some(item)) => {
@@ -199,6 +211,16 @@ async fn run<T: Transport>(
                 ended = Some(End::Error(
                     StompError::new(kind, message, detail),
                     CloseKind::Normal,
+                ));
+            }
+            Event::FrameTimeout => {
+                ended = Some(End::Error(
+                    StompError::new(
+                        "frame_timeout",
+                        "frame timeout",
+                        "A frame was started but not completed in time.",
+                    ),
+                    CloseKind::ProtocolError,
                 ));
             }
             Event::HeartBeat => session.push_heartbeat(),

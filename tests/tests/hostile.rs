@@ -501,3 +501,23 @@ async fn websocket_protocol_violations_close_cleanly_and_others_keep_working() -
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn slowloris_after_connect_is_cut_off_by_the_frame_timeout() -> Result<()> {
+    let b = TestBroker::start_with(|c| c.limits.frame_timeout_ms = 300).await;
+    let mut c = b.tcp_client().await;
+    let started = Instant::now();
+    // Half a frame, then one more byte now and then: never completes.
+    c.send_raw(b"SEND\ndestination:/topic/slow\ncontent-length:100\n\nabc")
+        .await?;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if c.send_raw(b"x").await.is_err() {
+            break;
+        }
+    }
+    let e = c.expect_error_and_close().await?;
+    ensure!(e.header_str("message") == Some("frame timeout"));
+    ensure!(started.elapsed() >= Duration::from_millis(300));
+    Ok(())
+}
