@@ -19,6 +19,13 @@ log() { printf '[install-deps] %s\n' "$*" >&2; }
 SUDO=""
 if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; fi
 
+# --- Build tools for librdkafka (rdkafka's cmake build) -------------------------------------
+if ! command -v cmake >/dev/null 2>&1; then
+  log "installing Debian cmake (needed to build librdkafka)"
+  $SUDO apt-get update -q </dev/null
+  $SUDO apt-get install -y -q --no-install-recommends cmake </dev/null
+fi
+
 # --- Chromium (Debian package) -------------------------------------------------------------
 if [ -x /usr/bin/chromium ]; then
   log "chromium present: /usr/bin/chromium"

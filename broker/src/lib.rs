@@ -37,6 +37,23 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 pub use crate::{config::Config, core::BrokerCore};
 use crate::{connection::ConnInfo, transport::StreamTransport};
 
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM: the signals that start a
+/// graceful shutdown (used by the binary and by embedders).
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
 /// How long a TLS handshake may take.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -36,7 +36,7 @@ fn main() -> anyhow::Result<()> {
         let shutdown = CancellationToken::new();
         let broker = Broker::start(config, shutdown.clone()).await?;
         tokio::spawn(async move {
-            wait_for_signal().await;
+            stomp_broker::shutdown_signal().await;
             tracing::info!("shutdown signal received");
             shutdown.cancel();
         });
@@ -46,19 +46,4 @@ fn main() -> anyhow::Result<()> {
     // Don't wait for stragglers beyond the shutdown timeout.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }

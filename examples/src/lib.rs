@@ -23,21 +23,7 @@ pub mod simulator;
 pub mod subscriber;
 pub mod web;
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-}
+pub use stomp_broker::shutdown_signal;
 
 /// A cancellation token cancelled by [`shutdown_signal`].
 pub fn cancel_on_signal() -> tokio_util::sync::CancellationToken {
