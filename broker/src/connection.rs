@@ -18,6 +18,9 @@ use crate::{
 /// Largest batch of output gathered before writing.
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 
+/// Where the idle timer rests when no deadline is pending.
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365);
+
 enum Event {
     Read(std::io::Result<usize>),
     Out(Option<Outbound>),
@@ -103,6 +106,20 @@ async fn run<T: Transport>(
     // When a partial frame started waiting in the read buffer.
     let mut frame_deadline: Option<Instant> = None;
     tracing::debug!("connection opened");
+    // Created once: a fresh `cancelled()` per iteration would register and
+    // unregister a waiter on the shared token for every message delivered.
+    // Polled last (only when nothing else is ready); `is_cancelled`, an
+    // atomic load, keeps a busy connection from missing it.
+    let shutdown = core.shutdown.clone();
+    let shutdown = shutdown.cancelled();
+    tokio::pin!(shutdown);
+    // One timer for every deadline, armed at the earliest and re-armed only
+    // when it fires or an earlier deadline appears. Deadlines that move
+    // later with traffic (heart-beats) cost nothing per message: when the
+    // timer fires early, the deadlines are re-checked and it is re-armed.
+    let timer = sleep_until(Instant::now() + FAR_FUTURE);
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
 
     let end = loop {
         let hb = session.heart_beats();
@@ -118,15 +135,42 @@ async fn run<T: Transport>(
                 .unwrap_or(Duration::ZERO);
             Instant::now() + left
         });
-        let event = tokio::select! {
-            biased;
-            _ = core.shutdown.cancelled() => Event::Shutdown,
-            out = rx.recv() => Event::Out(out),
-            r = transport.read(&mut rbuf) => Event::Read(r),
-            _ = sleep_until(read_deadline.unwrap_or(last_read)), if read_deadline.is_some() => Event::ReadTimeout,
-            _ = sleep_until(write_deadline.unwrap_or(last_write)), if write_deadline.is_some() => Event::HeartBeat,
-            _ = sleep_until(expiry.unwrap_or(last_write)), if expiry.is_some() => Event::TokenExpired,
-            _ = sleep_until(frame_deadline.unwrap_or(last_read)), if frame_deadline.is_some() => Event::FrameTimeout,
+        let next = [read_deadline, write_deadline, expiry, frame_deadline]
+            .into_iter()
+            .flatten()
+            .min();
+        if let Some(n) = next {
+            if armed.is_none_or(|a| n < a) {
+                timer.as_mut().reset(n);
+                armed = Some(n);
+            }
+        }
+        let event = if core.shutdown.is_cancelled() {
+            Event::Shutdown
+        } else {
+            tokio::select! {
+                biased;
+                out = rx.recv() => Event::Out(out),
+                r = transport.read(&mut rbuf) => Event::Read(r),
+                _ = &mut timer, if armed.is_some() => {
+                    armed = None;
+                    let now = Instant::now();
+                    let due = |d: Option<Instant>| d.is_some_and(|d| d <= now);
+                    if due(read_deadline) {
+                        Event::ReadTimeout
+                    } else if due(frame_deadline) {
+                        Event::FrameTimeout
+                    } else if due(expiry) {
+                        Event::TokenExpired
+                    } else if due(write_deadline) {
+                        Event::HeartBeat
+                    } else {
+                        // Fired for a deadline that has since moved.
+                        continue;
+                    }
+                }
+                _ = &mut shutdown => Event::Shutdown,
+            }
         };
         let mut ended = None;
         match event {

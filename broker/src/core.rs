@@ -133,7 +133,14 @@ impl BrokerCore {
 
     /// A broker-unique `message-id`, unique across restarts too.
     pub fn next_message_id(&self) -> String {
-        format!("{}-{}", self.node, self.next_msg.fetch_add(1, Relaxed))
+        let n = self.next_msg.fetch_add(1, Relaxed);
+        let mut buf = itoa::Buffer::new();
+        let n = buf.format(n);
+        let mut id = String::with_capacity(self.node.len() + 1 + n.len());
+        id.push_str(&self.node);
+        id.push('-');
+        id.push_str(n);
+        id
     }
 
     /// Publishes from inside the process (the Kafka bridge, tests): the same

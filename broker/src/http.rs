@@ -120,7 +120,7 @@ fn route(
             r
         }
         "/stats.json" if core.config.listen.status_page => {
-            let mut r = text(StatusCode::OK, core.status.json());
+            let mut r = text(StatusCode::OK, core.status.json(&core));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),

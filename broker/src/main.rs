@@ -9,6 +9,13 @@ use stomp_broker::{
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc: the broker allocates on one worker and frees on another all the
+/// time (a message is built by its publisher's task and dropped by its
+/// subscribers'); glibc's malloc pays for that in `_int_malloc`/`_int_free`
+/// (8 % of the broker's time in the S2 profile, docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.hash_password {

@@ -146,12 +146,23 @@ pub enum RouteError {
 /// Rejects destinations no client has a reason to use and that could only
 /// confuse matching: control characters, `//`, `/./`, `/../`.
 pub fn validate_destination(dest: &str) -> Result<(), RouteError> {
-    let bad_char = dest.chars().any(char::is_control);
-    let bad_segment = dest
-        .split('/')
-        .skip(1)
-        .any(|s| s.is_empty() || s == "." || s == "..");
-    if bad_char || bad_segment || !dest.starts_with('/') {
+    // On the publish path for every message: one pass over the bytes.
+    // Control characters are C0, DEL and C1 (U+0080..U+009F, which UTF-8
+    // encodes as C2 80..C2 9F; in valid UTF-8 a C2 byte is always a lead).
+    let b = dest.as_bytes();
+    let mut prev = 0u8;
+    let bad_char = b.iter().any(|&c| {
+        let bad = c < 0x20 || c == 0x7f || (prev == 0xc2 && (0x80..=0x9f).contains(&c));
+        prev = c;
+        bad
+    });
+    if bad_char || b.first() != Some(&b'/') {
+        return Err(RouteError::InvalidDestination);
+    }
+    let bad_segment = b[1..]
+        .split(|&c| c == b'/')
+        .any(|s| s.is_empty() || s == b"." || s == b"..");
+    if bad_segment {
         return Err(RouteError::InvalidDestination);
     }
     Ok(())
@@ -223,13 +234,18 @@ struct QueueState {
     buffer_bytes: usize,
 }
 
+/// Destination-map hasher: foldhash, seeded per process (destinations come
+/// from clients, so the seed matters), several times cheaper than SipHash
+/// for the short keys published to.
+type Hasher = foldhash::fast::RandomState;
+
 /// The routing table. One per broker.
 #[derive(Debug)]
 pub struct Router {
-    topics: DashMap<Box<str>, Arc<Vec<Subscriber>>>,
+    topics: DashMap<Box<str>, Arc<Vec<Subscriber>>, Hasher>,
     wildcards: RwLock<Vec<(Box<str>, Subscriber)>>,
     wildcard_count: AtomicUsize,
-    queues: DashMap<Box<str>, Arc<Mutex<QueueState>>>,
+    queues: DashMap<Box<str>, Arc<Mutex<QueueState>>, Hasher>,
     next_key: AtomicU64,
     max_unacked: usize,
     queue_max_messages: usize,
@@ -249,10 +265,10 @@ impl Router {
     /// An empty router.
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Router {
         Router {
-            topics: DashMap::new(),
+            topics: DashMap::with_hasher(Hasher::default()),
             wildcards: RwLock::new(Vec::new()),
             wildcard_count: AtomicUsize::new(0),
-            queues: DashMap::new(),
+            queues: DashMap::with_hasher(Hasher::default()),
             next_key: AtomicU64::new(1),
             max_unacked: config.limits.max_unacked_per_subscription.max(1),
             queue_max_messages: config.queues.max_messages,

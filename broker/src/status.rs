@@ -1,9 +1,11 @@
 //! The status page (`GET /`), its JSON (`GET /stats.json`) and the live
 //! stats stream on the broker-internal destination [`STATS_DESTINATION`].
 //!
-//! A background task samples the counters every second, keeps the latest
-//! snapshot for `/stats.json`, and publishes it to `/topic/broker.stats`
-//! when someone subscribes (the page does, over its own WebSocket).
+//! A background task samples the counters every second (a few atomic
+//! loads); the full snapshot, which walks the destination table, is built
+//! only when asked for: by `GET /stats.json`, and each second while someone
+//! subscribes to `/topic/broker.stats` (the page does, over its own
+//! WebSocket).
 
 use std::{
     sync::{atomic::Ordering::Relaxed, Arc, Mutex},
@@ -23,22 +25,24 @@ pub const STATS_DESTINATION: &str = "/topic/broker.stats";
 /// external assets).
 pub const PAGE: &str = include_str!("status.html");
 
-/// The latest snapshot, refreshed by [`run`].
+/// The last two counter samples, refreshed by [`run`], for rates.
 #[derive(Debug, Default)]
 pub struct StatusBoard {
-    latest: Mutex<Value>,
+    samples: Mutex<Option<(Sample, Sample)>>,
 }
 
 impl StatusBoard {
-    /// The latest snapshot as JSON text.
-    pub fn json(&self) -> String {
-        self.latest
-            .lock()
-            .map(|v| v.to_string())
-            .unwrap_or_else(|_| "{}".into())
+    /// A snapshot as JSON text, with rates over the last sampled second.
+    pub fn json(&self, core: &BrokerCore) -> String {
+        let samples = self.samples.lock().map(|s| *s).unwrap_or(None);
+        match samples {
+            Some((prev, now)) => snapshot(core, Some(&prev), &now).to_string(),
+            None => snapshot(core, None, &sample(core)).to_string(),
+        }
     }
 }
 
+#[derive(Debug, Clone, Copy)]
 struct Sample {
     at: Instant,
     published: u64,
@@ -122,16 +126,15 @@ pub async fn run(core: Arc<BrokerCore>) {
             _ = tick.tick() => {}
         }
         let now = sample(&core);
-        let snap = snapshot(&core, Some(&prev), &now);
-        prev = now;
-        let text = snap.to_string();
-        if let Ok(mut l) = core.status.latest.lock() {
-            *l = snap;
+        if let Ok(mut l) = core.status.samples.lock() {
+            *l = Some((prev, now));
         }
         if core.router.has_subscribers(STATS_DESTINATION) {
+            let text = snapshot(&core, Some(&prev), &now).to_string();
             let mut h = Headers::new();
             h.push("content-type", "application/json");
             let _ = core.publish(STATS_DESTINATION, h, Bytes::from(text));
         }
+        prev = now;
     }
 }
