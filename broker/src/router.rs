@@ -85,18 +85,21 @@ fn is_textual(content_type: Option<&[u8]>) -> bool {
     let Ok(ct) = std::str::from_utf8(ct) else {
         return false;
     };
-    let mime = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    mime.starts_with("text/")
-        || mime == "application/json"
-        || mime == "application/xml"
-        || mime == "application/javascript"
-        || mime.ends_with("+json")
-        || mime.ends_with("+xml")
+    // Case-insensitive without allocating: this runs for every message.
+    let mime = ct.split(';').next().unwrap_or("").trim().as_bytes();
+    let starts = |p: &[u8]| mime.len() >= p.len() && mime[..p.len()].eq_ignore_ascii_case(p);
+    let ends =
+        |p: &[u8]| mime.len() >= p.len() && mime[mime.len() - p.len()..].eq_ignore_ascii_case(p);
+    starts(b"text/")
+        || [
+            &b"application/json"[..],
+            b"application/xml",
+            b"application/javascript",
+        ]
+        .iter()
+        .any(|m| mime.eq_ignore_ascii_case(m))
+        || ends(b"+json")
+        || ends(b"+xml")
 }
 
 /// One subscription as the router sees it.
@@ -660,5 +663,8 @@ mod tests {
         assert!(is_textual(Some(b"application/json")));
         assert!(is_textual(Some(b"application/vnd.order+json")));
         assert!(!is_textual(Some(b"application/octet-stream")));
+        assert!(is_textual(Some(b"Text/HTML; charset=utf-8")));
+        assert!(is_textual(Some(b"APPLICATION/JSON")));
+        assert!(!is_textual(Some(b"application/jsonx")));
     }
 }
