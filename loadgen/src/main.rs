@@ -10,6 +10,7 @@
 //! Traffic goes to 127.0.0.0/8 only: non-loopback targets are refused.
 
 mod net;
+mod s6;
 mod scenarios;
 mod soak;
 mod stats;
@@ -204,11 +205,55 @@ enum Scenario {
         #[arg(long, default_value_t = 200)]
         body: usize,
     },
-    /// S6 Kafka → WebSocket (stub: measured with the Kafka bridge).
+    /// S6 Kafka → WebSocket: an open-loop Kafka producer keyed by order id,
+    /// WebSocket subscribers on the destinations the broker's bridge route
+    /// maps the records to; latency from the scheduled produce time.
     S6 {
-        /// stomp-broker binary whose --help is checked for the bridge flags.
+        /// Kafka bootstrap servers (IP:port on 127.0.0.0/8).
+        #[arg(long, env = "KAFKA_BOOTSTRAP")]
+        kafka_bootstrap: String,
+        /// Kafka topic (created with --partitions if missing); the broker's
+        /// route must read it.
+        #[arg(long, default_value = "orders")]
+        topic: String,
+        /// Partitions for a topic this run creates.
+        #[arg(long, default_value_t = 3)]
+        partitions: i32,
+        /// The route's destination template (`{key}` = order id).
+        #[arg(long, default_value = "/topic/order.{key}")]
+        destination: String,
+        /// Records per second (open loop).
+        #[arg(long, default_value_t = 5000.0)]
+        rate: f64,
+        /// Distinct order ids (record keys 0..ids).
+        #[arg(long, default_value_t = 1000)]
+        ids: usize,
+        /// Per-order subscribers: subscriber i follows order i (≤ --ids).
+        #[arg(long, default_value_t = 1000)]
+        order_subscribers: usize,
+        /// Subscribers to the wildcard (template with `{key}` = `*`), each
+        /// receiving every record.
+        #[arg(long, default_value_t = 0)]
+        wildcard_subscribers: usize,
+        /// Record value bytes (the first 8 carry the scheduled time).
+        #[arg(long, default_value_t = 200)]
+        body: usize,
+        /// Producer linger.ms.
+        #[arg(long, default_value_t = 1.0)]
+        linger_ms: f64,
+        /// Producer acks (all = leader + in-sync replicas; one replica here).
+        #[arg(long, default_value = "all")]
+        acks: String,
+        /// Extra producer property key=value (repeatable), applied last.
         #[arg(long)]
-        broker_bin: Option<PathBuf>,
+        producer_config: Vec<String>,
+        /// Kafka's JVM pid: its CPU and RSS are reported too.
+        #[arg(long)]
+        kafka_pid: Option<u32>,
+        /// Write `scheduled_ms,latency_ms` for every record seen by one extra
+        /// wildcard subscriber to this CSV (for finding stalls in time).
+        #[arg(long)]
+        trace: Option<PathBuf>,
     },
 }
 
@@ -264,16 +309,6 @@ fn target(cli: &Cli) -> Result<Target> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    if let Scenario::S6 { broker_bin } = &cli.scenario {
-        let help = broker_bin.as_ref().and_then(|b| {
-            std::process::Command::new(b)
-                .arg("--help")
-                .output()
-                .ok()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        });
-        return scenarios::s6(help.as_deref());
-    }
     let common = Common {
         target: target(&cli)?,
         broker_pid: cli.broker_pid,
@@ -358,7 +393,40 @@ fn main() -> Result<()> {
                 };
                 soak::soak(&common, &p).await
             }
-            Scenario::S6 { .. } => unreachable!("handled above"),
+            Scenario::S6 {
+                kafka_bootstrap,
+                topic,
+                partitions,
+                destination,
+                rate,
+                ids,
+                order_subscribers,
+                wildcard_subscribers,
+                body,
+                linger_ms,
+                acks,
+                producer_config,
+                kafka_pid,
+                trace,
+            } => {
+                let p = s6::S6Params {
+                    bootstrap: kafka_bootstrap.clone(),
+                    topic: topic.clone(),
+                    partitions: *partitions,
+                    destination: destination.clone(),
+                    rate: *rate,
+                    ids: *ids,
+                    order_subscribers: *order_subscribers,
+                    wildcard_subscribers: *wildcard_subscribers,
+                    body: *body,
+                    linger_ms: *linger_ms,
+                    acks: acks.clone(),
+                    producer_config: producer_config.clone(),
+                    kafka_pid: *kafka_pid,
+                    trace: trace.clone(),
+                };
+                s6::s6(&common, &p).await
+            }
         }
     })
 }
