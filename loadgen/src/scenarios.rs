@@ -230,7 +230,8 @@ pub(crate) struct Published {
 /// Open-loop publisher: message `k` (k = first, first + step, ...) is due
 /// at `start + k / rate` and carries that scheduled time as its stamp, so a
 /// stalled broker (or generator) shows up in the latency instead of
-/// silently lowering the rate (no coordinated omission).
+/// silently lowering the rate (no coordinated omission). `precise` (only on
+/// a thread of its own) sleeps with the OS instead of tokio's timer.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn publish_open_loop(
     mut s: Session,
@@ -241,6 +242,7 @@ pub(crate) async fn publish_open_loop(
     first: u64,
     step: u64,
     stop: CancellationToken,
+    precise: bool,
 ) -> Result<Published> {
     let period = 1e9 / rate;
     let mut k = first;
@@ -254,7 +256,16 @@ pub(crate) async fn publish_open_loop(
         }
         let now = now_ns();
         if t > now {
-            tokio::time::sleep_until(instant_at(t).into()).await;
+            if precise {
+                // Alone on its thread (see `publisher_thread`): a blocking
+                // sleep wakes within tens of µs, tokio's timer wheel only
+                // at millisecond ticks. At least 200 µs, so high rates go
+                // out in small bursts instead of one wake-up per message
+                // (what that delays is measured: stamps are scheduled times).
+                std::thread::sleep(Duration::from_nanos((t - now).max(200_000)));
+            } else {
+                tokio::time::sleep_until(instant_at(t).into()).await;
+            }
             continue;
         }
         let mut batch = 0;
@@ -273,6 +284,39 @@ pub(crate) async fn publish_open_loop(
         sent += batch;
     }
     Ok(Published { sent, lag })
+}
+
+/// Runs an open-loop publisher on an OS thread of its own, with its own
+/// single-threaded runtime and connection (index `idx`), so that thousands
+/// of subscriber connections being read on the main runtime cannot delay
+/// its schedule: the generator's lateness (`pub_lag_*`) would otherwise be
+/// part of every latency it reports. Resolves when the publisher is done.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn publisher_thread(
+    target: Target,
+    idx: usize,
+    templates: Arc<Vec<SendTemplate>>,
+    rate: f64,
+    start: u64,
+    end: u64,
+    first: u64,
+    step: u64,
+    stop: CancellationToken,
+) -> tokio::sync::oneshot::Receiver<Result<Published>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let run = async {
+            let s = target.open_stomp(idx, (0, 0)).await?;
+            publish_open_loop(s, templates, rate, start, end, first, step, stop, true).await
+        };
+        let result = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(run));
+        let _ = tx.send(result);
+    });
+    rx
 }
 
 /// Closed-loop, maximum-throughput publisher: keeps at most `window`
@@ -406,6 +450,7 @@ pub async fn s1(
                 0,
                 1,
                 ctx.stop.clone(),
+                false,
             )
             .await?
         }
@@ -464,10 +509,6 @@ pub async fn s2(
 ) -> Result<()> {
     let dest = |i: usize| format!("/topic/{prefix}.{}", i - publishers);
     let subs = open_many(c, publishers, subscribers, (0, 0), Some(&dest)).await?;
-    let mut pubs = Vec::new();
-    for p in 0..publishers {
-        pubs.push(c.target.open_stomp(p, (0, 0)).await?);
-    }
     // Spread ids with a stride coprime to the id count so consecutive
     // messages hit different subscribers (and different broker shards).
     let n = subscribers;
@@ -489,9 +530,10 @@ pub async fn s2(
     let groups = spawn_groups(subs, c.conns_per_task, &ctx);
     let sampler = spawn_sampler(c.broker_pid, vec![w]);
     let mut tasks = Vec::new();
-    for (p, s) in pubs.into_iter().enumerate() {
-        tasks.push(tokio::spawn(publish_open_loop(
-            s,
+    for p in 0..publishers {
+        tasks.push(publisher_thread(
+            c.target.clone(),
+            p,
             templates.clone(),
             rate,
             t0,
@@ -499,7 +541,7 @@ pub async fn s2(
             p as u64,
             publishers as u64,
             ctx.stop.clone(),
-        )));
+        ));
     }
     let mut sent = 0;
     let mut lag = new_hist();
@@ -746,6 +788,7 @@ pub async fn s5(
             0,
             1,
             ctx.stop.clone(),
+            false,
         ))
     });
     let published = publish_open_loop(
@@ -757,6 +800,7 @@ pub async fn s5(
         0,
         1,
         ctx.stop.clone(),
+        false,
     )
     .await?;
     let victim_sent = match victim_pub {

@@ -112,6 +112,7 @@ pub async fn soak(c: &Common, p: &SoakParams) -> Result<()> {
         0,
         1,
         stop.clone(),
+        false,
     ));
     let order_templates: Vec<SendTemplate> = (0..p.order_subs.max(1))
         .map(|i| SendTemplate::new(&format!("/topic/order.{i}"), p.body))
@@ -125,6 +126,7 @@ pub async fn soak(c: &Common, p: &SoakParams) -> Result<()> {
         0,
         1,
         stop.clone(),
+        false,
     ));
     let slow_stream = tokio::spawn(publish_open_loop(
         slow_pub,
@@ -135,6 +137,7 @@ pub async fn soak(c: &Common, p: &SoakParams) -> Result<()> {
         0,
         1,
         stop.clone(),
+        false,
     ));
 
     let churn = Arc::new(Churn::default());
