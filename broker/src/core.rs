@@ -164,6 +164,37 @@ impl BrokerCore {
         body: Bytes,
         retain: Option<RetainPolicy>,
     ) -> Result<usize, RouteError> {
+        let msg = self.local_message(destination, headers, body);
+        // Retain first: a SUBSCRIBE that lands between the two steps then
+        // gets the message twice (replayed and live; same message-id)
+        // rather than not at all.
+        if let Some(policy) = retain {
+            crate::router::validate_destination(destination)?;
+            self.retained.retain(msg.clone(), policy);
+        }
+        self.router.publish(msg)
+    }
+
+    /// Keeps a message for replay to late subscribers under `retain`
+    /// without delivering it to current subscribers: the Kafka bridge
+    /// rebuilding the retained store after a restart from records that were
+    /// delivered before it.
+    pub fn retain_only(
+        &self,
+        destination: &str,
+        headers: Headers,
+        body: Bytes,
+        retain: RetainPolicy,
+    ) -> Result<(), RouteError> {
+        crate::router::validate_destination(destination)?;
+        let msg = self.local_message(destination, headers, body);
+        self.retained.retain(msg, retain);
+        Ok(())
+    }
+
+    /// A message published from inside the process: `headers` pass through
+    /// except `destination`/`content-length`; their `message-id` is kept.
+    fn local_message(&self, destination: &str, headers: Headers, body: Bytes) -> Arc<Message> {
         let id = match headers.get_str("message-id") {
             Some(id) if !id.is_empty() => id.to_owned(),
             _ => self.next_message_id(),
@@ -177,15 +208,7 @@ impl BrokerCore {
                 pass.push(n.clone(), v.clone());
             }
         }
-        let msg = Arc::new(Message::new(destination, &id, pass, body));
-        // Retain first: a SUBSCRIBE that lands between the two steps then
-        // gets the message twice (replayed and live; same message-id)
-        // rather than not at all.
-        if let Some(policy) = retain {
-            crate::router::validate_destination(destination)?;
-            self.retained.retain(msg.clone(), policy);
-        }
-        self.router.publish(msg)
+        Arc::new(Message::new(destination, &id, pass, body))
     }
 
     /// Subscribes from inside the process: a local link with the same
@@ -258,5 +281,54 @@ impl Drop for AdmitGuard {
         if gone {
             self.core.per_address.remove_if(&self.peer, |_, n| *n == 0);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn core() -> Arc<BrokerCore> {
+        BrokerCore::new(Config::default(), CancellationToken::new()).expect("core")
+    }
+
+    fn bridge_headers(id: &str) -> Headers {
+        let mut h = Headers::new();
+        h.push("message-id", id.to_owned());
+        h.push("kafka-offset", "7");
+        h
+    }
+
+    const POLICY: RetainPolicy = RetainPolicy {
+        last_n: 1,
+        ttl: Duration::from_secs(60),
+    };
+
+    #[test]
+    fn retain_only_keeps_for_late_subscribers_without_delivering_live() {
+        let core = core();
+        let mut live = core.subscribe_local("/topic/order.*").expect("subscribe");
+        core.retain_only(
+            "/topic/order.1",
+            bridge_headers("t-0-7"),
+            Bytes::from_static(b"filled"),
+            POLICY,
+        )
+        .expect("retained");
+        assert!(live.rx.try_recv().is_err(), "delivered live");
+        let replay = core.retained.replay("/topic/order.1");
+        assert_eq!(replay.len(), 1);
+        assert_eq!(&*replay[0].message_id, "t-0-7");
+        assert_eq!(&replay[0].template.body()[..], b"filled");
+    }
+
+    #[test]
+    fn retain_only_rejects_an_invalid_destination() {
+        let core = core();
+        assert!(core
+            .retain_only("/topic/a/../b", Headers::new(), Bytes::new(), POLICY)
+            .is_err());
+        assert!(core.retained.is_empty());
     }
 }

@@ -114,6 +114,23 @@ impl kafka_bridge::Sink for CoreSink {
         }
         Ok(())
     }
+
+    fn retain_only(&self, msg: kafka_bridge::BridgeMessage) {
+        let (Some(core), Some(r)) = (self.0.upgrade(), msg.retain) else {
+            return;
+        };
+        let mut headers = stomp_codec::Headers::with_capacity(msg.headers.len());
+        for (n, v) in msg.headers {
+            headers.push(n, v);
+        }
+        let policy = retain::RetainPolicy {
+            last_n: r.last_n,
+            ttl: r.ttl,
+        };
+        if let Err(e) = core.retain_only(&msg.destination, headers, msg.body, policy) {
+            tracing::warn!(destination = %msg.destination, error = %e, "rebuilt bridge message not retained");
+        }
+    }
 }
 
 impl Broker {

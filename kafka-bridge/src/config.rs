@@ -47,6 +47,14 @@ pub struct BridgeConfig {
     /// Default 5 s.
     #[serde(with = "duration")]
     pub stats_interval: Duration,
+    /// Upper bound on one rebuild of the broker's retained store: when the
+    /// consumer is assigned partitions it did not have (at start, after a
+    /// crash), it re-reads their records of the last `retain_ttl` up to the
+    /// group's committed offset into the retained store, before consuming
+    /// on. A rebuild still running after this long is cut short (logged);
+    /// `0` disables it. Default 60 s.
+    #[serde(with = "duration")]
+    pub rebuild_timeout: Duration,
     /// Extra librdkafka properties applied to both the consumer and the
     /// producer, after the bridge's own settings (so they override them).
     pub client: BTreeMap<String, String>,
@@ -64,6 +72,7 @@ impl Default for BridgeConfig {
             produce_timeout: Duration::from_secs(10),
             max_retained_destinations: 10_000,
             stats_interval: Duration::from_secs(5),
+            rebuild_timeout: Duration::from_secs(60),
             client: BTreeMap::new(),
         }
     }
@@ -285,8 +294,17 @@ mod tests {
         assert_eq!(c.produce_timeout, Duration::from_secs(10));
         assert_eq!(c.auto_offset_reset, OffsetReset::Latest);
         assert_eq!(c.max_retained_destinations, 10_000);
+        assert_eq!(c.rebuild_timeout, Duration::from_secs(60));
         assert!(c.group_id.is_none());
         assert!(c.effective_group_id().starts_with("stomp-broker-"));
+    }
+
+    #[test]
+    fn rebuild_timeout_takes_a_duration_and_zero_disables() {
+        let c: BridgeConfig = toml::from_str("rebuild_timeout = \"2m\"").unwrap();
+        assert_eq!(c.rebuild_timeout, Duration::from_secs(120));
+        let c: BridgeConfig = toml::from_str("rebuild_timeout = 0").unwrap();
+        assert!(c.rebuild_timeout.is_zero());
     }
 
     #[test]

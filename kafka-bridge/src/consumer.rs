@@ -1,15 +1,25 @@
 //! The Kafka adapter around the pure mapping: one thread polls the consumer,
 //! maps records, publishes them to the sink and stores offsets only after the
 //! sink accepted them.
+//!
+//! When the group assigns partitions this process did not have (at start,
+//! after a crash), the same thread first rebuilds the broker's retained store
+//! for them: a short-lived reader outside the group re-reads each partition
+//! from the first record of the retain window (`offsets_for_times`) up to the
+//! group's committed offset and hands those records to
+//! [`Sink::retain_only`]. Only then is the poll's record handled, so the
+//! store fills oldest first and live records land after the rebuilt ones.
+//! The group consumer's position and offsets are never touched by it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::client::ClientContext;
-use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
@@ -19,13 +29,144 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::mapping::{map_record, CompiledRoute, RecordView};
-use crate::{BridgeMessage, BridgeState, Shared, Sink, SinkFull};
+use crate::{
+    BridgeConfig, BridgeMessage, BridgeState, Retain, RouteConfig, Shared, Sink, SinkFull,
+};
 
 /// First and largest wait before offering a refused message again.
 const BACKOFF_MIN: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// Longest single poll, so shutdown is noticed quickly.
 const POLL_MAX: Duration = Duration::from_millis(100);
+/// Longest wait for the group's committed offsets or `offsets_for_times`.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// librdkafka properties of the group consumer alone: a `client` override of
+/// one of them is not applied to the rebuild reader, which is in no group,
+/// never commits and must see partition ends.
+const GROUP_ONLY: &[&str] = &[
+    "group.id",
+    "group.instance.id",
+    "group.protocol",
+    "group.remote.assignor",
+    "partition.assignment.strategy",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "max.poll.interval.ms",
+    "enable.auto.commit",
+    "auto.commit.interval.ms",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "enable.partition.eof",
+    "client.id",
+    "statistics.interval.ms",
+];
+
+/// How the retained store is rebuilt when partitions are assigned.
+pub(crate) struct Rebuild {
+    /// Configuration of the short-lived reader.
+    client: ClientConfig,
+    /// Longest rebuild per assignment; zero disables it.
+    timeout: Duration,
+    /// Retain window per topic (see [`rebuild_windows`]).
+    windows: HashMap<String, Duration>,
+}
+
+impl Rebuild {
+    pub(crate) fn new(config: &BridgeConfig, group_id: &str) -> Self {
+        Self {
+            client: rebuild_client_config(config, group_id),
+            timeout: config.rebuild_timeout,
+            windows: rebuild_windows(&config.routes),
+        }
+    }
+}
+
+/// The rebuild reader's client configuration: the bridge's brokers and the
+/// `client` overrides (security settings and the like) except [`GROUP_ONLY`]
+/// ones. Its group id (`<group>.rebuild`) is needed by librdkafka for
+/// `assign`; it never joins, never commits (auto-commit off, no commit
+/// call), so the group is not even created on the Kafka side.
+pub(crate) fn rebuild_client_config(config: &BridgeConfig, group_id: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.brokers)
+        .set("group.id", format!("{group_id}.rebuild"))
+        .set("client.id", format!("{group_id}-rebuild"))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        // A start offset deleted meanwhile: read what is left.
+        .set("auto.offset.reset", "earliest")
+        // Bound librdkafka's prefetch (default 64 MiB per client).
+        .set("queued.max.messages.kbytes", "16384");
+    for (k, v) in &config.client {
+        if !GROUP_ONLY.contains(&k.as_str()) {
+            c.set(k, v);
+        }
+    }
+    c
+}
+
+/// The retain window of each topic: the largest `retain_ttl` among the
+/// routes of that topic that retain messages. Topics without one are not
+/// rebuilt.
+pub(crate) fn rebuild_windows(routes: &[RouteConfig]) -> HashMap<String, Duration> {
+    let mut out: HashMap<String, Duration> = HashMap::new();
+    for r in routes {
+        if r.retain_last == 0 || r.retain_ttl.is_zero() {
+            continue;
+        }
+        for t in &r.topics {
+            let w = out.entry(t.clone()).or_default();
+            *w = (*w).max(r.retain_ttl);
+        }
+    }
+    out
+}
+
+/// The offsets of one partition to re-read into the retained store:
+/// from `window_start` (what `offsets_for_times(now - window)` answered) or
+/// from `had` (the offset after the last record this process already put
+/// into the sink, when it held the partition before) if that is later, up to
+/// the group's `committed` offset (exclusive; the group consumer starts
+/// there). `None` when there is nothing to re-read: no committed offset (a
+/// new group, which reads live from `auto_offset_reset`), no record inside
+/// the window (`Offset::End`), or an empty range.
+pub(crate) fn rebuild_range(
+    window_start: Offset,
+    committed: Offset,
+    had: Option<i64>,
+) -> Option<Range<i64>> {
+    let Offset::Offset(end) = committed else {
+        return None;
+    };
+    let Offset::Offset(start) = window_start else {
+        return None;
+    };
+    let start = start.max(had.unwrap_or(0)).max(0);
+    (start < end).then_some(start..end)
+}
+
+/// What is left of `ttl` for a record stamped `record_ms`, at `now_ms`
+/// (both ms since the epoch). `None` when the record is older than `ttl`
+/// or has no timestamp (its age is unknown, so it is not kept). A
+/// timestamp in the future counts as now.
+pub(crate) fn remaining_ttl(
+    ttl: Duration,
+    record_ms: Option<i64>,
+    now_ms: i64,
+) -> Option<Duration> {
+    let record_ms = record_ms.filter(|&t| t >= 0)?;
+    let age = Duration::from_millis(now_ms.saturating_sub(record_ms).max(0) as u64);
+    ttl.checked_sub(age).filter(|left| !left.is_zero())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
 
 /// librdkafka callbacks: logging, statistics (lag, broker states), errors and
 /// rebalances feed the shared state.
@@ -94,7 +235,11 @@ impl ConsumerContext for BridgeContext {
                     partitions = tpl.count(),
                     "kafka bridge: partitions assigned"
                 );
-                self.shared.on_assigned();
+                self.shared.on_assigned(
+                    tpl.elements()
+                        .iter()
+                        .map(|e| (e.topic().to_owned(), e.partition())),
+                );
             }
             Rebalance::Revoke(tpl) => {
                 tracing::info!(partitions = tpl.count(), "kafka bridge: partitions revoked");
@@ -121,6 +266,11 @@ struct State {
     sink: Arc<dyn Sink>,
     shared: Arc<Shared>,
     pending: HashMap<PartitionKey, Pending>,
+    /// Per partition, the offset after the last record this process put
+    /// into the sink (live or rebuilt): a partition assigned again is
+    /// rebuilt only from there.
+    had: HashMap<PartitionKey, i64>,
+    rebuild: Rebuild,
 }
 
 pub(crate) struct Runner {
@@ -143,6 +293,7 @@ impl Runner {
         closed: CancellationToken,
         producer: FutureProducer<BridgeContext>,
         produce_timeout: Duration,
+        rebuild: Rebuild,
     ) -> Self {
         let mut by_topic: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, r) in routes.iter().enumerate() {
@@ -161,6 +312,8 @@ impl Runner {
                 sink,
                 shared,
                 pending: HashMap::new(),
+                had: HashMap::new(),
+                rebuild,
             },
             shutdown,
             closed,
@@ -173,7 +326,11 @@ impl Runner {
         if let Some(consumer) = self.consumer.take() {
             while !self.shutdown.is_cancelled() {
                 self.state.retry_pending(&consumer);
-                match consumer.poll(self.state.poll_timeout()) {
+                let polled = consumer.poll(self.state.poll_timeout());
+                // Partitions assigned during that poll: rebuild their
+                // retained messages before any of their records is handled.
+                self.state.rebuild_assigned(&consumer, &self.shutdown);
+                match polled {
                     None => {}
                     Some(Ok(msg)) => self.state.handle(&consumer, &msg),
                     Some(Err(e)) => {
@@ -225,14 +382,7 @@ impl State {
             metrics.records_consumed.fetch_sub(1, Ordering::Relaxed);
             return;
         }
-        // rdkafka's header accessor unwraps a non-UTF-8 header *name*; contain
-        // that so a malformed record is skipped instead of killing the bridge.
-        let headers = match msg.headers() {
-            None => Ok(Vec::new()),
-            Some(h) => catch_unwind(AssertUnwindSafe(|| {
-                h.iter().map(|h| (h.key, h.value)).collect::<Vec<_>>()
-            })),
-        };
+        let headers = record_headers(msg);
         let mut out = VecDeque::new();
         let route_ids = self
             .by_topic
@@ -345,6 +495,7 @@ impl State {
                 "broker queue drained: partition resumed"
             );
         }
+        self.had.insert(key, offset + 1);
     }
 
     fn retry_pending(&mut self, consumer: &BaseConsumer<BridgeContext>) {
@@ -402,6 +553,225 @@ impl State {
     }
 }
 
+/// The rebuild of the retained store (see the module docs).
+impl State {
+    /// Rebuilds the retained messages of the partitions assigned since the
+    /// last call, topic by topic, within `rebuild.timeout` in all.
+    fn rebuild_assigned(
+        &mut self,
+        consumer: &BaseConsumer<BridgeContext>,
+        shutdown: &CancellationToken,
+    ) {
+        let assigned = self.shared.take_assigned();
+        if assigned.is_empty() || self.rebuild.timeout.is_zero() {
+            return;
+        }
+        let mut by_topic: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+        for (topic, partition) in assigned {
+            if self.rebuild.windows.contains_key(&topic) {
+                let ps = by_topic.entry(topic).or_default();
+                if !ps.contains(&partition) {
+                    ps.push(partition);
+                }
+            }
+        }
+        let deadline = Instant::now() + self.rebuild.timeout;
+        for (topic, partitions) in by_topic {
+            if shutdown.is_cancelled() || Instant::now() >= deadline {
+                return;
+            }
+            if let Err(e) = self.rebuild_topic(consumer, &topic, &partitions, deadline, shutdown) {
+                // Nothing depends on it: live consumption goes on from the
+                // committed offsets either way; only late subscribers miss
+                // what came before the restart.
+                tracing::warn!(topic, error = %e, "retained store not rebuilt");
+            }
+        }
+    }
+
+    fn rebuild_topic(
+        &mut self,
+        consumer: &BaseConsumer<BridgeContext>,
+        topic: &str,
+        partitions: &[i32],
+        deadline: Instant,
+        shutdown: &CancellationToken,
+    ) -> Result<(), KafkaError> {
+        let Some(&window) = self.rebuild.windows.get(topic) else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let mut tpl = TopicPartitionList::new();
+        for &p in partitions {
+            tpl.add_partition(topic, p);
+        }
+        let lookup = || {
+            deadline
+                .saturating_duration_since(Instant::now())
+                .min(LOOKUP_TIMEOUT)
+        };
+        let committed = consumer.committed_offsets(tpl, lookup())?;
+        let committed: HashMap<i32, Offset> = partitions
+            .iter()
+            .filter_map(|&p| {
+                let e = committed.find_partition(topic, p)?;
+                e.error().is_ok().then(|| (p, e.offset()))
+            })
+            .collect();
+        // Only partitions with committed records this process has not put
+        // into the store yet (a re-assignment after an eager rebalance has
+        // none): no reader at all otherwise.
+        let candidates: Vec<i32> = partitions
+            .iter()
+            .copied()
+            .filter(|&p| {
+                let had = self.had.get(&(topic.to_owned(), p)).copied();
+                let committed = committed.get(&p).copied().unwrap_or(Offset::Invalid);
+                rebuild_range(Offset::Offset(0), committed, had).is_some()
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let reader: BaseConsumer<BridgeContext> =
+            self.rebuild.client.create_with_context(BridgeContext {
+                shared: self.shared.clone(),
+                drives_state: false,
+                role: "rebuild",
+            })?;
+        let since = now_ms().saturating_sub(window.as_millis() as i64);
+        let mut times = TopicPartitionList::new();
+        for &p in &candidates {
+            times.add_partition_offset(topic, p, Offset::Offset(since))?;
+        }
+        let starts = reader.offsets_for_times(times, lookup())?;
+        let mut ranges: HashMap<i32, Range<i64>> = HashMap::new();
+        let mut assign = TopicPartitionList::new();
+        for &p in &candidates {
+            let start = match starts.find_partition(topic, p) {
+                Some(e) if e.error().is_ok() => e.offset(),
+                Some(e) => {
+                    tracing::warn!(topic, partition = p, error = ?e.error(), "offsets_for_times failed; partition not rebuilt");
+                    continue;
+                }
+                None => continue,
+            };
+            let end = committed.get(&p).copied().unwrap_or(Offset::Invalid);
+            let had = self.had.get(&(topic.to_owned(), p)).copied();
+            if let Some(r) = rebuild_range(start, end, had) {
+                assign.add_partition_offset(topic, p, Offset::Offset(r.start))?;
+                ranges.insert(p, r);
+            }
+        }
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(topic, ranges = ?ranges, window = ?window, "rebuilding retained messages");
+        reader.assign(&assign)?;
+        let mut records = 0u64;
+        let mut retained = 0u64;
+        while !ranges.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || shutdown.is_cancelled() {
+                tracing::warn!(topic, unfinished = ?ranges, records, "retained store rebuild cut short (rebuild_timeout or shutdown)");
+                break;
+            }
+            match reader.poll(left.min(POLL_MAX)) {
+                None => {}
+                Some(Ok(msg)) => {
+                    let p = msg.partition();
+                    let Some(end) = ranges.get(&p).map(|r| r.end) else {
+                        continue;
+                    };
+                    if msg.offset() < end {
+                        records += 1;
+                        retained += self.retain_record(&msg);
+                        self.had.insert((topic.to_owned(), p), msg.offset() + 1);
+                    }
+                    if msg.offset() + 1 >= end {
+                        ranges.remove(&p);
+                    }
+                }
+                // The committed offset may lie past the last record read
+                // (a transaction marker, compaction): the end of the
+                // partition ends its range too.
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    ranges.remove(&p);
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(topic, error = %e, "kafka rebuild reader error");
+                }
+            }
+        }
+        drop(reader);
+        tracing::info!(topic, records, retained, elapsed = ?started.elapsed(), "retained messages rebuilt");
+        Ok(())
+    }
+
+    /// Hands one re-read record to the sink as retain-only, once per
+    /// retaining route, with what is left of that route's TTL. Returns how
+    /// many messages were retained.
+    fn retain_record(&self, msg: &BorrowedMessage<'_>) -> u64 {
+        let topic = msg.topic();
+        let route_ids = self
+            .by_topic
+            .get(topic)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let Ok(headers) = record_headers(msg) else {
+            return 0;
+        };
+        let timestamp = msg.timestamp().to_millis();
+        let view = RecordView::new(
+            topic,
+            msg.partition(),
+            msg.offset(),
+            timestamp,
+            msg.key(),
+            headers,
+            msg.payload(),
+        );
+        let now = now_ms();
+        let mut n = 0;
+        for &i in route_ids {
+            let Some(route) = self.routes.get(i) else {
+                continue;
+            };
+            let Some(policy) = route.retain() else {
+                continue;
+            };
+            let Some(ttl) = remaining_ttl(policy.ttl, timestamp, now) else {
+                continue;
+            };
+            // Unroutable records were counted and logged when first read.
+            if let Ok(mut m) = map_record(route, &view) {
+                m.retain = Some(Retain {
+                    last_n: policy.last_n,
+                    ttl,
+                });
+                self.sink.retain_only(m);
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+/// A Kafka header: name and (possibly null) value.
+type RecordHeader<'a> = (&'a str, Option<&'a [u8]>);
+
+/// The record's headers. rdkafka's header accessor unwraps a non-UTF-8
+/// header *name*; contain that so a malformed record is skipped instead of
+/// killing the bridge.
+fn record_headers<'a>(msg: &'a BorrowedMessage<'_>) -> std::thread::Result<Vec<RecordHeader<'a>>> {
+    match msg.headers() {
+        None => Ok(Vec::new()),
+        Some(h) => catch_unwind(AssertUnwindSafe(|| {
+            h.iter().map(|h| (h.key, h.value)).collect::<Vec<_>>()
+        })),
+    }
+}
+
 fn pause(consumer: &BaseConsumer<BridgeContext>, key: &PartitionKey, pause: bool) {
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(&key.0, key.1);
@@ -412,5 +782,139 @@ fn pause(consumer: &BaseConsumer<BridgeContext>, key: &PartitionKey, pause: bool
     };
     if let Err(e) = r {
         tracing::warn!(topic = key.0, partition = key.1, pause, error = %e, "kafka pause/resume failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(topics: &[&str], retain_last: usize, ttl_s: u64) -> RouteConfig {
+        let mut r = RouteConfig::new(
+            topics.iter().map(|t| t.to_string()).collect(),
+            "/topic/x.{key}",
+        );
+        r.retain_last = retain_last;
+        r.retain_ttl = Duration::from_secs(ttl_s);
+        r
+    }
+
+    #[test]
+    fn rebuild_window_is_largest_ttl_of_retaining_routes_per_topic() {
+        let w = rebuild_windows(&[
+            route(&["a", "b"], 1, 60),
+            route(&["a"], 3, 600),
+            route(&["a", "c"], 0, 3600), // retains nothing
+            route(&["d"], 1, 0),         // zero TTL retains nothing
+        ]);
+        assert_eq!(w.get("a"), Some(&Duration::from_secs(600)));
+        assert_eq!(w.get("b"), Some(&Duration::from_secs(60)));
+        assert_eq!(w.get("c"), None);
+        assert_eq!(w.get("d"), None);
+    }
+
+    #[test]
+    fn rebuild_range_runs_from_window_start_to_committed_offset() {
+        assert_eq!(
+            rebuild_range(Offset::Offset(40), Offset::Offset(100), None),
+            Some(40..100)
+        );
+        // Offset 0 is a real start.
+        assert_eq!(
+            rebuild_range(Offset::Offset(0), Offset::Offset(3), None),
+            Some(0..3)
+        );
+    }
+
+    #[test]
+    fn rebuild_range_is_empty_without_committed_offset_or_records_in_window() {
+        // A new group: it reads live from auto_offset_reset.
+        assert_eq!(
+            rebuild_range(Offset::Offset(40), Offset::Invalid, None),
+            None
+        );
+        // Every record is older than the window.
+        assert_eq!(rebuild_range(Offset::End, Offset::Offset(100), None), None);
+        // The window starts after the committed offset (records produced
+        // since; the group consumer reads them live).
+        assert_eq!(
+            rebuild_range(Offset::Offset(100), Offset::Offset(100), None),
+            None
+        );
+        assert_eq!(
+            rebuild_range(Offset::Offset(120), Offset::Offset(100), None),
+            None
+        );
+    }
+
+    #[test]
+    fn rebuild_range_skips_what_this_process_already_had() {
+        // Re-assigned after an eager rebalance: nothing to rebuild.
+        assert_eq!(
+            rebuild_range(Offset::Offset(40), Offset::Offset(100), Some(100)),
+            None
+        );
+        // Held it up to 70, then another member consumed 70..100.
+        assert_eq!(
+            rebuild_range(Offset::Offset(40), Offset::Offset(100), Some(70)),
+            Some(70..100)
+        );
+        // What it had is older than the window: the window decides.
+        assert_eq!(
+            rebuild_range(Offset::Offset(40), Offset::Offset(100), Some(10)),
+            Some(40..100)
+        );
+    }
+
+    #[test]
+    fn remaining_ttl_counts_from_the_record_timestamp() {
+        let ttl = Duration::from_secs(60);
+        let now = 1_000_000_000;
+        assert_eq!(
+            remaining_ttl(ttl, Some(now - 20_000), now),
+            Some(Duration::from_secs(40))
+        );
+        assert_eq!(remaining_ttl(ttl, Some(now), now), Some(ttl));
+        // Clock skew: a timestamp in the future counts as now.
+        assert_eq!(remaining_ttl(ttl, Some(now + 5_000), now), Some(ttl));
+    }
+
+    #[test]
+    fn remaining_ttl_rejects_records_older_than_ttl_or_without_timestamp() {
+        let ttl = Duration::from_secs(60);
+        let now = 1_000_000_000;
+        assert_eq!(remaining_ttl(ttl, Some(now - 60_000), now), None);
+        assert_eq!(remaining_ttl(ttl, Some(now - 3_600_000), now), None);
+        assert_eq!(remaining_ttl(ttl, None, now), None);
+        assert_eq!(remaining_ttl(ttl, Some(-1), now), None);
+    }
+
+    #[test]
+    fn rebuild_reader_never_commits_and_keeps_only_non_group_overrides() {
+        let mut cfg = BridgeConfig {
+            brokers: "k1:9092,k2:9092".into(),
+            ..BridgeConfig::default()
+        };
+        for (k, v) in [
+            ("security.protocol", "SASL_SSL"),
+            ("queued.max.messages.kbytes", "4096"),
+            ("enable.auto.commit", "true"),
+            ("group.id", "other"),
+            ("group.instance.id", "node-1"),
+            ("auto.offset.reset", "latest"),
+            ("enable.partition.eof", "false"),
+        ] {
+            cfg.client.insert(k.into(), v.into());
+        }
+        let c = rebuild_client_config(&cfg, "g1");
+        assert_eq!(c.get("bootstrap.servers"), Some("k1:9092,k2:9092"));
+        assert_eq!(c.get("group.id"), Some("g1.rebuild"));
+        assert_eq!(c.get("enable.auto.commit"), Some("false"));
+        assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(c.get("enable.partition.eof"), Some("true"));
+        assert_eq!(c.get("auto.offset.reset"), Some("earliest"));
+        assert_eq!(c.get("group.instance.id"), None);
+        assert_eq!(c.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(c.get("queued.max.messages.kbytes"), Some("4096"));
     }
 }

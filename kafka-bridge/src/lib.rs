@@ -5,6 +5,9 @@
 //!   [`map_record`]) and hands it to the broker through [`Sink::publish`].
 //!   Offsets are stored only after the sink accepted the record for every
 //!   route (at-least-once); a full sink pauses the partition until it drains.
+//!   When partitions are assigned (at start, after a crash), the records of
+//!   the retain window up to the committed offset are read again and handed
+//!   to [`Sink::retain_only`], so late subscribers still get them replayed.
 //! * **STOMP → Kafka**: [`BridgeHandle::produce`] sends a SEND to `/app/<topic>`
 //!   to Kafka topic `<topic>` and resolves once Kafka acknowledged it, so the
 //!   broker can answer with the RECEIPT only then.
@@ -64,6 +67,17 @@ pub trait Sink: Send + Sync + 'static {
     /// record's partition and offers the same message again later (with
     /// backoff), so the sink must not keep a message it refused.
     fn publish(&self, msg: BridgeMessage) -> Result<(), SinkFull>;
+
+    /// Keeps `msg` in the retained store under `msg.retain` **without**
+    /// delivering it to anyone: the bridge calls this while rebuilding the
+    /// store after a (re)start from records the broker had already delivered
+    /// before (see [`BridgeConfig::rebuild_timeout`]). `msg.retain.ttl` is
+    /// what is left of the route's TTL, counted from the record's timestamp.
+    /// No offset depends on it, so it cannot refuse; a sink that retains
+    /// nothing ignores it (the default).
+    fn retain_only(&self, msg: BridgeMessage) {
+        let _ = msg;
+    }
 }
 
 /// A record mapped to a STOMP message by one route.
@@ -162,6 +176,10 @@ pub enum ProduceError {
 pub(crate) struct Shared {
     state: Mutex<BridgeState>,
     pub(crate) metrics: BridgeMetrics,
+    /// Partitions the group assigned since the consumer loop last looked
+    /// (filled by the rebalance callback, drained by the loop to rebuild the
+    /// retained store before their first record is handled).
+    assigned: Mutex<Vec<(String, i32)>>,
 }
 
 impl Shared {
@@ -181,8 +199,18 @@ impl Shared {
             .unwrap_or_else(|_| BridgeState::Down("state lock poisoned".into()))
     }
 
-    pub(crate) fn on_assigned(&self) {
+    pub(crate) fn on_assigned(&self, partitions: impl Iterator<Item = (String, i32)>) {
+        if let Ok(mut a) = self.assigned.lock() {
+            a.extend(partitions);
+        }
         self.set_state(BridgeState::Up);
+    }
+
+    pub(crate) fn take_assigned(&self) -> Vec<(String, i32)> {
+        self.assigned
+            .lock()
+            .map(|mut a| std::mem::take(&mut *a))
+            .unwrap_or_default()
     }
 
     /// Ready means connected to Kafka. Waiting for a partition assignment
@@ -246,6 +274,7 @@ impl Bridge {
         let shared = Arc::new(Shared {
             state: Mutex::new(BridgeState::Connecting),
             metrics: BridgeMetrics::default(),
+            assigned: Mutex::new(Vec::new()),
         });
         let stats_ms = config
             .stats_interval
@@ -327,6 +356,7 @@ impl Bridge {
             closed.clone(),
             producer.clone(),
             config.produce_timeout,
+            consumer::Rebuild::new(&config, &group_id),
         );
         std::thread::Builder::new()
             .name("kafka-bridge".into())

@@ -78,6 +78,11 @@ impl CompiledRoute {
     pub fn template(&self) -> &DestinationTemplate {
         &self.template
     }
+
+    /// The route's replay policy; `None` when it retains nothing.
+    pub fn retain(&self) -> Option<&Retain> {
+        self.retain.as_ref()
+    }
 }
 
 /// A read-only view of one Kafka record, borrowed from the client's buffer.

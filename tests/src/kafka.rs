@@ -156,6 +156,67 @@ pub fn enqueue(
         .map_err(|(e, _)| anyhow!("enqueue to {topic}: {e}"))
 }
 
+/// Produces one keyed record stamped `timestamp_ms` (ms since the epoch;
+/// an old stamp makes an "old" record) and waits for the acknowledgement.
+pub async fn produce_at(
+    p: &FutureProducer,
+    topic: &str,
+    key: &str,
+    timestamp_ms: i64,
+    value: &[u8],
+) -> Result<Landed> {
+    let rec = FutureRecord::to(topic)
+        .payload(value)
+        .key(key)
+        .timestamp(timestamp_ms);
+    let f = p
+        .send_result(rec)
+        .map_err(|(e, _)| anyhow!("enqueue to {topic}: {e}"))?;
+    delivered(f).await
+}
+
+/// Now in ms since the epoch (the unit of Kafka record timestamps).
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The committed offset of `group` for each partition `0..partitions` of
+/// `topic` (`None` where it has none), asked of Kafka by a client that does
+/// not join the group.
+pub async fn committed_offsets(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Result<Vec<Option<i64>>> {
+    let (brokers, group, topic) = (brokers.to_owned(), group.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let c: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(&topic, p);
+        }
+        let got = c.committed_offsets(tpl, Duration::from_secs(10))?;
+        let out = (0..partitions)
+            .map(
+                |p| match got.find_partition(&topic, p).map(|e| e.offset()) {
+                    Some(rdkafka::Offset::Offset(o)) => Some(o),
+                    _ => None,
+                },
+            )
+            .collect();
+        anyhow::Ok(out)
+    })
+    .await?
+}
+
 /// Waits for an enqueued record's acknowledgement.
 pub async fn delivered(f: DeliveryFuture) -> Result<Landed> {
     let d = f

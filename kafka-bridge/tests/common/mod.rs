@@ -220,6 +220,33 @@ pub fn headers_map(m: &BridgeMessage) -> HashMap<&str, &str> {
         .collect()
 }
 
+/// The committed offsets of `group` for `topic`'s partitions `0..n`, asked of
+/// Kafka by a client that does not join the group.
+pub async fn committed(brokers: &str, group: &str, topic: &str, n: i32) -> Vec<rdkafka::Offset> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let (brokers, group, topic) = (brokers.to_owned(), group.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..n {
+            tpl.add_partition(&topic, p);
+        }
+        let got = c
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .expect("committed offsets");
+        (0..n)
+            .map(|p| got.find_partition(&topic, p).unwrap().offset())
+            .collect()
+    })
+    .await
+    .unwrap()
+}
+
 /// Polls `cond` every 50 ms until true or panics after `within`.
 pub async fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
