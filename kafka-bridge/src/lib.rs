@@ -287,6 +287,9 @@ impl Bridge {
             .set("client.id", format!("{group_id}-producer"))
             .set("acks", "all")
             .set("enable.idempotence", "true")
+            // librdkafka leaves Nagle on: small produce requests (one SEND
+            // awaiting its RECEIPT) would wait for the previous ACK.
+            .set("socket.nagle.disable", "true")
             .set(
                 "message.timeout.ms",
                 config
