@@ -11,6 +11,8 @@
 #   scripts/kafka.sh status     "running 127.0.0.1:P (pid N)" / "stopped"; exit 0 / 3
 #   scripts/kafka.sh bootstrap  print the bootstrap address (exit 1 if never started)
 #   scripts/kafka.sh reset      stop and delete the data dir (topics, offsets, groups)
+#   scripts/kafka.sh alloc      choose and save both ports without starting; print the
+#                               bootstrap address (tests that need it before Kafka is up)
 #
 # Environment:
 #   KAFKA_PORT             force the PLAINTEXT listener port (default: saved port, else a free one)
@@ -95,14 +97,20 @@ EOF
 
 # ---------------------------------------------------------------- helpers
 free_port() {
-    if command -v python3 >/dev/null; then
-        python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+    # Below the kernel's ephemeral range: no bind(0) and no outgoing
+    # connection can take it while this Kafka is stopped (the outage tests
+    # stop it for 30 s), so a restart gets the same address.
+    local low p
+    low="$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)"
+    (( low > 11000 )) || low=32768
+    for _ in $(seq 1 500); do
+        p=$((10000 + (RANDOM * 32768 + RANDOM) % (low - 10000)))
+        port_open "$p" && continue
+        if command -v python3 >/dev/null; then
+            python3 -c "import socket; socket.socket().bind(('127.0.0.1', $p))" 2>/dev/null || continue
+        fi
+        echo "$p"
         return
-    fi
-    local p
-    for _ in $(seq 1 200); do
-        p=$((20000 + RANDOM % 40000))
-        if ! port_open "$p"; then echo "$p"; return; fi
     done
     die "no free port found"
 }
@@ -299,6 +307,20 @@ cmd_bootstrap() {
     cat "$BOOTFILE"
 }
 
+cmd_alloc() {
+    mkdir -p "$KDIR"
+    local port="${KAFKA_PORT:-}" cport="${KAFKA_CONTROLLER_PORT:-}"
+    if [[ -f "$PORTSFILE" ]]; then
+        read -r port cport <"$PORTSFILE" || true
+    fi
+    [[ -n "$port" ]] || port="$(free_port)"
+    [[ -n "$cport" ]] || cport="$(free_port)"
+    while [[ "$cport" == "$port" ]]; do cport="$(free_port)"; done
+    echo "$port $cport" >"$PORTSFILE"
+    echo "127.0.0.1:$port" >"$BOOTFILE"
+    echo "127.0.0.1:$port"
+}
+
 cmd_reset() {
     cmd_stop
     rm -rf "$DATA" "$PORTSFILE" "$BOOTFILE"
@@ -312,6 +334,7 @@ restart) cmd_restart ;;
 status) cmd_status ;;
 bootstrap) cmd_bootstrap ;;
 reset) cmd_reset ;;
+alloc) cmd_alloc ;;
 *)
     sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'
     exit 2

@@ -39,10 +39,6 @@ pub struct BridgeConfig {
     /// (librdkafka `message.timeout.ms`). Default 10 s.
     #[serde(with = "duration")]
     pub produce_timeout: Duration,
-    /// Limit on how many distinct destinations the broker keeps retained
-    /// messages for (the broker enforces it; the bridge only carries it).
-    /// Default 10 000.
-    pub max_retained_destinations: usize,
     /// How often librdkafka reports statistics (consumer lag, broker states).
     /// Default 5 s.
     #[serde(with = "duration")]
@@ -70,7 +66,6 @@ impl Default for BridgeConfig {
             app_prefix: "/app/".to_owned(),
             key_header: "kafka-key".to_owned(),
             produce_timeout: Duration::from_secs(10),
-            max_retained_destinations: 10_000,
             stats_interval: Duration::from_secs(5),
             rebuild_timeout: Duration::from_secs(60),
             client: BTreeMap::new(),
@@ -293,7 +288,6 @@ mod tests {
         assert_eq!(c.key_header, "kafka-key");
         assert_eq!(c.produce_timeout, Duration::from_secs(10));
         assert_eq!(c.auto_offset_reset, OffsetReset::Latest);
-        assert_eq!(c.max_retained_destinations, 10_000);
         assert_eq!(c.rebuild_timeout, Duration::from_secs(60));
         assert!(c.group_id.is_none());
         assert!(c.effective_group_id().starts_with("stomp-broker-"));

@@ -704,6 +704,10 @@ impl State {
             }
         }
         drop(reader);
+        self.shared
+            .metrics
+            .retained_rebuilt
+            .fetch_add(retained, Ordering::Relaxed);
         tracing::info!(topic, records, retained, elapsed = ?started.elapsed(), "retained messages rebuilt");
         Ok(())
     }

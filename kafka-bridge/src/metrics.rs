@@ -18,6 +18,7 @@ pub struct BridgeMetrics {
     pub(crate) produced: AtomicU64,
     pub(crate) produce_failures: AtomicU64,
     pub(crate) consumer_errors: AtomicU64,
+    pub(crate) retained_rebuilt: AtomicU64,
     /// (topic, partition) → lag in records, from librdkafka statistics.
     pub(crate) lag: Mutex<BTreeMap<(String, i32), i64>>,
 }
@@ -76,9 +77,15 @@ impl BridgeMetrics {
         }
     }
 
+    /// Messages put back into the broker's retained store from Kafka after
+    /// a restart or a new partition assignment (retain-only, not delivered).
+    pub fn retained_rebuilt(&self) -> u64 {
+        self.retained_rebuilt.load(Ordering::Relaxed)
+    }
+
     /// Appends the metrics in the Prometheus text exposition format.
     pub fn write_prometheus(&self, out: &mut String) {
-        let counters: [(&str, &str, u64); 7] = [
+        let counters: [(&str, &str, u64); 8] = [
             (
                 "kafka_bridge_records_consumed_total",
                 "Records received from Kafka.",
@@ -113,6 +120,11 @@ impl BridgeMetrics {
                 "kafka_bridge_consumer_errors_total",
                 "Errors reported by the Kafka consumer.",
                 self.consumer_errors(),
+            ),
+            (
+                "kafka_bridge_retained_rebuilt_total",
+                "Messages re-read from Kafka into the retained store after a restart or assignment.",
+                self.retained_rebuilt(),
             ),
         ];
         for (name, help, v) in counters {

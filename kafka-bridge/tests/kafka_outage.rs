@@ -25,7 +25,6 @@ impl PrivateKafka {
         c.arg(repo_root().join("scripts/kafka.sh"))
             .arg(cmd)
             .env("KAFKA_DIR", &self.dir)
-            .env("KAFKA_PORT", self.port.to_string())
             .env("KAFKA_HEAP_OPTS", "-Xms128m -Xmx384m");
         let libs = repo_root().join(".kafka/libs");
         if libs.is_dir() {
@@ -52,15 +51,22 @@ impl Drop for PrivateKafka {
 async fn bridge_started_while_kafka_is_down_delivers_once_kafka_is_up_and_survives_a_restart() {
     // The shared instance must exist (its jars are reused); fail clearly if not.
     let _ = bootstrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let kafka = PrivateKafka {
+    // Both ports chosen once, below the ephemeral range, and kept across the
+    // restart (`scripts/kafka.sh alloc`): nothing else can take them while
+    // this Kafka is down.
+    let mut kafka = PrivateKafka {
         dir: std::env::temp_dir().join(unique("kafka-outage")),
-        port,
+        port: 0,
     };
+    kafka.script("alloc");
+    kafka.port = std::fs::read_to_string(kafka.dir.join("bootstrap"))
+        .expect("alloc wrote bootstrap")
+        .trim()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("bootstrap is 127.0.0.1:PORT");
+    let port = kafka.port;
     let brokers = format!("127.0.0.1:{port}");
     let topic = unique("outage");
     let (sink, mut rx) = channel_sink();

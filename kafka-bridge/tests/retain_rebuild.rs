@@ -191,6 +191,13 @@ async fn restart_rebuilds_retained_messages_of_the_window_as_retain_only() {
     ];
     want.sort();
     assert_eq!(got, want, "exactly the records inside each route's TTL");
+    // Counted once the topic's rebuild is done (kafka_bridge_retained_rebuilt_total).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while second.handle.metrics().retained_rebuilt() < 9 {
+        assert!(tokio::time::Instant::now() < deadline, "rebuilt counter");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(second.handle.metrics().retained_rebuilt(), 9);
     // Per destination oldest first, so the store keeps the newest last_n.
     let short_a: Vec<String> = rebuilt
         .iter()

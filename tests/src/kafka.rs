@@ -368,12 +368,26 @@ pub struct PrivateKafka {
 impl PrivateKafka {
     /// A private Kafka on a free port (not started yet). Needs the shared
     /// instance's jars (`scripts/kafka.sh start` fetched them).
+    ///
+    /// Both of its ports are chosen once, below the kernel's ephemeral range
+    /// (`scripts/kafka.sh alloc`), and kept across stop/start: while it is
+    /// down no `bind(0)` or outgoing connection of another test can take
+    /// them, so it comes back on the same address with the same data.
     pub fn new(name: &str) -> PrivateKafka {
         let _ = bootstrap();
-        PrivateKafka {
+        let mut k = PrivateKafka {
             dir: std::env::temp_dir().join(unique(name)),
-            port: free_port(),
-        }
+            port: 0,
+        };
+        k.script("alloc").expect("scripts/kafka.sh alloc");
+        let boot = std::fs::read_to_string(k.dir.join("bootstrap")).expect("alloc wrote bootstrap");
+        k.port = boot
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("bootstrap is 127.0.0.1:PORT");
+        k
     }
 
     /// `127.0.0.1:<port>`.
@@ -387,7 +401,6 @@ impl PrivateKafka {
         c.arg(repo_root().join("scripts/kafka.sh"))
             .arg(cmd)
             .env("KAFKA_DIR", &self.dir)
-            .env("KAFKA_PORT", self.port.to_string())
             .env("KAFKA_HEAP_OPTS", "-Xms128m -Xmx384m");
         let libs = repo_root().join(".kafka/libs");
         if libs.is_dir() {

@@ -24,12 +24,28 @@ use e2e_tests::{
 };
 use stomp_codec::Command;
 
-/// Waits until `GET /readyz` answers `status`.
+/// Waits until `GET /readyz` answers `status`; on timeout the error carries
+/// the last `/readyz` answer and the bridge's metrics, to say why.
 async fn wait_ready(http: std::net::SocketAddr, status: u16, within: Duration) -> Result<()> {
-    wait_for(&format!("/readyz {status}"), within, move || async move {
+    let waited = wait_for(&format!("/readyz {status}"), within, move || async move {
         readyz(http).await == status
     })
-    .await
+    .await;
+    if waited.is_err() {
+        let last = e2e_tests::http_get(http, "/readyz").await;
+        let metrics = e2e_tests::http_get(http, "/metrics")
+            .await
+            .map(|(_, m)| {
+                m.lines()
+                    .filter(|l| l.starts_with("kafka_"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default();
+        return waited
+            .with_context(|| format!("last /readyz: {last:?}; bridge metrics:\n{metrics}"));
+    }
+    Ok(())
 }
 
 /// Reads MESSAGEs, recording their `message-id`s, until `want` are all
