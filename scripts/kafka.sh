@@ -247,7 +247,10 @@ cmd_start() {
             rm -f "$PIDFILE"
             exit 1
         fi
-        if port_open "$port" && tail -c +"$((logpos + 1))" "$LOGS/server.log" 2>/dev/null | grep -q 'Kafka Server started'; then
+        # Not `tail | grep -q`: grep stops at the first match, tail then dies
+        # of SIGPIPE once the new log outgrows a pipe buffer (a data dir with
+        # many groups), and with pipefail the match would count as a failure.
+        if port_open "$port" && grep -q 'Kafka Server started' <(tail -c +"$((logpos + 1))" "$LOGS/server.log" 2>/dev/null); then
             break
         fi
         if ((SECONDS >= deadline)); then

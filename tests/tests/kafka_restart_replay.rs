@@ -66,6 +66,22 @@ fn ends(landed: &[Landed]) -> Vec<Option<i64>> {
         .collect()
 }
 
+/// Waits until the group's committed offsets are exactly `want`.
+async fn wait_committed(
+    what: &str,
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    want: &[Option<i64>],
+) -> Result<()> {
+    wait_for(what, Duration::from_secs(30), || async {
+        committed_offsets(brokers, group, topic, PARTITIONS)
+            .await
+            .is_ok_and(|c| c == want)
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_sigkilled_after_commit_replays_results_to_late_subscribers_after_restart(
 ) -> Result<()> {
@@ -141,14 +157,12 @@ async fn broker_sigkilled_after_commit_replays_results_to_late_subscribers_after
     }
     ensure!(seen == ids.iter().cloned().collect::<HashSet<_>>());
     let want_committed = ends(&landed);
-    wait_for(
+    wait_committed(
         "the first broker's commits",
-        Duration::from_secs(30),
-        || async {
-            committed_offsets(&brokers, &group, &topic, PARTITIONS)
-                .await
-                .is_ok_and(|c| c == want_committed)
-        },
+        &brokers,
+        &group,
+        &topic,
+        &want_committed,
     )
     .await?;
 
@@ -240,14 +254,12 @@ async fn broker_sigkilled_after_commit_replays_results_to_late_subscribers_after
         after.push(Landed { partition, offset });
     }
     let want_committed = ends(&after);
-    wait_for(
+    wait_committed(
         "the second broker's commits",
-        Duration::from_secs(30),
-        || async {
-            committed_offsets(&brokers, &group, &topic, PARTITIONS)
-                .await
-                .is_ok_and(|c| c == want_committed)
-        },
+        &brokers,
+        &group,
+        &topic,
+        &want_committed,
     )
     .await?;
     drop(b2);
