@@ -657,6 +657,35 @@ mod tests {
     }
 
     #[test]
+    fn control_characters_and_dot_segments_are_invalid() {
+        for bad in [
+            "topic/a",
+            "/topic/a\tb",
+            "/topic/a\u{7f}",
+            "/topic/a\u{85}b", // NEL, a C1 control (UTF-8 C2 85)
+            "/topic/a\u{9f}",
+            "/topic//a",
+            "/topic/./a",
+            "/topic/a/..",
+            "/",
+        ] {
+            assert_eq!(
+                validate_destination(bad),
+                Err(RouteError::InvalidDestination),
+                "{bad:?}"
+            );
+        }
+        for good in [
+            "/topic/a",
+            "/topic/caf\u{e9}.\u{a0}x",
+            "/topic/\u{100}",
+            "/queue/a.b",
+        ] {
+            assert_eq!(validate_destination(good), Ok(()), "{good:?}");
+        }
+    }
+
+    #[test]
     fn textual_content_types() {
         assert!(is_textual(None));
         assert!(is_textual(Some(b"text/plain;charset=utf-8")));
