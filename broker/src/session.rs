@@ -35,7 +35,16 @@ pub struct StompError {
     pub receipt_id: Option<String>,
     /// Add `version:1.0,1.1,1.2` (failed version negotiation).
     pub with_versions: bool,
+    /// Receipt ids of SENDs to Kafka whose outcome the client cannot know
+    /// (failed, not attempted, or still unanswered): the ERROR's
+    /// [`UNCONFIRMED_RECEIPTS_HEADER`]. Filled in by the session.
+    pub unconfirmed_receipts: Vec<String>,
 }
+
+/// ERROR header listing, comma-separated, the receipt ids of SENDs to
+/// `/app/...` that got no RECEIPT before the connection ended: each may or
+/// may not be in Kafka (docs/kafka.md, "SEND to /app").
+pub const UNCONFIRMED_RECEIPTS_HEADER: &str = "unconfirmed-receipt-ids";
 
 impl StompError {
     /// An error with a message, a detail and a metric kind.
@@ -46,6 +55,7 @@ impl StompError {
             kind,
             receipt_id: None,
             with_versions: false,
+            unconfirmed_receipts: Vec::new(),
         }
     }
 
@@ -149,6 +159,49 @@ impl RateLimit {
 /// Kafka writes one connection may have in flight (SEND to `/app/...`).
 const MAX_KAFKA_INFLIGHT: usize = 1024;
 
+/// A connection's SENDs to Kafka that have not been answered yet, shared
+/// with the produce tasks. When one fails the session stops writing to
+/// Kafka, lets the others settle (each within `produce_timeout`), answers
+/// the ones that succeeded with their RECEIPT and then ends with one ERROR
+/// listing every receipt id without a RECEIPT (`unconfirmed-receipt-ids`).
+#[derive(Debug, Default)]
+struct KafkaWrites {
+    /// Produces started and not finished: (sequence number, receipt id).
+    inflight: Vec<(u64, Option<String>)>,
+    next_seq: u64,
+    /// The first failure; once set, no more SENDs are written.
+    failed: Option<StompError>,
+    /// Receipt ids of SENDs that failed or were not attempted.
+    unconfirmed: Vec<String>,
+    /// The ERROR was queued for the connection task.
+    fatal_queued: bool,
+}
+
+impl KafkaWrites {
+    /// Every receipt id the client will not get a RECEIPT for if the
+    /// connection ends now.
+    fn unconfirmed_receipts(&self) -> Vec<String> {
+        let mut all = self.unconfirmed.clone();
+        all.extend(self.inflight.iter().filter_map(|(_, r)| r.clone()));
+        all
+    }
+
+    /// Queues the ERROR once the failure is known and nothing is in flight.
+    fn finish_if_settled(&mut self, conn: &ConnShared) {
+        if self.fatal_queued || !self.inflight.is_empty() {
+            return;
+        }
+        if let Some(err) = &self.failed {
+            self.fatal_queued = true;
+            conn.send_control(Outbound::Fatal(Box::new(err.clone())));
+        }
+    }
+}
+
+fn lock_writes(w: &std::sync::Mutex<KafkaWrites>) -> std::sync::MutexGuard<'_, KafkaWrites> {
+    w.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn access_denied() -> StompError {
     StompError::new(
         "access_denied",
@@ -165,7 +218,7 @@ pub struct Session {
     version: Option<Version>,
     identity: Identity,
     rate: RateLimit,
-    kafka_inflight: Arc<tokio::sync::Semaphore>,
+    kafka_writes: Arc<std::sync::Mutex<KafkaWrites>>,
     heart_beats: HeartBeats,
     subs: HashMap<Arc<str>, SubState, foldhash::fast::RandomState>,
     transactions: HashMap<String, Vec<TxOp>>,
@@ -191,7 +244,7 @@ impl Session {
                 tokens: per_sec,
                 last: std::time::Instant::now(),
             },
-            kafka_inflight: Arc::new(tokio::sync::Semaphore::new(MAX_KAFKA_INFLIGHT)),
+            kafka_writes: Arc::default(),
             heart_beats: HeartBeats::default(),
             subs: HashMap::default(),
             transactions: HashMap::new(),
@@ -313,6 +366,18 @@ impl Session {
         }
         if err.with_versions {
             f.headers.push("version", "1.0,1.1,1.2");
+        }
+        // Whatever ends the session, name the SENDs to Kafka left without
+        // an answer (the connection closes after this frame).
+        let mut unconfirmed = err.unconfirmed_receipts.clone();
+        for r in lock_writes(&self.kafka_writes).unconfirmed_receipts() {
+            if !unconfirmed.contains(&r) {
+                unconfirmed.push(r);
+            }
+        }
+        if !unconfirmed.is_empty() {
+            f.headers
+                .push(UNCONFIRMED_RECEIPTS_HEADER, unconfirmed.join(","));
         }
         f.body = Bytes::from(err.detail.clone());
         self.push_frame(&f);
@@ -557,9 +622,13 @@ impl Session {
         Ok(false)
     }
 
-    /// SEND to an application destination: written to Kafka by the bridge.
-    /// The RECEIPT (if asked for) is sent only after Kafka acknowledged;
-    /// a failed write ends the session with an ERROR naming the failure.
+    /// SEND to an application destination: written to Kafka by the bridge,
+    /// stamped with the session's user, session id and message id (see
+    /// [`kafka_bridge::record_headers`]). The RECEIPT (if asked for) is sent
+    /// only after Kafka acknowledged. A failed write ends the session, but
+    /// only once every other write in flight has settled (see
+    /// [`KafkaWrites`]), so each receipted SEND gets a RECEIPT or is named in
+    /// the ERROR.
     fn send_to_kafka(
         &mut self,
         bridge: kafka_bridge::BridgeHandle,
@@ -567,12 +636,28 @@ impl Session {
         destination: &str,
         receipt: Option<&str>,
     ) -> Result<bool, StompError> {
-        let Ok(permit) = self.kafka_inflight.clone().try_acquire_owned() else {
-            return Err(StompError::new(
-                "limit",
-                "too many pending Kafka writes",
-                format!("At most {MAX_KAFKA_INFLIGHT} SENDs to Kafka may await acknowledgement per connection."),
-            ));
+        let receipt = receipt.map(str::to_owned);
+        let seq = {
+            let mut w = lock_writes(&self.kafka_writes);
+            if w.failed.is_none() && w.inflight.len() >= MAX_KAFKA_INFLIGHT {
+                w.failed = Some(StompError::new(
+                    "limit",
+                    "too many pending Kafka writes",
+                    format!("At most {MAX_KAFKA_INFLIGHT} SENDs to Kafka may await acknowledgement per connection."),
+                ));
+            }
+            if w.failed.is_some() {
+                // The session is ending: write nothing more, name it in the ERROR.
+                if let Some(r) = receipt {
+                    w.unconfirmed.push(r);
+                }
+                w.finish_if_settled(&self.conn);
+                return Ok(receipt_is_deferred(frame));
+            }
+            let seq = w.next_seq;
+            w.next_seq += 1;
+            w.inflight.push((seq, receipt.clone()));
+            seq
         };
         let headers: Vec<(String, String)> = frame
             .headers
@@ -585,13 +670,19 @@ impl Session {
                 ))
             })
             .collect();
+        let stamp = kafka_bridge::SendStamp {
+            user: self.identity.user.clone(),
+            session: format!("session-{}", self.conn.id),
+            message_id: self.core.next_message_id(),
+        };
         let body = frame.body.clone();
         let destination = destination.to_owned();
-        let receipt = receipt.map(str::to_owned);
         let conn = self.conn.clone();
+        let writes = self.kafka_writes.clone();
         tokio::spawn(async move {
-            let result = bridge.produce(&destination, &headers, body).await;
-            drop(permit);
+            let result = bridge.produce(&destination, &headers, body, &stamp).await;
+            let mut w = lock_writes(&writes);
+            w.inflight.retain(|(s, _)| *s != seq);
             match result {
                 Ok(()) => {
                     if let Some(r) = receipt {
@@ -602,15 +693,25 @@ impl Session {
                 }
                 Err(e) => {
                     tracing::warn!(%destination, error = %e, "Kafka write failed");
-                    let mut err = StompError::new(
-                        "kafka",
-                        format!("kafka write failed: {e}"),
-                        format!("The message could not be written to Kafka: {e}."),
-                    );
-                    err.receipt_id = receipt;
-                    conn.send_control(Outbound::Fatal(Box::new(err)));
+                    if w.failed.is_none() {
+                        let mut err = StompError::new(
+                            "kafka",
+                            format!("kafka write failed: {e}"),
+                            format!(
+                                "The message could not be written to Kafka: {e}. \
+                                 Every SEND named in {UNCONFIRMED_RECEIPTS_HEADER} may or may not \
+                                 be in Kafka: retry it with the same idempotency-key."
+                            ),
+                        );
+                        err.receipt_id = receipt.clone();
+                        w.failed = Some(err);
+                    }
+                    if let Some(r) = receipt {
+                        w.unconfirmed.push(r);
+                    }
                 }
             }
+            w.finish_if_settled(&conn);
         });
         Ok(receipt_is_deferred(frame))
     }
