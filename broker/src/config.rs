@@ -28,6 +28,9 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Authorization rules, first match wins (`[[acl]]`).
     pub acl: Vec<AclRule>,
+    /// Who may see the status page, `/stats.json`, `/metrics` and
+    /// `/topic/broker.stats`.
+    pub status: StatusConfig,
     /// TLS certificate and key for the `stomp_tls` and `https` listeners.
     pub tls: TlsConfig,
     /// The Kafka bridge (`[kafka]`); off unless `brokers` is set. Its keys
@@ -64,6 +67,31 @@ pub struct ListenConfig {
     pub status_page: bool,
     /// After binding, write `{"stomp": addr, "http": addr, …}` as JSON here.
     pub port_file: Option<PathBuf>,
+}
+
+/// Access to the operator endpoints: `GET /`, `/stats.json` and `/metrics`
+/// (not `/healthz`, `/readyz`) and STOMP subscriptions that receive
+/// `/topic/broker.stats`. Open to anyone unless restricted.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StatusConfig {
+    /// Client networks allowed (CIDR, e.g. `"127.0.0.1/32"`, `"10.0.0.0/8"`,
+    /// `"::1/128"`; a bare address means just it); others get HTTP 403.
+    /// Empty: any address.
+    pub allow: Vec<String>,
+    /// With `password`: HTTP Basic credentials required (HTTP 401
+    /// otherwise), and the only STOMP user who may subscribe to
+    /// `/topic/broker.stats`.
+    pub username: Option<String>,
+    /// The password for `username`.
+    pub password: Option<String>,
+}
+
+impl StatusConfig {
+    /// Whether any restriction is configured.
+    pub fn is_restricted(&self) -> bool {
+        !self.allow.is_empty() || self.username.is_some()
+    }
 }
 
 /// TLS settings (rustls).
@@ -209,6 +237,7 @@ impl Default for Config {
             retain: RetainConfig::default(),
             auth: AuthConfig::default(),
             acl: Vec::new(),
+            status: StatusConfig::default(),
             tls: TlsConfig::default(),
             kafka: None,
             slow_consumer: SlowConsumerPolicy::Disconnect,
@@ -333,6 +362,17 @@ impl Config {
         }
         if self.heartbeat.tolerance.is_nan() || self.heartbeat.tolerance < 1.0 {
             anyhow::bail!("heartbeat.tolerance must be >= 1.0");
+        }
+        for net in &self.status.allow {
+            crate::status::parse_cidr(net)
+                .map_err(|e| anyhow::anyhow!("status.allow {net:?}: {e}"))?;
+        }
+        match (&self.status.username, &self.status.password) {
+            (None, None) => {}
+            (Some(u), Some(p)) if !u.is_empty() && !u.contains(':') && !p.is_empty() => {}
+            _ => anyhow::bail!(
+                "status.username and status.password go together: a non-empty user name without ':' and a non-empty password"
+            ),
         }
         Ok(())
     }
@@ -580,6 +620,24 @@ mod tests {
                 readme.contains(&format!("`{key}`")),
                 "{key} missing from README.md"
             );
+        }
+    }
+
+    #[test]
+    fn status_settings_are_checked() {
+        let ok = "[status]\nallow = [\"127.0.0.1/32\", \"10.0.0.0/8\", \"::1\"]\nusername = \"ops\"\npassword = \"pw\"\n";
+        let cfg = Config::from_toml(ok).unwrap();
+        assert!(cfg.status.is_restricted());
+        assert!(!Config::default().status.is_restricted());
+        for bad in [
+            "[status]\nallow = [\"10.0.0.0/33\"]\n",
+            "[status]\nallow = [\"localhost\"]\n",
+            "[status]\nusername = \"ops\"\n",
+            "[status]\npassword = \"pw\"\n",
+            "[status]\nusername = \"a:b\"\npassword = \"pw\"\n",
+            "[status]\nusername = \"ops\"\npassword = \"\"\n",
+        ] {
+            assert!(Config::from_toml(bad).is_err(), "{bad}");
         }
     }
 

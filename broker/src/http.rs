@@ -1,5 +1,7 @@
 //! The HTTP listener: the STOMP WebSocket endpoint (`/ws` by default),
 //! `/metrics`, `/healthz`, `/readyz`. Serves plain TCP and TLS alike.
+//! The operator endpoints (`/`, `/stats.json`, `/metrics`) obey `[status]`
+//! (see [`crate::status::StatusAccess`]); `/healthz` and `/readyz` are open.
 
 use std::{convert::Infallible, net::SocketAddr, sync::atomic::Ordering::Relaxed, sync::Arc};
 
@@ -96,6 +98,16 @@ fn route(
     if path == core.config.listen.ws_path {
         return upgrade(core, req, peer, tracker, transport);
     }
+    let operator = match path {
+        "/metrics" => true,
+        "/" | "/index.html" | "/stats.json" => core.config.listen.status_page,
+        _ => false,
+    };
+    if operator {
+        if let Some(denied) = status_denied(&core, &req, peer) {
+            return denied;
+        }
+    }
     match path {
         "/metrics" => {
             let mut out = String::with_capacity(4096);
@@ -141,6 +153,35 @@ fn route(
             }
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// The 403/401 answer when `[status]` refuses this request for an operator
+/// endpoint; `None` when it may proceed.
+fn status_denied(
+    core: &BrokerCore,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+) -> Option<Response<Full<Bytes>>> {
+    let access = core.status.access(&core.config.status);
+    let auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    match access.check(peer.ip(), auth) {
+        Ok(()) => None,
+        Err(crate::status::Denied::Address) => {
+            tracing::debug!(%peer, path = req.uri().path(), "status endpoint: address not allowed");
+            Some(text(StatusCode::FORBIDDEN, "forbidden\n"))
+        }
+        Err(crate::status::Denied::Credentials) => {
+            let mut r = text(StatusCode::UNAUTHORIZED, "credentials required\n");
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"stomp-broker status\", charset=\"UTF-8\""),
+            );
+            Some(r)
+        }
     }
 }
 

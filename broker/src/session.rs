@@ -723,6 +723,13 @@ impl Session {
     fn resolve_subscription(&self, destination: &str) -> Result<String, StompError> {
         crate::router::validate_destination(destination)
             .map_err(|e| route_error(e, destination))?;
+        if !crate::status::may_subscribe_stats(
+            &self.core.config.status,
+            self.identity.user.as_deref(),
+            destination,
+        ) {
+            return Err(access_denied());
+        }
         if let Some(rest) = destination.strip_prefix("/user/") {
             let own = rest.starts_with("queue/") || rest.starts_with("topic/");
             return match (&self.identity.user, own) {
