@@ -156,6 +156,32 @@ impl RateLimit {
     }
 }
 
+/// Longest `unconfirmed-receipt-ids` value; ids that do not fit are left
+/// out and `unconfirmed-receipt-ids-truncated:true` is added.
+const MAX_UNCONFIRMED_HEADER: usize = 64 * 1024;
+
+/// ERROR header added when [`UNCONFIRMED_RECEIPTS_HEADER`] could not list
+/// every id: the client must then treat every unanswered receipt as
+/// unconfirmed.
+pub const UNCONFIRMED_TRUNCATED_HEADER: &str = "unconfirmed-receipt-ids-truncated";
+
+/// `ids` joined with `,`, at most `max` bytes (whole ids only); and whether
+/// all of them fit.
+fn join_bounded(ids: &[String], max: usize) -> (String, bool) {
+    let mut out = String::new();
+    for id in ids {
+        let extra = id.len() + usize::from(!out.is_empty());
+        if out.len() + extra > max {
+            return (out, false);
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(id);
+    }
+    (out, true)
+}
+
 /// Kafka writes one connection may have in flight (SEND to `/app/...`).
 const MAX_KAFKA_INFLIGHT: usize = 1024;
 
@@ -376,8 +402,11 @@ impl Session {
             }
         }
         if !unconfirmed.is_empty() {
-            f.headers
-                .push(UNCONFIRMED_RECEIPTS_HEADER, unconfirmed.join(","));
+            let (list, complete) = join_bounded(&unconfirmed, MAX_UNCONFIRMED_HEADER);
+            f.headers.push(UNCONFIRMED_RECEIPTS_HEADER, list);
+            if !complete {
+                f.headers.push(UNCONFIRMED_TRUNCATED_HEADER, "true");
+            }
         }
         f.body = Bytes::from(err.detail.clone());
         self.push_frame(&f);
@@ -995,4 +1024,19 @@ fn route_error(e: RouteError, destination: &str) -> StompError {
         e.to_string(),
         format!("Destination '{destination}': {e}. Use /topic/... or /queue/..."),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unconfirmed_receipts_are_joined_whole_within_the_bound() {
+        let ids: Vec<String> = ["r-1", "r-22", "r-333"].map(String::from).to_vec();
+        assert_eq!(join_bounded(&ids, 100), ("r-1,r-22,r-333".into(), true));
+        assert_eq!(join_bounded(&ids, 14), ("r-1,r-22,r-333".into(), true));
+        assert_eq!(join_bounded(&ids, 13), ("r-1,r-22".into(), false));
+        assert_eq!(join_bounded(&ids, 2), (String::new(), false));
+        assert_eq!(join_bounded(&[], 0), (String::new(), true));
+    }
 }
