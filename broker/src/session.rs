@@ -35,10 +35,6 @@ pub struct StompError {
     pub receipt_id: Option<String>,
     /// Add `version:1.0,1.1,1.2` (failed version negotiation).
     pub with_versions: bool,
-    /// Receipt ids of SENDs to Kafka whose outcome the client cannot know
-    /// (failed, not attempted, or still unanswered): the ERROR's
-    /// [`UNCONFIRMED_RECEIPTS_HEADER`]. Filled in by the session.
-    pub unconfirmed_receipts: Vec<String>,
 }
 
 /// ERROR header listing, comma-separated, the receipt ids of SENDs to
@@ -55,7 +51,6 @@ impl StompError {
             kind,
             receipt_id: None,
             with_versions: false,
-            unconfirmed_receipts: Vec::new(),
         }
     }
 
@@ -197,7 +192,9 @@ struct KafkaWrites {
     next_seq: u64,
     /// The first failure; once set, no more SENDs are written.
     failed: Option<StompError>,
-    /// Receipt ids of SENDs that failed or were not attempted.
+    /// Receipt ids of SENDs that failed or were not attempted (at most
+    /// about `MAX_KAFKA_INFLIGHT` more than are in flight: past that the
+    /// session ends at once).
     unconfirmed: Vec<String>,
     /// The ERROR was queued for the connection task.
     fatal_queued: bool,
@@ -395,12 +392,7 @@ impl Session {
         }
         // Whatever ends the session, name the SENDs to Kafka left without
         // an answer (the connection closes after this frame).
-        let mut unconfirmed = err.unconfirmed_receipts.clone();
-        for r in lock_writes(&self.kafka_writes).unconfirmed_receipts() {
-            if !unconfirmed.contains(&r) {
-                unconfirmed.push(r);
-            }
-        }
+        let unconfirmed = lock_writes(&self.kafka_writes).unconfirmed_receipts();
         if !unconfirmed.is_empty() {
             let (list, complete) = join_bounded(&unconfirmed, MAX_UNCONFIRMED_HEADER);
             f.headers.push(UNCONFIRMED_RECEIPTS_HEADER, list);
@@ -675,10 +667,18 @@ impl Session {
                     format!("At most {MAX_KAFKA_INFLIGHT} SENDs to Kafka may await acknowledgement per connection."),
                 ));
             }
-            if w.failed.is_some() {
+            if let Some(failed) = &w.failed {
                 // The session is ending: write nothing more, name it in the ERROR.
+                let full = w.unconfirmed.len() >= MAX_KAFKA_INFLIGHT;
+                let failed = full.then(|| failed.clone());
                 if let Some(r) = receipt {
                     w.unconfirmed.push(r);
+                }
+                if let Some(err) = failed {
+                    // Bounded: a client that keeps sending while the others
+                    // settle gets the ERROR now; it names every unanswered
+                    // receipt, those still in flight included.
+                    return Err(err);
                 }
                 w.finish_if_settled(&self.conn);
                 return Ok(receipt_is_deferred(frame));
