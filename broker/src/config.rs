@@ -112,6 +112,14 @@ pub struct LimitsConfig {
     pub max_frames_per_second: u32,
     /// Connections open at once from one IP address; 0 disables.
     pub max_connections_per_address: usize,
+    /// The broker-wide memory budget in bytes that outbound queues, queue
+    /// buffers, transactions, unacknowledged and retained messages draw
+    /// from; over it, publishes are refused. 0 means half of the memory
+    /// available (cgroup `memory.max` if set, else `MemTotal`).
+    pub memory_budget_bytes: usize,
+    /// Bytes of SENDs and ACKs one connection's open transactions may hold
+    /// together.
+    pub max_transaction_bytes: usize,
 }
 
 /// Heart-beat settings.
@@ -137,6 +145,10 @@ pub struct QueueConfig {
     pub max_bytes: usize,
     /// What happens when a queue is full.
     pub overflow: QueueOverflow,
+    /// Most queues that may exist at once; a SEND or SUBSCRIBE that would
+    /// create one more is refused. Empty queues without consumers are
+    /// removed.
+    pub max_queues: usize,
 }
 
 /// Retained-message store settings (per-destination counts and TTLs are
@@ -147,12 +159,16 @@ pub struct RetainConfig {
     /// Most destinations with retained messages; the least recently updated
     /// is evicted first.
     pub max_destinations: usize,
+    /// Most bytes of retained messages; the least recently updated
+    /// destinations are evicted first.
+    pub max_bytes: usize,
 }
 
 impl Default for RetainConfig {
     fn default() -> Self {
         RetainConfig {
             max_destinations: 100_000,
+            max_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -259,6 +275,8 @@ impl Default for LimitsConfig {
             max_frames_per_transaction: 1_000,
             max_frames_per_second: 100_000,
             max_connections_per_address: 10_000,
+            memory_budget_bytes: 0,
+            max_transaction_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -279,6 +297,7 @@ impl Default for QueueConfig {
             max_messages: 10_000,
             max_bytes: 64 * 1024 * 1024,
             overflow: QueueOverflow::DropOldest,
+            max_queues: 10_000,
         }
     }
 }
@@ -351,6 +370,15 @@ impl Config {
         l.max_headers = self.limits.max_headers;
         l.max_header_line = self.limits.max_header_line;
         l
+    }
+
+    /// The memory budget in bytes: `limits.memory_budget_bytes`, or the
+    /// machine-derived default when that is 0.
+    pub fn memory_budget(&self) -> usize {
+        match self.limits.memory_budget_bytes {
+            0 => crate::budget::default_limit(),
+            n => n,
+        }
     }
 
     /// `connect_timeout_ms` as a duration.

@@ -5,8 +5,15 @@
 //!   snapshot and release the shard before delivering); wildcard
 //!   subscriptions (`*` one dot-segment, `#` zero or more, RabbitMQ style)
 //!   are matched against every published topic.
-//! * `/queue/...`: competing consumers, round-robin, with a bounded buffer
-//!   while no consumer can take a message.
+//! * `/queue/...`: competing consumers, round-robin, with a buffer bounded
+//!   by `queues.max_messages`/`max_bytes` while no consumer can take a
+//!   message (none subscribed, or all at their prefetch or byte limit). A
+//!   full buffer applies the queue's overflow policy, the same way whether
+//!   or not consumers exist. At most `queues.max_queues` queues exist; a
+//!   queue is removed as soon as it is empty and has no consumers.
+//!
+//! Every publish is first admitted against the broker-wide memory budget
+//! ([`crate::budget`]); queue buffers are charged to it.
 //!
 //! Delivery is always `ConnShared::deliver`, which never blocks: a publisher
 //! never waits for a subscriber, and no lock is held across an `.await`
@@ -27,7 +34,7 @@ use stomp_codec::{AckMode, Headers, MessageTemplate};
 use crate::{
     config::{Config, QueueOverflow},
     conn::{ConnShared, DeliveryKind, Outbound},
-    metrics::Metrics,
+    metrics::{Metrics, Refusal},
 };
 
 /// A published message: the shared MESSAGE part, encoded once.
@@ -144,6 +151,21 @@ pub enum RouteError {
     /// Control characters, empty or `.`/`..` path segments.
     #[error("invalid destination")]
     InvalidDestination,
+    /// The broker-wide memory budget is exhausted; try again later.
+    #[error("broker memory budget exhausted")]
+    OverBudget,
+    /// Creating this queue would pass `queues.max_queues`.
+    #[error("too many queues")]
+    TooManyQueues,
+}
+
+impl RouteError {
+    /// Whether the same publish may succeed later without change (a full
+    /// queue drains, the memory budget frees up): the Kafka bridge pauses
+    /// and retries instead of dropping the record.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, RouteError::QueueFull | RouteError::OverBudget)
+    }
 }
 
 /// Rejects destinations no client has a reason to use and that could only
@@ -235,6 +257,15 @@ struct QueueState {
     next: usize,
     buffer: VecDeque<Queued>,
     buffer_bytes: usize,
+    /// Taken out of the router's map: whoever still holds the `Arc` looks
+    /// the queue up again.
+    removed: bool,
+}
+
+impl QueueState {
+    fn is_idle(&self) -> bool {
+        self.consumers.is_empty() && self.buffer.is_empty()
+    }
 }
 
 /// Destination-map hasher: foldhash, seeded per process (destinations come
@@ -249,6 +280,8 @@ pub struct Router {
     wildcards: RwLock<Vec<(Box<str>, Subscriber)>>,
     wildcard_count: AtomicUsize,
     queues: DashMap<Box<str>, Arc<Mutex<QueueState>>, Hasher>,
+    queue_count: AtomicUsize,
+    max_queues: usize,
     next_key: AtomicU64,
     max_unacked: usize,
     queue_max_messages: usize,
@@ -272,6 +305,8 @@ impl Router {
             wildcards: RwLock::new(Vec::new()),
             wildcard_count: AtomicUsize::new(0),
             queues: DashMap::with_hasher(Hasher::default()),
+            queue_count: AtomicUsize::new(0),
+            max_queues: config.queues.max_queues,
             next_key: AtomicU64::new(1),
             max_unacked: config.limits.max_unacked_per_subscription.max(1),
             queue_max_messages: config.queues.max_messages,
@@ -313,10 +348,10 @@ impl Router {
                 if has_wildcard(name) {
                     return Err(RouteError::WildcardNotAllowed);
                 }
-                let q = self.queue(name);
-                let mut st = q.lock().unwrap_or_else(|e| e.into_inner());
-                st.consumers.push(sub.clone());
-                self.pump(&mut st);
+                self.with_queue(name, false, |st| {
+                    st.consumers.push(sub.clone());
+                    self.pump(st);
+                })?;
             }
         }
         self.metrics.subscriptions.fetch_add(1, Relaxed);
@@ -353,10 +388,14 @@ impl Router {
             }
             Ok(DestKind::Queue(name)) => match self.queues.get(name).map(|q| q.clone()) {
                 Some(q) => {
-                    let mut st = q.lock().unwrap_or_else(|e| e.into_inner());
-                    let before = st.consumers.len();
-                    st.consumers.retain(|s| s.key != handle.key);
-                    before != st.consumers.len()
+                    let removed = {
+                        let mut st = q.lock().unwrap_or_else(|e| e.into_inner());
+                        let before = st.consumers.len();
+                        st.consumers.retain(|s| s.key != handle.key);
+                        before != st.consumers.len()
+                    };
+                    self.remove_if_idle(name);
+                    removed
                 }
                 None => false,
             },
@@ -367,18 +406,72 @@ impl Router {
         }
     }
 
-    fn queue(&self, name: &str) -> Arc<Mutex<QueueState>> {
-        if let Some(q) = self.queues.get(name) {
-            return q.clone();
+    /// Runs `f` on queue `name`, creating the queue if needed (refused
+    /// past `max_queues` unless `force`). Retries when it raced with the
+    /// queue's removal, so nothing is ever put into a queue no longer in
+    /// the map.
+    fn with_queue<R>(
+        &self,
+        name: &str,
+        force: bool,
+        mut f: impl FnMut(&mut QueueState) -> R,
+    ) -> Result<R, RouteError> {
+        loop {
+            let q = match self.queues.get(name) {
+                Some(q) => q.clone(),
+                None => self.create_queue(name, force)?,
+            };
+            let mut st = q.lock().unwrap_or_else(|e| e.into_inner());
+            if !st.removed {
+                return Ok(f(&mut st));
+            }
         }
-        self.queues.entry(name.into()).or_default().clone()
+    }
+
+    fn create_queue(&self, name: &str, force: bool) -> Result<Arc<Mutex<QueueState>>, RouteError> {
+        match self.queues.entry(name.into()) {
+            dashmap::mapref::entry::Entry::Occupied(e) => Ok(e.get().clone()),
+            dashmap::mapref::entry::Entry::Vacant(e) => {
+                if !force && self.queue_count.load(Relaxed) >= self.max_queues {
+                    self.metrics.refused(Refusal::TooManyQueues);
+                    return Err(RouteError::TooManyQueues);
+                }
+                self.queue_count.fetch_add(1, Relaxed);
+                self.metrics.queues.fetch_add(1, Relaxed);
+                Ok(e.insert(Arc::default()).clone())
+            }
+        }
+    }
+
+    /// Removes queue `name` if it is empty and has no consumers.
+    fn remove_if_idle(&self, name: &str) {
+        let removed = self.queues.remove_if(name, |_, q| {
+            let mut st = q.lock().unwrap_or_else(|e| e.into_inner());
+            let idle = st.is_idle();
+            st.removed |= idle;
+            idle
+        });
+        if removed.is_some() {
+            self.queue_count.fetch_sub(1, Relaxed);
+            self.metrics.queues.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// Queues that exist now.
+    pub fn queue_count(&self) -> usize {
+        self.queue_count.load(Relaxed)
     }
 
     /// Publishes a message to its destination. Returns how many
     /// subscriptions it was handed to (for a queue: 1, or 0 if buffered).
     pub fn publish(&self, msg: Arc<Message>) -> Result<usize, RouteError> {
         let dest = msg.destination.clone();
-        match parse_destination(&dest)? {
+        let kind = parse_destination(&dest)?;
+        if !self.metrics.memory.admits(msg.cost) {
+            self.metrics.refused(Refusal::MemoryBudget);
+            return Err(RouteError::OverBudget);
+        }
+        match kind {
             DestKind::Topic(name) => {
                 if has_wildcard(name) {
                     return Err(RouteError::WildcardNotAllowed);
@@ -397,17 +490,40 @@ impl Router {
                 if has_wildcard(name) {
                     return Err(RouteError::WildcardNotAllowed);
                 }
-                let q = self.queue(name);
-                let mut st = q.lock().unwrap_or_else(|e| e.into_inner());
-                if self.overflow == QueueOverflow::RejectPublish
-                    && st.consumers.is_empty()
-                    && self.buffer_full(&st, &msg)
-                {
-                    return Err(RouteError::QueueFull);
+                let mut left_idle = false;
+                let delivered = self.with_queue(name, false, |st| {
+                    if self.try_consumers(st, &msg, false, None) {
+                        self.metrics.messages_published.fetch_add(1, Relaxed);
+                        return Ok(true);
+                    }
+                    // No consumer can take it now (none, or all at their
+                    // prefetch or byte limit): buffer, under the policy.
+                    if self.buffer_full(st, &msg) {
+                        match self.overflow {
+                            QueueOverflow::RejectPublish => {
+                                self.metrics.refused(Refusal::QueueFull);
+                                left_idle = st.is_idle();
+                                return Err(RouteError::QueueFull);
+                            }
+                            QueueOverflow::DropNewest => {
+                                self.metrics.messages_published.fetch_add(1, Relaxed);
+                                self.metrics.messages_dropped.fetch_add(1, Relaxed);
+                                left_idle = st.is_idle();
+                                return Ok(false);
+                            }
+                            QueueOverflow::DropOldest => {}
+                        }
+                    }
+                    self.metrics.messages_published.fetch_add(1, Relaxed);
+                    self.buffer(st, msg.clone(), false, true);
+                    Ok(false)
+                })?;
+                if left_idle {
+                    // Refused or dropped at a queue this publish may have
+                    // created: do not leave it behind empty.
+                    self.remove_if_idle(name);
                 }
-                self.metrics.messages_published.fetch_add(1, Relaxed);
-                let delivered = self.dispatch(&mut st, msg, false, None);
-                Ok(usize::from(delivered))
+                Ok(usize::from(delivered?))
             }
         }
     }
@@ -463,35 +579,24 @@ impl Router {
             || st.buffer_bytes + msg.cost > self.queue_max_bytes
     }
 
-    /// Hands `msg` to the next consumer that can take it, or buffers it.
-    fn dispatch(
-        &self,
-        st: &mut QueueState,
-        msg: Arc<Message>,
-        redelivered: bool,
-        skip: Option<u64>,
-    ) -> bool {
-        if self.try_consumers(st, &msg, redelivered, skip) {
-            return true;
-        }
-        while self.buffer_full(st, &msg) {
-            match self.overflow {
-                QueueOverflow::DropOldest if !st.buffer.is_empty() => {
-                    if let Some(old) = st.buffer.pop_front() {
-                        st.buffer_bytes -= old.msg.cost;
-                    }
-                    self.metrics.messages_dropped.fetch_add(1, Relaxed);
+    /// Appends `msg` to the queue's buffer, charged to the memory budget.
+    /// With `bounded` and the drop-oldest policy, the oldest messages make
+    /// room first (counted as dropped). Messages put back after NACK or a
+    /// consumer leaving are not bounded: they were accepted before and
+    /// their bytes were already accounted to the consumer.
+    fn buffer(&self, st: &mut QueueState, msg: Arc<Message>, redelivered: bool, bounded: bool) {
+        if bounded && self.overflow == QueueOverflow::DropOldest {
+            while !st.buffer.is_empty() && self.buffer_full(st, &msg) {
+                if let Some(old) = st.buffer.pop_front() {
+                    st.buffer_bytes -= old.msg.cost;
+                    self.metrics.memory.release(old.msg.cost);
                 }
-                _ => {
-                    tracing::warn!(destination = %msg.destination, "queue full, message dropped");
-                    self.metrics.messages_dropped.fetch_add(1, Relaxed);
-                    return false;
-                }
+                self.metrics.messages_dropped.fetch_add(1, Relaxed);
             }
         }
         st.buffer_bytes += msg.cost;
+        self.metrics.memory.charge(msg.cost);
         st.buffer.push_back(Queued { msg, redelivered });
-        false
     }
 
     fn try_consumers(
@@ -509,7 +614,12 @@ impl Router {
                 continue;
             }
             let prefetch = c.ack != AckMode::Auto;
-            if prefetch && c.inflight.load(Relaxed) >= self.max_unacked {
+            // A client-ack consumer keeps what it has not acknowledged in
+            // its byte budget: skip it when full (the message buffers here)
+            // rather than condemning it as a slow consumer.
+            if prefetch
+                && (c.inflight.load(Relaxed) >= self.max_unacked || !c.conn.has_room(msg.cost))
+            {
                 continue;
             }
             if self.deliver(c, msg, redelivered) {
@@ -529,6 +639,7 @@ impl Router {
         while let Some(front) = st.buffer.pop_front() {
             if self.try_consumers(st, &front.msg, front.redelivered, None) {
                 st.buffer_bytes -= front.msg.cost;
+                self.metrics.memory.release(front.msg.cost);
             } else {
                 st.buffer.push_front(front);
                 break;
@@ -554,12 +665,17 @@ impl Router {
         for msg in msgs {
             if let Ok(DestKind::Queue(name)) = parse_destination(&msg.destination) {
                 self.metrics.messages_redelivered.fetch_add(1, Relaxed);
-                let q = self.queue(name);
-                let mut st = q.lock().unwrap_or_else(|e| e.into_inner());
-                // Drop consumers whose connection has gone, so a message is
-                // not handed straight back to the one that just left.
-                st.consumers.retain(|c| !c.conn.is_closed());
-                self.dispatch(&mut st, msg, true, skip);
+                // Creating the queue again past `max_queues` is allowed
+                // here: the message was accepted before.
+                let requeued = self.with_queue(name, true, |st| {
+                    // Drop consumers whose connection has gone, so a message
+                    // is not handed straight back to the one that just left.
+                    st.consumers.retain(|c| !c.conn.is_closed());
+                    if !self.try_consumers(st, &msg, true, skip) {
+                        self.buffer(st, msg.clone(), true, false);
+                    }
+                });
+                debug_assert!(requeued.is_ok(), "a forced queue is always created");
             }
         }
     }
