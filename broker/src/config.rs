@@ -97,8 +97,9 @@ pub struct LimitsConfig {
     /// Time a frame may take to arrive once its first byte did, ms (stops
     /// slowloris clients that negotiated no heart-beats); 0 disables.
     pub frame_timeout_ms: u64,
-    /// Outbound bytes queued for one connection before the slow-consumer
-    /// policy applies.
+    /// Outbound bytes queued for one connection, plus the bytes of messages
+    /// it has not acknowledged yet, before the slow-consumer policy applies
+    /// (a queue skips such a consumer instead).
     pub max_pending_bytes_per_connection: usize,
     /// Unacknowledged messages one `client`/`client-individual`
     /// subscription may hold (the prefetch window).
