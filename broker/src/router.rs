@@ -432,11 +432,14 @@ impl Router {
         match self.queues.entry(name.into()) {
             dashmap::mapref::entry::Entry::Occupied(e) => Ok(e.get().clone()),
             dashmap::mapref::entry::Entry::Vacant(e) => {
-                if !force && self.queue_count.load(Relaxed) >= self.max_queues {
+                // Exact under concurrency: creations in other shards race.
+                let counted = self.queue_count.fetch_update(Relaxed, Relaxed, |n| {
+                    (force || n < self.max_queues).then_some(n + 1)
+                });
+                if counted.is_err() {
                     self.metrics.refused(Refusal::TooManyQueues);
                     return Err(RouteError::TooManyQueues);
                 }
-                self.queue_count.fetch_add(1, Relaxed);
                 self.metrics.queues.fetch_add(1, Relaxed);
                 Ok(e.insert(Arc::default()).clone())
             }
@@ -537,9 +540,7 @@ impl Router {
             .get(&*msg.destination)
             .map(|e| e.value().clone());
         if let Some(subs) = exact {
-            for s in subs.iter() {
-                delivered += usize::from(self.deliver(s, msg, false));
-            }
+            delivered += self.fan_out(&subs, msg);
         }
         if let Some(name) = name.filter(|_| self.wildcard_count.load(Relaxed) > 0) {
             let matched: Vec<Subscriber> = {
@@ -549,13 +550,30 @@ impl Router {
                     .map(|(_, s)| s.clone())
                     .collect()
             };
-            for s in &matched {
-                delivered += usize::from(self.deliver(s, msg, false));
-            }
+            delivered += self.fan_out(&matched, msg);
         }
         self.metrics
             .messages_delivered
             .fetch_add(delivered as u64, Relaxed);
+        delivered
+    }
+
+    /// Delivers to every subscriber in `subs`, charging the memory budget
+    /// once for all of them (one atomic operation per fan-out rather than
+    /// per delivery) and giving back what was not delivered.
+    fn fan_out(&self, subs: &[Subscriber], msg: &Arc<Message>) -> usize {
+        let all = subs.len() * msg.cost;
+        self.metrics.memory.charge(all);
+        let mut delivered = 0;
+        for s in subs {
+            let out = Outbound::Message {
+                msg: msg.clone(),
+                sub: s.sub_id.clone(),
+                kind: DeliveryKind::Live,
+            };
+            delivered += usize::from(s.conn.deliver_precharged(out, msg.cost));
+        }
+        self.metrics.memory.release(all - delivered * msg.cost);
         delivered
     }
 
