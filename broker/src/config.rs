@@ -160,8 +160,8 @@ pub struct RetainConfig {
     /// Most destinations with retained messages; the least recently updated
     /// is evicted first.
     pub max_destinations: usize,
-    /// Most bytes of retained messages; the least recently updated
-    /// destinations are evicted first.
+    /// Most bytes of retained messages (at most half of the memory budget
+    /// is used); the least recently updated destinations are evicted first.
     pub max_bytes: usize,
 }
 

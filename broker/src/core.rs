@@ -63,7 +63,12 @@ impl BrokerCore {
     pub fn new(config: Config, shutdown: CancellationToken) -> anyhow::Result<Arc<BrokerCore>> {
         config.validate()?;
         let metrics = Arc::new(Metrics::default());
-        metrics.memory.set_limit(config.memory_budget());
+        let budget = config.memory_budget();
+        metrics.memory.set_limit(budget);
+        // The retained store only shrinks when something new is retained,
+        // which a spent budget refuses: it may take at most half the budget
+        // so that it can never hold the broker at the limit by itself.
+        let retain_bytes = config.retain.max_bytes.min(budget / 2);
         let started = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis())
@@ -74,7 +79,7 @@ impl BrokerCore {
             router: Router::new(&config, metrics.clone()),
             retained: RetainStore::new(
                 config.retain.max_destinations,
-                config.retain.max_bytes,
+                retain_bytes,
                 metrics.clone(),
             ),
             metrics,
