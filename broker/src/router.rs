@@ -820,6 +820,68 @@ mod tests {
     }
 
     #[test]
+    fn only_full_queues_and_a_spent_budget_are_retryable() {
+        assert!(RouteError::QueueFull.is_retryable());
+        assert!(RouteError::OverBudget.is_retryable());
+        assert!(!RouteError::TooManyQueues.is_retryable());
+        assert!(!RouteError::InvalidDestination.is_retryable());
+        assert_eq!(
+            RouteError::OverBudget.to_string(),
+            "broker memory budget exhausted"
+        );
+    }
+
+    fn msg(dest: &str) -> Arc<Message> {
+        Arc::new(Message::new(
+            dest,
+            "1",
+            Headers::new(),
+            Bytes::from_static(b"x"),
+        ))
+    }
+
+    #[test]
+    fn queues_are_capped_removed_when_idle_and_charged() {
+        let mut config = Config::default();
+        config.queues.max_queues = 2;
+        let metrics = Arc::new(Metrics::default());
+        let router = Router::new(&config, metrics.clone());
+        router.publish(msg("/queue/a")).expect("a");
+        router.publish(msg("/queue/b")).expect("b");
+        assert_eq!(
+            router.publish(msg("/queue/c")),
+            Err(RouteError::TooManyQueues)
+        );
+        assert_eq!(router.queue_count(), 2);
+        let cost = msg("/queue/a").cost;
+        assert_eq!(metrics.memory.used(), 2 * cost);
+        let (conn, mut rx) = ConnShared::new(
+            1,
+            1 << 20,
+            crate::config::SlowConsumerPolicy::Disconnect,
+            metrics.clone(),
+        );
+        let (handle, _) = router
+            .subscribe("/queue/a", &conn, Arc::from("s"), AckMode::Auto)
+            .expect("subscribe");
+        assert!(rx.try_recv().is_ok(), "buffered message dispatched");
+        // Out of the queue, into the connection: still charged once.
+        assert_eq!(metrics.memory.used(), 2 * cost);
+        conn.written(cost);
+        router.unsubscribe(&handle);
+        assert_eq!(
+            router.queue_count(),
+            1,
+            "empty queue without consumers removed"
+        );
+        // A message given back (disconnect) recreates it even at the cap.
+        router.publish(msg("/queue/c")).expect("room again");
+        router.requeue(vec![msg("/queue/a")], None);
+        assert_eq!(router.queue_count(), 3);
+        assert_eq!(router.queue_depth("/queue/a"), 1);
+    }
+
+    #[test]
     fn textual_content_types() {
         assert!(is_textual(None));
         assert!(is_textual(Some(b"text/plain;charset=utf-8")));
