@@ -435,6 +435,9 @@ pub struct Args {
     /// Outbound bytes per connection before the slow-consumer policy [default: 2097152].
     #[arg(long, env = "STOMP_BROKER_MAX_PENDING_BYTES")]
     pub max_pending_bytes: Option<usize>,
+    /// Broker-wide memory budget in bytes; 0 = half of the memory available [default: 0].
+    #[arg(long, env = "STOMP_BROKER_MEMORY_BUDGET_BYTES")]
+    pub memory_budget_bytes: Option<usize>,
     /// Time allowed before CONNECT, ms [default: 10000].
     #[arg(long, env = "STOMP_BROKER_CONNECT_TIMEOUT_MS")]
     pub connect_timeout_ms: Option<u64>,
@@ -513,6 +516,7 @@ impl Args {
         set!(self.max_connections => cfg.limits.max_connections);
         set!(self.max_subscriptions => cfg.limits.max_subscriptions_per_connection);
         set!(self.max_pending_bytes => cfg.limits.max_pending_bytes_per_connection);
+        set!(self.memory_budget_bytes => cfg.limits.memory_budget_bytes);
         set!(self.connect_timeout_ms => cfg.limits.connect_timeout_ms);
         set!(self.slow_consumer => cfg.slow_consumer);
         set!(self.queue_max_messages => cfg.queues.max_messages);

@@ -65,6 +65,7 @@ impl BrokerCore {
         let metrics = Arc::new(Metrics::default());
         let budget = config.memory_budget();
         metrics.memory.set_limit(budget);
+        tracing::info!(bytes = budget, "memory budget");
         // The retained store only shrinks when something new is retained,
         // which a spent budget refuses: it may take at most half the budget
         // so that it can never hold the broker at the limit by itself.
