@@ -444,10 +444,7 @@ impl Authenticator {
                 )))
             }
         };
-        let expires_at = claims
-            .get("exp")
-            .and_then(Value::as_u64)
-            .map(|exp| UNIX_EPOCH + Duration::from_secs(exp));
+        let expires_at = claims.get("exp").and_then(expiry_from_exp);
         Ok(Identity {
             user: Some(user),
             claims,
@@ -481,6 +478,26 @@ impl Authenticator {
     }
 }
 
+/// Latest expiry a token may carry: 9999-12-31T23:59:59Z. Larger `exp`
+/// values are clamped to it, so the arithmetic on the expiry (here and in
+/// the connection's timer) cannot overflow.
+pub const MAX_EXP_SECS: u64 = 253_402_300_799;
+
+/// The instant a JWT `exp` claim (seconds since the epoch) names. Integers
+/// and finite non-negative numbers are accepted and clamped to
+/// [`MAX_EXP_SECS`]; anything else (negative, NaN, strings) gives `None`.
+pub fn expiry_from_exp(exp: &Value) -> Option<SystemTime> {
+    let secs = match exp.as_u64() {
+        Some(s) => s,
+        None => {
+            let f = exp.as_f64().filter(|f| f.is_finite() && *f >= 0.0)?;
+            // `as` saturates for floats beyond u64; the clamp below applies.
+            f as u64
+        }
+    };
+    UNIX_EPOCH.checked_add(Duration::from_secs(secs.min(MAX_EXP_SECS)))
+}
+
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))
 }
@@ -501,6 +518,48 @@ mod tests {
 
     fn loopback() -> IpAddr {
         IpAddr::from([127, 0, 0, 1])
+    }
+
+    proptest::proptest! {
+        /// Any `exp` a token can carry maps to an expiry without panicking,
+        /// clamped to the maximum, exact below it, and the connection's
+        /// "time left" arithmetic on it cannot overflow either.
+        #[test]
+        fn expiry_from_any_exp_is_clamped_and_never_panics(secs in proptest::prelude::any::<u64>(), f in proptest::prelude::any::<f64>(), i in proptest::prelude::any::<i64>()) {
+            let max = UNIX_EPOCH + Duration::from_secs(MAX_EXP_SECS);
+            let at = expiry_from_exp(&Value::from(secs)).unwrap();
+            proptest::prop_assert!(at <= max);
+            if secs <= MAX_EXP_SECS {
+                proptest::prop_assert_eq!(at, UNIX_EPOCH + Duration::from_secs(secs));
+            }
+            let left = at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+            proptest::prop_assert!(std::time::Instant::now().checked_add(left).is_some());
+            if let Some(at) = expiry_from_exp(&Value::from(f)) {
+                proptest::prop_assert!(f.is_finite() && f >= 0.0 && at <= max);
+            }
+            if let Some(at) = expiry_from_exp(&Value::from(i)) {
+                proptest::prop_assert!(i >= 0 && at <= max);
+            } else {
+                proptest::prop_assert!(i < 0);
+            }
+        }
+    }
+
+    #[test]
+    fn huge_exp_claims_are_clamped_not_overflowed() {
+        for exp in [
+            serde_json::json!(u64::MAX),
+            serde_json::json!(1e300),
+            serde_json::json!(MAX_EXP_SECS + 1),
+        ] {
+            assert_eq!(
+                expiry_from_exp(&exp),
+                Some(UNIX_EPOCH + Duration::from_secs(MAX_EXP_SECS)),
+                "{exp}"
+            );
+        }
+        assert_eq!(expiry_from_exp(&serde_json::json!(-1)), None);
+        assert_eq!(expiry_from_exp(&serde_json::json!("soon")), None);
     }
 
     #[test]
