@@ -10,11 +10,23 @@
 //! A failure is reported to the client only as `authentication failed`;
 //! which part was wrong goes to the log. Failures are rate-limited per peer
 //! address.
+//!
+//! Password checks (argon2, ~19 MiB and ~15 ms each) are bounded three ways:
+//! at most `max_concurrent_hashes` run at once (a FIFO semaphore); an
+//! address may have only as many checks in flight as it has failures left
+//! in its budget (`max_failures_per_address`), so attempts are counted
+//! *before* hashing and the rest wait or are refused without a hash; and an
+//! unknown user is checked against a dummy hash with the same parameters, so
+//! the time taken does not tell which user names exist.
 
 use std::{
     collections::HashMap,
     net::IpAddr,
     path::Path,
+    sync::{
+        atomic::{AtomicI64, Ordering::Relaxed},
+        Arc, Mutex,
+    },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -23,6 +35,9 @@ use dashmap::DashMap;
 use jsonwebtoken::{decode, decode_header, jwk::JwkSet, Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use tokio::sync::{Notify, Semaphore};
+
+use crate::metrics::Metrics;
 
 /// Authentication settings (`[auth]`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -41,6 +56,9 @@ pub struct AuthConfig {
     pub max_failures_per_address: u32,
     /// Window for `max_failures_per_address`, seconds.
     pub failure_window_s: u64,
+    /// Password hashes (argon2, ~19 MiB each) computed at once, broker-wide;
+    /// further CONNECTs wait their turn. 0: the number of CPUs.
+    pub max_concurrent_hashes: usize,
 }
 
 /// JWT settings (`[auth.jwt]`). Any configured key enables JWT.
@@ -91,6 +109,7 @@ impl Default for AuthConfig {
             jwt: JwtConfig::default(),
             max_failures_per_address: 10,
             failure_window_s: 60,
+            max_concurrent_hashes: 0,
         }
     }
 }
@@ -186,12 +205,88 @@ impl std::fmt::Debug for JwtKey {
 #[derive(Debug)]
 pub struct Authenticator {
     users: HashMap<String, UserEntry>,
+    /// Verified for unknown user names, so they cost what a known one does.
+    dummy_hash: Option<String>,
     keys: Vec<JwtKey>,
     jwt: JwtConfig,
     anonymous: Anonymous,
-    failures: DashMap<IpAddr, (u32, Instant)>,
+    attempts: DashMap<IpAddr, Arc<AddrAttempts>>,
     max_failures: u32,
     window: Duration,
+    hash_slots: Arc<Semaphore>,
+    hash_slot_count: usize,
+    hashes_peak: AtomicI64,
+    metrics: Arc<Metrics>,
+}
+
+/// One address's failures in the current window and checks in flight.
+#[derive(Debug)]
+struct AddrAttempts {
+    state: Mutex<AttemptState>,
+    /// Woken whenever a check in flight ends.
+    done: Notify,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct AttemptState {
+    failures: u32,
+    /// When the current failure window started.
+    since: Instant,
+    in_flight: u32,
+}
+
+impl AttemptState {
+    /// Failures that still count (the window has not passed).
+    fn live_failures(&mut self, window: Duration) -> u32 {
+        if self.since.elapsed() >= window {
+            self.failures = 0;
+            self.since = Instant::now();
+        }
+        self.failures
+    }
+}
+
+impl AddrAttempts {
+    fn new() -> AddrAttempts {
+        AddrAttempts {
+            state: Mutex::new(AttemptState {
+                failures: 0,
+                since: Instant::now(),
+                in_flight: 0,
+            }),
+            done: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, AttemptState> {
+        // The state is a few integers, valid after any panic.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A password check in flight for one address: counts against the
+/// address's failure budget until it ends; records a failure if it failed.
+struct Attempt {
+    entry: Option<Arc<AddrAttempts>>,
+    window: Duration,
+    failed: bool,
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        let Some(entry) = self.entry.take() else {
+            return;
+        };
+        {
+            let mut s = entry.lock();
+            if self.failed {
+                s.live_failures(self.window);
+                s.failures = s.failures.saturating_add(1);
+            }
+            s.in_flight = s.in_flight.saturating_sub(1);
+        }
+        entry.done.notify_waiters();
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,6 +311,12 @@ impl Authenticator {
                 users.insert(u.name.clone(), u);
             }
         }
+        let dummy_hash = users
+            .keys()
+            .min()
+            .and_then(|name| users.get(name))
+            .map(|u| dummy_hash_like(&u.password_hash))
+            .transpose()?;
         let mut keys = Vec::new();
         let j = &cfg.jwt;
         if let Some(secret) = &j.hs256_secret {
@@ -264,15 +365,41 @@ impl Authenticator {
             None if cfg.enabled() => Anonymous::Nobody,
             None => Anonymous::LoopbackOnly,
         };
+        let hash_slot_count = match cfg.max_concurrent_hashes {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+        .min(Semaphore::MAX_PERMITS);
         Ok(Authenticator {
             users,
+            dummy_hash,
             keys,
             jwt: cfg.jwt.clone(),
             anonymous,
-            failures: DashMap::new(),
+            attempts: DashMap::new(),
             max_failures: cfg.max_failures_per_address,
             window: Duration::from_secs(cfg.failure_window_s),
+            hash_slots: Arc::new(Semaphore::new(hash_slot_count)),
+            hash_slot_count,
+            hashes_peak: AtomicI64::new(0),
+            metrics: Arc::new(Metrics::default()),
         })
+    }
+
+    /// Counts into `metrics` (the broker's) instead of a private set.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Authenticator {
+        self.metrics = metrics;
+        self
+    }
+
+    /// How many password hashes may run at once.
+    pub fn max_concurrent_hashes(&self) -> usize {
+        self.hash_slot_count
+    }
+
+    /// The most password hashes that ever ran at once.
+    pub fn peak_concurrent_hashes(&self) -> u64 {
+        self.hashes_peak.load(Relaxed).max(0) as u64
     }
 
     /// The URL query parameter that may carry a token.
@@ -298,6 +425,7 @@ impl Authenticator {
         creds: Credentials<'_>,
     ) -> Result<Identity, AuthError> {
         if self.is_rate_limited(peer) {
+            self.metrics.auth_throttled.fetch_add(1, Relaxed);
             return Err(AuthError::RateLimited);
         }
         let result = self.check(peer, creds);
@@ -308,7 +436,9 @@ impl Authenticator {
     }
 
     /// [`Authenticator::authenticate`] off the async worker threads when a
-    /// password hash must be verified.
+    /// password hash must be verified: the attempt is counted against the
+    /// address's failure budget first (waiting while the budget is all in
+    /// flight, refused once it is spent), then waits for a hash slot.
     pub async fn authenticate_async(
         self: &std::sync::Arc<Self>,
         peer: IpAddr,
@@ -320,10 +450,10 @@ impl Authenticator {
         let needs_hash = authorization.is_none()
             && url_token.is_none()
             && !passcode.as_deref().is_some_and(|p| self.looks_like_jwt(p))
-            && login.as_deref().is_some_and(|l| self.users.contains_key(l));
-        let me = self.clone();
-        let run = move || {
-            me.authenticate(
+            && !self.users.is_empty()
+            && login.as_deref().is_some_and(|l| !l.is_empty());
+        let creds = move |me: &Authenticator| {
+            me.check(
                 peer,
                 Credentials {
                     login: login.as_deref(),
@@ -333,12 +463,81 @@ impl Authenticator {
                 },
             )
         };
-        if needs_hash {
-            tokio::task::spawn_blocking(run)
-                .await
-                .unwrap_or(Err(AuthError::BadPassword))
-        } else {
-            run()
+        if !needs_hash {
+            if self.is_rate_limited(peer) {
+                self.metrics.auth_throttled.fetch_add(1, Relaxed);
+                return Err(AuthError::RateLimited);
+            }
+            let result = creds(self);
+            if result.is_err() {
+                self.record_failure(peer);
+            }
+            return result;
+        }
+        let mut attempt = self.begin_attempt(peer).await?;
+        self.metrics.auth_waiting.fetch_add(1, Relaxed);
+        let permit = self.hash_slots.clone().acquire_owned().await;
+        self.metrics.auth_waiting.fetch_sub(1, Relaxed);
+        let Ok(permit) = permit else {
+            return Err(AuthError::BadPassword);
+        };
+        let me = self.clone();
+        // The slot and the attempt are held by the blocking task itself, so
+        // they stay taken while it hashes even if this future is dropped.
+        tokio::task::spawn_blocking(move || {
+            let result = creds(&me);
+            attempt.failed = result.is_err();
+            drop(attempt);
+            drop(permit);
+            result
+        })
+        .await
+        .unwrap_or(Err(AuthError::BadPassword))
+    }
+
+    /// Takes one unit of `peer`'s failure budget for a check about to run:
+    /// refused when the failures in the window already reach the limit;
+    /// waits while failures plus checks in flight do.
+    async fn begin_attempt(&self, peer: IpAddr) -> Result<Attempt, AuthError> {
+        if self.max_failures == 0 {
+            return Ok(Attempt {
+                entry: None,
+                window: self.window,
+                failed: false,
+            });
+        }
+        let entry = self
+            .attempts
+            .entry(peer)
+            .or_insert_with(|| Arc::new(AddrAttempts::new()))
+            .clone();
+        self.forget_stale_addresses();
+        loop {
+            let done = entry.done.notified();
+            tokio::pin!(done);
+            // Registered before the state is read, so an attempt ending in
+            // between still wakes this one.
+            done.as_mut().enable();
+            {
+                let mut s = entry.lock();
+                let failures = s.live_failures(self.window);
+                if failures >= self.max_failures {
+                    drop(s);
+                    self.metrics.auth_throttled.fetch_add(1, Relaxed);
+                    return Err(AuthError::RateLimited);
+                }
+                if failures.saturating_add(s.in_flight) < self.max_failures {
+                    s.in_flight += 1;
+                    return Ok(Attempt {
+                        entry: Some(entry.clone()),
+                        window: self.window,
+                        failed: false,
+                    });
+                }
+            }
+            self.metrics.auth_waiting.fetch_add(1, Relaxed);
+            done.await;
+            self.metrics.auth_waiting.fetch_sub(1, Relaxed);
         }
     }
 
@@ -382,18 +581,38 @@ impl Authenticator {
     }
 
     fn verify_password(&self, login: &str, passcode: &str) -> Result<Identity, AuthError> {
-        let Some(user) = self.users.get(login) else {
+        let user = self.users.get(login);
+        // An unknown user costs one hash too, so timing does not reveal
+        // which names exist.
+        let stored = match (user, &self.dummy_hash) {
+            (Some(u), _) => &u.password_hash,
+            (None, Some(dummy)) => dummy,
+            (None, None) => return Err(AuthError::BadPassword),
+        };
+        let ok = self.verify_hash(stored, passcode);
+        let (Some(user), true) = (user, ok) else {
             return Err(AuthError::BadPassword);
         };
-        let hash = PasswordHash::new(&user.password_hash).map_err(|_| AuthError::BadPassword)?;
-        Argon2::default()
-            .verify_password(passcode.as_bytes(), &hash)
-            .map_err(|_| AuthError::BadPassword)?;
         Ok(Identity {
             user: Some(user.name.clone()),
             claims: user.claims.clone(),
             expires_at: None,
         })
+    }
+
+    /// One argon2 verification, counted.
+    fn verify_hash(&self, stored: &str, passcode: &str) -> bool {
+        let Ok(hash) = PasswordHash::new(stored) else {
+            return false;
+        };
+        self.metrics.auth_hashes.fetch_add(1, Relaxed);
+        let now = self.metrics.auth_hashes_in_flight.fetch_add(1, Relaxed) + 1;
+        self.hashes_peak.fetch_max(now, Relaxed);
+        let ok = Argon2::default()
+            .verify_password(passcode.as_bytes(), &hash)
+            .is_ok();
+        self.metrics.auth_hashes_in_flight.fetch_sub(1, Relaxed);
+        ok
     }
 
     /// Verifies a JWT with the configured keys; each key accepts only its
@@ -456,26 +675,60 @@ impl Authenticator {
         if self.max_failures == 0 {
             return false;
         }
-        match self.failures.get(&peer) {
-            Some(e) => e.0 >= self.max_failures && e.1.elapsed() < self.window,
-            None => false,
-        }
+        let Some(entry) = self.attempts.get(&peer).map(|e| e.clone()) else {
+            return false;
+        };
+        let failures = entry.lock().live_failures(self.window);
+        failures >= self.max_failures
     }
 
     fn record_failure(&self, peer: IpAddr) {
-        let now = Instant::now();
-        let mut e = self.failures.entry(peer).or_insert((0, now));
-        if e.1.elapsed() >= self.window {
-            *e = (0, now);
+        if self.max_failures == 0 {
+            return;
         }
-        e.0 += 1;
-        drop(e);
-        // Keep the table bounded: forget stale entries when it grows.
-        if self.failures.len() > 100_000 {
+        let entry = self
+            .attempts
+            .entry(peer)
+            .or_insert_with(|| Arc::new(AddrAttempts::new()))
+            .clone();
+        {
+            let mut s = entry.lock();
+            s.live_failures(self.window);
+            s.failures = s.failures.saturating_add(1);
+        }
+        self.forget_stale_addresses();
+    }
+
+    /// Keeps the table bounded: forgets idle addresses without live failures
+    /// when it grows.
+    fn forget_stale_addresses(&self) {
+        if self.attempts.len() > 100_000 {
             let window = self.window;
-            self.failures.retain(|_, v| v.1.elapsed() < window);
+            self.attempts.retain(|_, e| {
+                let mut s = e.lock();
+                s.in_flight > 0 || s.live_failures(window) > 0
+            });
         }
     }
+}
+
+/// A hash of a random password with the algorithm, version and parameters
+/// of `like` (a users-file hash).
+fn dummy_hash_like(like: &str) -> anyhow::Result<String> {
+    use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
+    let parsed = PasswordHash::new(like).map_err(|e| anyhow::anyhow!("password_hash: {e}"))?;
+    let params = argon2::Params::try_from(&parsed).unwrap_or_default();
+    let algorithm = argon2::Algorithm::try_from(parsed.algorithm).unwrap_or_default();
+    let version = parsed
+        .version
+        .and_then(|v| argon2::Version::try_from(v).ok())
+        .unwrap_or_default();
+    let salt = SaltString::generate(&mut OsRng);
+    let password = SaltString::generate(&mut OsRng);
+    Argon2::new(algorithm, version, params)
+        .hash_password(password.as_str().as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| anyhow::anyhow!("dummy hash: {e}"))
 }
 
 /// Latest expiry a token may carry: 9999-12-31T23:59:59Z. Larger `exp`
@@ -570,6 +823,106 @@ mod tests {
             a.authenticate(IpAddr::from([10, 1, 2, 3]), Credentials::default()),
             Err(AuthError::AnonymousNotAllowed)
         );
+    }
+
+    /// An authenticator with user `alice` (password `s3cret`).
+    fn with_alice(tag: &str, tweak: impl FnOnce(&mut AuthConfig)) -> Authenticator {
+        let dir = std::env::temp_dir().join(format!("stomp-auth-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("users.toml");
+        let hash = hash_password("s3cret").unwrap();
+        std::fs::write(
+            &path,
+            format!("[[user]]\nname = \"alice\"\npassword_hash = \"{hash}\"\n"),
+        )
+        .unwrap();
+        let mut cfg = AuthConfig {
+            users_file: Some(path),
+            ..AuthConfig::default()
+        };
+        tweak(&mut cfg);
+        Authenticator::from_config(&cfg).unwrap()
+    }
+
+    fn login<'a>(user: &'a str, pass: &'a str) -> Credentials<'a> {
+        Credentials {
+            login: Some(user),
+            passcode: Some(pass),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn unknown_users_cost_one_hash_like_known_ones() {
+        let a = with_alice("unknown", |c| c.max_failures_per_address = 0);
+        let hashes = || a.metrics.auth_hashes.load(Relaxed);
+        assert_eq!(
+            a.authenticate(loopback(), login("mallory", "x")),
+            Err(AuthError::BadPassword)
+        );
+        assert_eq!(hashes(), 1, "an unknown user is hashed against the dummy");
+        assert_eq!(
+            a.authenticate(loopback(), login("alice", "x")),
+            Err(AuthError::BadPassword)
+        );
+        assert_eq!(hashes(), 2);
+        // And so the time is comparable (it was 0.1 ms against 15 ms).
+        let time = |user: &str| {
+            (0..3)
+                .map(|_| {
+                    let t = Instant::now();
+                    let _ = a.authenticate(loopback(), login(user, "wrong"));
+                    t.elapsed()
+                })
+                .min()
+                .unwrap()
+        };
+        let (known, unknown) = (time("alice"), time("nobody"));
+        assert!(
+            unknown * 2 >= known,
+            "unknown {unknown:?} vs known {known:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_wrong_passwords_from_one_address_hash_at_most_its_budget() {
+        let a = Arc::new(with_alice("burst", |c| {
+            c.max_failures_per_address = 5;
+            c.max_concurrent_hashes = 2;
+        }));
+        let attacker = IpAddr::from([10, 0, 0, 1]);
+        let attempt = |peer: IpAddr, pass: &str| {
+            let a = a.clone();
+            let pass = pass.to_owned();
+            tokio::spawn(async move {
+                a.authenticate_async(peer, Some("alice".into()), Some(pass), None, None)
+                    .await
+            })
+        };
+        let burst: Vec<_> = (0..300).map(|_| attempt(attacker, "wrong")).collect();
+        // A correct CONNECT from another address during the burst.
+        let good = attempt(IpAddr::from([10, 0, 0, 2]), "s3cret");
+        assert_eq!(good.await.unwrap().unwrap().user.as_deref(), Some("alice"));
+        let mut limited = 0;
+        for r in burst {
+            match r.await.unwrap() {
+                Err(AuthError::RateLimited) => limited += 1,
+                Err(AuthError::BadPassword) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let hashes = a.metrics.auth_hashes.load(Relaxed);
+        // 5 wrong ones from the attacker and the good one: nothing more.
+        assert_eq!(hashes, 6, "hashes computed");
+        assert_eq!(limited, 295);
+        assert_eq!(a.metrics.auth_throttled.load(Relaxed), 295);
+        assert!(
+            a.peak_concurrent_hashes() <= 2,
+            "{}",
+            a.peak_concurrent_hashes()
+        );
+        assert_eq!(a.metrics.auth_hashes_in_flight.load(Relaxed), 0);
+        assert_eq!(a.metrics.auth_waiting.load(Relaxed), 0);
     }
 
     #[test]

@@ -63,6 +63,8 @@ impl BrokerCore {
     pub fn new(config: Config, shutdown: CancellationToken) -> anyhow::Result<Arc<BrokerCore>> {
         config.validate()?;
         let metrics = Arc::new(Metrics::default());
+        let auth =
+            Arc::new(Authenticator::from_config(&config.auth)?.with_metrics(metrics.clone()));
         let started = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis())
@@ -76,7 +78,7 @@ impl BrokerCore {
             shutdown,
             draining: AtomicBool::new(false),
             status: crate::status::StatusBoard::default(),
-            auth: Arc::new(Authenticator::from_config(&config.auth)?),
+            auth,
             acl: Acl::new(config.acl.clone()),
             bridge: OnceLock::new(),
             per_address: DashMap::new(),
