@@ -94,12 +94,12 @@ async fn idle_keep_alive_http_socket_is_closed_after_the_idle_timeout() -> Resul
 #[tokio::test]
 async fn http_keep_alive_requests_within_the_idle_timeout_are_served() -> Result<()> {
     let b = TestBroker::start_with(|c| {
-        c.limits.http_header_timeout_ms = 1_000;
-        c.limits.http_idle_timeout_ms = 1_000;
+        c.limits.http_header_timeout_ms = 2_000;
+        c.limits.http_idle_timeout_ms = 2_000;
     })
     .await;
     let mut s = TcpStream::connect(b.http).await?;
-    // Three requests 400 ms apart: more than the idle timeout in total, so
+    // Three requests 700 ms apart: more than the idle timeout in total, so
     // each request must move the deadline.
     for _ in 0..3 {
         s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -111,7 +111,7 @@ async fn http_keep_alive_requests_within_the_idle_timeout_are_served() -> Result
             ensure!(n > 0, "closed while in use");
             buf.extend_from_slice(&chunk[..n]);
         }
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
     }
     ensure!(b.core.metrics.http_timeouts.load(Relaxed) == 0);
     Ok(())
