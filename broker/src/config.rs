@@ -100,8 +100,9 @@ pub struct LimitsConfig {
     /// Time a frame may take to arrive once its first byte did, ms (stops
     /// slowloris clients that negotiated no heart-beats); 0 disables.
     pub frame_timeout_ms: u64,
-    /// Outbound bytes queued for one connection before the slow-consumer
-    /// policy applies.
+    /// Outbound bytes queued for one connection, plus the bytes of messages
+    /// it has not acknowledged yet, before the slow-consumer policy applies
+    /// (a queue skips such a consumer instead).
     pub max_pending_bytes_per_connection: usize,
     /// Unacknowledged messages one `client`/`client-individual`
     /// subscription may hold (the prefetch window).
@@ -121,6 +122,14 @@ pub struct LimitsConfig {
     /// Time an HTTP keep-alive connection may wait for its next request
     /// (and a new one for its first), ms; 0 disables.
     pub http_idle_timeout_ms: u64,
+    /// The broker-wide memory budget in bytes that outbound queues, queue
+    /// buffers, transactions, unacknowledged and retained messages draw
+    /// from; over it, publishes are refused. 0 means half of the memory
+    /// available (cgroup `memory.max` if set, else `MemTotal`).
+    pub memory_budget_bytes: usize,
+    /// Bytes of SENDs and ACKs one connection's open transactions may hold
+    /// together.
+    pub max_transaction_bytes: usize,
 }
 
 /// Heart-beat settings.
@@ -146,6 +155,10 @@ pub struct QueueConfig {
     pub max_bytes: usize,
     /// What happens when a queue is full.
     pub overflow: QueueOverflow,
+    /// Most queues that may exist at once; a SEND or SUBSCRIBE that would
+    /// create one more is refused. Empty queues without consumers are
+    /// removed.
+    pub max_queues: usize,
 }
 
 /// Retained-message store settings (per-destination counts and TTLs are
@@ -156,12 +169,16 @@ pub struct RetainConfig {
     /// Most destinations with retained messages; the least recently updated
     /// is evicted first.
     pub max_destinations: usize,
+    /// Most bytes of retained messages (at most half of the memory budget
+    /// is used); the least recently updated destinations are evicted first.
+    pub max_bytes: usize,
 }
 
 impl Default for RetainConfig {
     fn default() -> Self {
         RetainConfig {
             max_destinations: 100_000,
+            max_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -271,6 +288,8 @@ impl Default for LimitsConfig {
             max_connections_per_address: 10_000,
             http_header_timeout_ms: 10_000,
             http_idle_timeout_ms: 60_000,
+            memory_budget_bytes: 0,
+            max_transaction_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -291,6 +310,7 @@ impl Default for QueueConfig {
             max_messages: 10_000,
             max_bytes: 64 * 1024 * 1024,
             overflow: QueueOverflow::DropOldest,
+            max_queues: 10_000,
         }
     }
 }
@@ -368,6 +388,15 @@ impl Config {
         l
     }
 
+    /// The memory budget in bytes: `limits.memory_budget_bytes`, or the
+    /// machine-derived default when that is 0.
+    pub fn memory_budget(&self) -> usize {
+        match self.limits.memory_budget_bytes {
+            0 => crate::budget::default_limit(),
+            n => n,
+        }
+    }
+
     /// `connect_timeout_ms` as a duration.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.limits.connect_timeout_ms)
@@ -421,6 +450,9 @@ pub struct Args {
     /// Outbound bytes per connection before the slow-consumer policy [default: 2097152].
     #[arg(long, env = "STOMP_BROKER_MAX_PENDING_BYTES")]
     pub max_pending_bytes: Option<usize>,
+    /// Broker-wide memory budget in bytes; 0 = half of the memory available [default: 0].
+    #[arg(long, env = "STOMP_BROKER_MEMORY_BUDGET_BYTES")]
+    pub memory_budget_bytes: Option<usize>,
     /// Time allowed before CONNECT, ms [default: 10000].
     #[arg(long, env = "STOMP_BROKER_CONNECT_TIMEOUT_MS")]
     pub connect_timeout_ms: Option<u64>,
@@ -499,6 +531,7 @@ impl Args {
         set!(self.max_connections => cfg.limits.max_connections);
         set!(self.max_subscriptions => cfg.limits.max_subscriptions_per_connection);
         set!(self.max_pending_bytes => cfg.limits.max_pending_bytes_per_connection);
+        set!(self.memory_budget_bytes => cfg.limits.memory_budget_bytes);
         set!(self.connect_timeout_ms => cfg.limits.connect_timeout_ms);
         set!(self.slow_consumer => cfg.slow_consumer);
         set!(self.queue_max_messages => cfg.queues.max_messages);

@@ -68,6 +68,13 @@ impl BrokerCore {
         let metrics = Arc::new(Metrics::default());
         let auth =
             Arc::new(Authenticator::from_config(&config.auth)?.with_metrics(metrics.clone()));
+        let budget = config.memory_budget();
+        metrics.memory.set_limit(budget);
+        tracing::info!(bytes = budget, "memory budget");
+        // The retained store only shrinks when something new is retained,
+        // which a spent budget refuses: it may take at most half the budget
+        // so that it can never hold the broker at the limit by itself.
+        let retain_bytes = config.retain.max_bytes.min(budget / 2);
         let started = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis())
@@ -76,7 +83,11 @@ impl BrokerCore {
             limits: config.codec_limits(),
             server_heart_beat: config.server_heart_beat()?,
             router: Router::new(&config, metrics.clone()),
-            retained: RetainStore::new(config.retain.max_destinations, metrics.clone()),
+            retained: RetainStore::new(
+                config.retain.max_destinations,
+                retain_bytes,
+                metrics.clone(),
+            ),
             metrics,
             shutdown,
             draining: AtomicBool::new(false),
@@ -174,6 +185,7 @@ impl BrokerCore {
         retain: Option<RetainPolicy>,
     ) -> Result<usize, RouteError> {
         let msg = self.local_message(destination, headers, body);
+        self.admit_message(&msg)?;
         // Retain first: a SUBSCRIBE that lands between the two steps then
         // gets the message twice (replayed and live; same message-id)
         // rather than not at all.
@@ -197,8 +209,19 @@ impl BrokerCore {
     ) -> Result<(), RouteError> {
         crate::router::validate_destination(destination)?;
         let msg = self.local_message(destination, headers, body);
+        self.admit_message(&msg)?;
         self.retained.retain(msg, retain);
         Ok(())
+    }
+
+    /// Refuses a message while the memory budget is exhausted.
+    fn admit_message(&self, msg: &Message) -> Result<(), RouteError> {
+        if self.metrics.memory.admits(msg.cost) {
+            Ok(())
+        } else {
+            self.metrics.refused(crate::metrics::Refusal::MemoryBudget);
+            Err(RouteError::OverBudget)
+        }
     }
 
     /// A message published from inside the process: `headers` pass through

@@ -11,6 +11,7 @@
 
 pub mod acl;
 pub mod auth;
+pub mod budget;
 pub mod config;
 pub mod conn;
 pub mod connection;

@@ -18,6 +18,7 @@ use crate::{
     auth::{AuthError, Identity},
     conn::{ConnShared, DeliveryKind, Outbound},
     core::BrokerCore,
+    metrics::Refusal,
     output::{Batch, Output},
     router::{parse_destination, DestKind, Message, RouteError, Subscriber, SubscriptionHandle},
 };
@@ -97,6 +98,25 @@ enum TxOp {
     Ack(Frame),
 }
 
+/// An open transaction: its frames and the bytes they hold (charged to the
+/// memory budget until COMMIT, ABORT or disconnect).
+#[derive(Debug, Default)]
+struct Tx {
+    ops: Vec<TxOp>,
+    bytes: usize,
+}
+
+/// Approximate bytes a buffered frame holds.
+fn frame_cost(frame: &Frame) -> usize {
+    frame.body.len()
+        + frame
+            .headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len() + 2)
+            .sum::<usize>()
+        + 64
+}
+
 /// Negotiated heart-beat intervals.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HeartBeats {
@@ -168,7 +188,9 @@ pub struct Session {
     kafka_inflight: Arc<tokio::sync::Semaphore>,
     heart_beats: HeartBeats,
     subs: HashMap<Arc<str>, SubState, foldhash::fast::RandomState>,
-    transactions: HashMap<String, Vec<TxOp>>,
+    transactions: HashMap<String, Tx>,
+    /// Bytes held by all open transactions.
+    tx_bytes: usize,
     next_ack: u64,
     out: Output,
     /// A DISCONNECT's receipt, written after what was already queued.
@@ -195,6 +217,7 @@ impl Session {
             heart_beats: HeartBeats::default(),
             subs: HashMap::default(),
             transactions: HashMap::new(),
+            tx_bytes: 0,
             next_ack: 1,
             out: Output::default(),
             disconnect_receipt: None,
@@ -343,8 +366,22 @@ impl Session {
             .dispatch(frame, receipt.as_deref())
             .map_err(|e| e.with_receipt(receipt.as_deref()))?;
         if let Some((sub, msgs)) = self.replay.take() {
-            for msg in msgs {
-                self.conn.add_pending(msg.cost);
+            // Paced by the connection's byte budget: the newest messages
+            // that fit are replayed (oldest of them first), the rest skipped
+            // and counted. A wildcard may match many destinations.
+            let fit = msgs
+                .iter()
+                .rev()
+                .take_while(|m| self.conn.try_add_pending(m.cost))
+                .count();
+            let skipped = msgs.len() - fit;
+            if skipped > 0 {
+                self.core
+                    .metrics
+                    .replay_skipped
+                    .fetch_add(skipped as u64, Relaxed);
+            }
+            for msg in msgs.into_iter().skip(skipped) {
                 self.deliver(msg, &sub, DeliveryKind::Replayed);
             }
         }
@@ -385,16 +422,8 @@ impl Session {
             ClientFrame::Send(s) => {
                 if let Some(tx) = s.transaction {
                     self.authorize_send(s.destination)?;
-                    let max = self.core.config.limits.max_frames_per_transaction;
-                    let ops = self.transaction(tx)?;
-                    if ops.len() >= max {
-                        return Err(StompError::new(
-                            "limit",
-                            "transaction too large",
-                            format!("A transaction may hold at most {max} frames."),
-                        ));
-                    }
-                    ops.push(TxOp::Send(frame.clone()));
+                    let op = TxOp::Send(frame.clone());
+                    self.add_to_transaction(tx, op, frame_cost(&frame))?;
                 } else if self.send(&frame, s.destination, receipt)? {
                     // RECEIPT follows when Kafka acknowledged the write.
                     return Ok(Flow::Continue);
@@ -404,16 +433,8 @@ impl Session {
             ClientFrame::Unsubscribe(u) => self.unsubscribe(u.id, u.destination)?,
             ClientFrame::Ack(a) | ClientFrame::Nack(a) => {
                 if let Some(tx) = a.transaction {
-                    let max = self.core.config.limits.max_frames_per_transaction;
-                    let ops = self.transaction(tx)?;
-                    if ops.len() >= max {
-                        return Err(StompError::new(
-                            "limit",
-                            "transaction too large",
-                            format!("A transaction may hold at most {max} frames."),
-                        ));
-                    }
-                    ops.push(TxOp::Ack(frame.clone()));
+                    let op = TxOp::Ack(frame.clone());
+                    self.add_to_transaction(tx, op, frame_cost(&frame))?;
                 } else {
                     self.ack(&a, frame.command == Command::Nack)?;
                 }
@@ -434,10 +455,10 @@ impl Session {
                         format!("At most {max} open transactions per connection."),
                     ));
                 }
-                self.transactions.insert(tx.to_owned(), Vec::new());
+                self.transactions.insert(tx.to_owned(), Tx::default());
             }
             ClientFrame::Commit(tx) => {
-                let ops = self.transactions.remove(tx).ok_or_else(|| unknown_tx(tx))?;
+                let ops = self.end_transaction(tx)?;
                 for op in ops {
                     match op {
                         TxOp::Send(f) => {
@@ -455,7 +476,7 @@ impl Session {
                 }
             }
             ClientFrame::Abort(tx) => {
-                self.transactions.remove(tx).ok_or_else(|| unknown_tx(tx))?;
+                self.end_transaction(tx)?;
             }
             ClientFrame::Disconnect => {
                 self.disconnect_receipt = receipt.map(str::to_owned);
@@ -466,8 +487,52 @@ impl Session {
         Ok(Flow::Continue)
     }
 
-    fn transaction(&mut self, tx: &str) -> Result<&mut Vec<TxOp>, StompError> {
-        self.transactions.get_mut(tx).ok_or_else(|| unknown_tx(tx))
+    /// Adds a frame of `cost` bytes to open transaction `tx`, within the
+    /// frame and byte limits and the memory budget.
+    fn add_to_transaction(&mut self, tx: &str, op: TxOp, cost: usize) -> Result<(), StompError> {
+        let limits = &self.core.config.limits;
+        let (max_frames, max_bytes) = (
+            limits.max_frames_per_transaction,
+            limits.max_transaction_bytes,
+        );
+        let metrics = &self.core.metrics;
+        let t = self
+            .transactions
+            .get_mut(tx)
+            .ok_or_else(|| unknown_tx(tx))?;
+        if t.ops.len() >= max_frames {
+            return Err(StompError::new(
+                "limit",
+                "transaction too large",
+                format!("A transaction may hold at most {max_frames} frames."),
+            ));
+        }
+        if self.tx_bytes + cost > max_bytes {
+            metrics.refused(Refusal::TransactionBytes);
+            return Err(StompError::new(
+                "limit",
+                "transaction too large",
+                format!(
+                    "The open transactions of a connection may hold at most {max_bytes} bytes."
+                ),
+            ));
+        }
+        if !metrics.memory.try_charge(cost) {
+            metrics.refused(Refusal::MemoryBudget);
+            return Err(over_budget());
+        }
+        t.ops.push(op);
+        t.bytes += cost;
+        self.tx_bytes += cost;
+        Ok(())
+    }
+
+    /// Closes transaction `tx` (COMMIT or ABORT), giving its bytes back.
+    fn end_transaction(&mut self, tx: &str) -> Result<Vec<TxOp>, StompError> {
+        let t = self.transactions.remove(tx).ok_or_else(|| unknown_tx(tx))?;
+        self.tx_bytes -= t.bytes;
+        self.core.metrics.memory.release(t.bytes);
+        Ok(t.ops)
     }
 
     fn connect(&mut self, c: &Connect<'_>, identity: Identity) -> Result<(), StompError> {
@@ -718,6 +783,8 @@ impl Session {
 
     fn drop_sub(&mut self, st: SubState) {
         self.core.router.unsubscribe(&st.handle);
+        let unacked: usize = st.unacked.iter().map(|u| u.msg.cost).sum();
+        self.conn.written(unacked);
         if st.is_queue && !st.unacked.is_empty() {
             self.core
                 .router
@@ -768,6 +835,8 @@ impl Session {
             AckMode::Client => st.unacked.drain(..=pos).collect(),
             _ => st.unacked.remove(pos).into_iter().collect(),
         };
+        // Acknowledged (or given back): out of the connection's byte budget.
+        self.conn.written(taken.iter().map(|u| u.msg.cost).sum());
         if st.is_queue {
             st.sub.inflight.fetch_sub(taken.len(), Relaxed);
             let dest = st.destination.clone();
@@ -830,6 +899,9 @@ impl Session {
             headers[n] = ("ack", ack_buf.format(ack_id).as_bytes());
             n += 1;
         }
+        // An unacknowledged message stays in the connection's byte budget
+        // until ACK/NACK (or the subscription ends), not until written.
+        let write_credit = if st.sub.ack == AckMode::Auto { cost } else { 0 };
         match kind {
             DeliveryKind::Live => {}
             DeliveryKind::Redelivered => {
@@ -843,14 +915,17 @@ impl Session {
         }
         msg.template
             .encode_for(version, &headers[..n], self.out.buf());
-        self.out.commit(msg.text, cost);
+        self.out.commit(msg.text, write_credit);
         self.core.metrics.frames_out(Command::Message, 1);
     }
 
     /// Ends the session: removes subscriptions and puts unacknowledged queue
     /// messages back for other consumers. Transactions are discarded.
     pub fn close(&mut self) {
-        self.transactions.clear();
+        let open: Vec<String> = self.transactions.keys().cloned().collect();
+        for tx in open {
+            let _ = self.end_transaction(&tx);
+        }
         let subs: Vec<SubState> = self.subs.drain().map(|(_, s)| s).collect();
         for st in subs {
             self.drop_sub(st);
@@ -877,14 +952,35 @@ fn unknown_tx(tx: &str) -> StompError {
     )
 }
 
-fn route_error(e: RouteError, destination: &str) -> StompError {
-    let kind = match e {
-        RouteError::QueueFull => "queue_full",
-        _ => "destination",
-    };
+fn over_budget() -> StompError {
     StompError::new(
-        kind,
-        e.to_string(),
-        format!("Destination '{destination}': {e}. Use /topic/... or /queue/..."),
+        "memory_budget",
+        RouteError::OverBudget.to_string(),
+        "The broker is at its memory limit and refused this frame; the connection is closed. Retry later.",
     )
+}
+
+fn route_error(e: RouteError, destination: &str) -> StompError {
+    match e {
+        RouteError::OverBudget => over_budget(),
+        RouteError::QueueFull => StompError::new(
+            "queue_full",
+            e.to_string(),
+            format!("Queue '{destination}' is full and refuses new messages."),
+        ),
+        RouteError::TooManyQueues => StompError::new(
+            "too_many_queues",
+            e.to_string(),
+            format!(
+                "Queue '{destination}' cannot be created: the broker holds its maximum number of queues."
+            ),
+        ),
+        RouteError::UnknownDestination
+        | RouteError::WildcardNotAllowed
+        | RouteError::InvalidDestination => StompError::new(
+            "destination",
+            e.to_string(),
+            format!("Destination '{destination}': {e}. Use /topic/... or /queue/..."),
+        ),
+    }
 }
