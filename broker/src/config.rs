@@ -67,6 +67,9 @@ pub struct ListenConfig {
     pub status_page: bool,
     /// After binding, write `{"stomp": addr, "http": addr, …}` as JSON here.
     pub port_file: Option<PathBuf>,
+    /// Listen backlog of every listener: connections the kernel queues
+    /// before the broker accepts them (capped by `net.core.somaxconn`).
+    pub backlog: u32,
 }
 
 /// Access to the operator endpoints: `GET /`, `/stats.json` and `/metrics`
@@ -141,6 +144,12 @@ pub struct LimitsConfig {
     pub max_frames_per_second: u32,
     /// Connections open at once from one IP address; 0 disables.
     pub max_connections_per_address: usize,
+    /// Time an HTTP request's headers may take to arrive once its first byte
+    /// did, ms (slowloris on the HTTP port); 0 disables.
+    pub http_header_timeout_ms: u64,
+    /// Time an HTTP keep-alive connection may wait for its next request
+    /// (and a new one for its first), ms; 0 disables.
+    pub http_idle_timeout_ms: u64,
     /// The broker-wide memory budget in bytes that outbound queues, queue
     /// buffers, transactions, unacknowledged and retained messages draw
     /// from; over it, publishes are refused. 0 means half of the memory
@@ -284,6 +293,7 @@ impl Default for ListenConfig {
             .map(String::from)
             .to_vec(),
             port_file: None,
+            backlog: 1024,
         }
     }
 }
@@ -305,6 +315,8 @@ impl Default for LimitsConfig {
             max_frames_per_transaction: 1_000,
             max_frames_per_second: 100_000,
             max_connections_per_address: 10_000,
+            http_header_timeout_ms: 10_000,
+            http_idle_timeout_ms: 60_000,
             memory_budget_bytes: 0,
             max_transaction_bytes: 4 * 1024 * 1024,
         }
@@ -379,6 +391,9 @@ impl Config {
         }
         if self.limits.max_frame_bytes == 0 || self.limits.max_pending_bytes_per_connection == 0 {
             anyhow::bail!("limits must be positive");
+        }
+        if self.listen.backlog == 0 || self.listen.backlog > i32::MAX as u32 {
+            anyhow::bail!("listen.backlog must be between 1 and {}", i32::MAX);
         }
         if self.heartbeat.tolerance.is_nan() || self.heartbeat.tolerance < 1.0 {
             anyhow::bail!("heartbeat.tolerance must be >= 1.0");
@@ -672,6 +687,13 @@ mod tests {
         ] {
             assert!(Config::from_toml(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn listen_backlog_defaults_to_1024_and_must_be_positive() {
+        assert_eq!(Config::default().listen.backlog, 1024);
+        assert!(Config::from_toml("[listen]\nbacklog = 0\n").is_err());
+        assert!(Config::from_toml("[listen]\nbacklog = 4096\n").is_ok());
     }
 
     #[test]

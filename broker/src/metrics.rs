@@ -97,6 +97,17 @@ pub struct Metrics {
     pub bytes_in: AtomicU64,
     /// Bytes written to clients.
     pub bytes_out: AtomicU64,
+    /// Password hashes verified (argon2; unknown users hash a dummy).
+    pub auth_hashes: AtomicU64,
+    /// Password hashes running now.
+    pub auth_hashes_in_flight: AtomicI64,
+    /// CONNECTs waiting for a hash slot or for their address's budget.
+    pub auth_waiting: AtomicI64,
+    /// CONNECTs refused without a check: their address's failure budget is
+    /// spent.
+    pub auth_throttled: AtomicU64,
+    /// HTTP connections closed by the header-read or idle keep-alive timeout.
+    pub http_timeouts: AtomicU64,
     errors: DashMap<&'static str, AtomicU64>,
 }
 
@@ -295,6 +306,36 @@ impl Metrics {
             "stomp_bytes_out_total",
             "Bytes written to clients.",
             self.bytes_out.load(Relaxed),
+        );
+        counter(
+            out,
+            "stomp_auth_hashes_total",
+            "Password hashes verified (unknown users hash a dummy).",
+            self.auth_hashes.load(Relaxed),
+        );
+        gauge(
+            out,
+            "stomp_auth_hashes_in_flight",
+            "Password hashes running now (at most auth.max_concurrent_hashes).",
+            self.auth_hashes_in_flight.load(Relaxed),
+        );
+        gauge(
+            out,
+            "stomp_auth_waiting",
+            "CONNECTs waiting for a hash slot or their address's failure budget.",
+            self.auth_waiting.load(Relaxed),
+        );
+        counter(
+            out,
+            "stomp_auth_throttled_total",
+            "CONNECTs refused without a check (address failure budget spent).",
+            self.auth_throttled.load(Relaxed),
+        );
+        counter(
+            out,
+            "stomp_http_timeouts_total",
+            "HTTP connections closed by the header-read or idle keep-alive timeout.",
+            self.http_timeouts.load(Relaxed),
         );
         let _ = writeln!(out, "# HELP stomp_errors_total ERROR frames sent, by kind.\n# TYPE stomp_errors_total counter");
         let mut errors: Vec<(&'static str, u64)> = self
