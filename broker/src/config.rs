@@ -187,6 +187,26 @@ pub struct QueueConfig {
     /// create one more is refused. Empty queues without consumers are
     /// removed.
     pub max_queues: usize,
+    /// `competing` (default): each `/queue/` message goes to one consumer,
+    /// round-robin, and waits in the queue while nobody can take it.
+    /// `broadcast`: every subscriber of the queue gets every message and
+    /// nothing is kept for later (Spring's simple broker).
+    pub mode: QueueMode,
+    /// `/temp-queue/<name>` reply queues (SEND `reply-to`) one connection
+    /// may hold; one more gets ERROR `too many temporary queues`.
+    pub max_temp_queues_per_connection: usize,
+}
+
+/// How `/queue/...` destinations deliver.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum QueueMode {
+    /// Competing consumers: one consumer per message, round-robin; buffered
+    /// while nobody can take it (RabbitMQ, ActiveMQ).
+    Competing,
+    /// Every subscriber gets every message, nothing is buffered (Spring's
+    /// `enableSimpleBroker`).
+    Broadcast,
 }
 
 /// Retained-message store settings (per-destination counts and TTLs are
@@ -340,6 +360,8 @@ impl Default for QueueConfig {
             max_bytes: 64 * 1024 * 1024,
             overflow: QueueOverflow::DropOldest,
             max_queues: 10_000,
+            mode: QueueMode::Competing,
+            max_temp_queues_per_connection: 100,
         }
     }
 }
@@ -505,6 +527,9 @@ pub struct Args {
     /// Queue overflow policy [default: drop-oldest].
     #[arg(long, env = "STOMP_BROKER_QUEUE_OVERFLOW", value_enum)]
     pub queue_overflow: Option<QueueOverflow>,
+    /// `/queue/` delivery: competing consumers or broadcast to all [default: competing].
+    #[arg(long, env = "STOMP_BROKER_QUEUE_MODE", value_enum)]
+    pub queue_mode: Option<QueueMode>,
     /// Graceful shutdown time limit in ms [default: 5000].
     #[arg(long, env = "STOMP_BROKER_SHUTDOWN_TIMEOUT_MS")]
     pub shutdown_timeout_ms: Option<u64>,
@@ -576,6 +601,7 @@ impl Args {
         set!(self.slow_consumer => cfg.slow_consumer);
         set!(self.queue_max_messages => cfg.queues.max_messages);
         set!(self.queue_overflow => cfg.queues.overflow);
+        set!(self.queue_mode => cfg.queues.mode);
         set!(self.shutdown_timeout_ms => cfg.shutdown_timeout_ms);
         set!(self.stomp_tls_listen => cfg.listen.stomp_tls);
         set!(self.https_listen => cfg.listen.https);
@@ -694,6 +720,22 @@ mod tests {
         assert_eq!(Config::default().listen.backlog, 1024);
         assert!(Config::from_toml("[listen]\nbacklog = 0\n").is_err());
         assert!(Config::from_toml("[listen]\nbacklog = 4096\n").is_ok());
+    }
+
+    #[test]
+    fn queue_mode_defaults_to_competing_and_parses_broadcast() {
+        assert_eq!(Config::default().queues.mode, QueueMode::Competing);
+        let cfg = Config::from_toml("[queues]\nmode = \"broadcast\"\n").unwrap();
+        assert_eq!(cfg.queues.mode, QueueMode::Broadcast);
+        assert!(Config::from_toml("[queues]\nmode = \"fanout\"\n").is_err());
+        let args = Args {
+            queue_mode: Some(QueueMode::Broadcast),
+            ..Args::default()
+        };
+        assert_eq!(
+            args.into_config().unwrap().queues.mode,
+            QueueMode::Broadcast
+        );
     }
 
     #[test]

@@ -10,7 +10,15 @@
 //!   message (none subscribed, or all at their prefetch or byte limit). A
 //!   full buffer applies the queue's overflow policy, the same way whether
 //!   or not consumers exist. At most `queues.max_queues` queues exist; a
-//!   queue is removed as soon as it is empty and has no consumers.
+//!   queue is removed as soon as it is empty and has no consumers. With
+//!   `queues.mode = "broadcast"` a queue is instead delivered like a topic
+//!   (every subscriber, nothing buffered: Spring's simple broker).
+//! * `/user/<name>/<rest>`: every session of `<name>` subscribed to
+//!   `/user/<rest>`; the MESSAGE says `destination:/user/<rest>`, the
+//!   destination the client subscribed to (as Spring does).
+//! * `/reply-queue/<opaque>`: a connection's private reply queue, created
+//!   by a SEND with `reply-to:/temp-queue/<name>` (RabbitMQ style, see
+//!   `session.rs`); its only subscriber is the owning connection.
 //!
 //! Every publish is first admitted against the broker-wide memory budget
 //! ([`crate::budget`]); queue buffers are charged to it.
@@ -32,7 +40,7 @@ use dashmap::DashMap;
 use stomp_codec::{AckMode, Headers, MessageTemplate};
 
 use crate::{
-    config::{Config, QueueOverflow},
+    config::{Config, QueueMode, QueueOverflow},
     conn::{ConnShared, DeliveryKind, Outbound},
     metrics::{Metrics, Refusal},
 };
@@ -55,11 +63,13 @@ pub struct Message {
 impl Message {
     /// Builds a message. `headers` are the publisher's headers to pass
     /// through (without `destination`/`message-id`, which are set here).
+    /// A user destination `/user/<name>/<rest>` is delivered as
+    /// `destination:/user/<rest>`, what its subscribers subscribed to.
     pub fn new(destination: &str, message_id: &str, headers: Headers, body: Bytes) -> Message {
         let mut shared = Headers::with_capacity(headers.len() + 2);
         shared.push(
             Bytes::from_static(b"destination"),
-            Bytes::copy_from_slice(destination.as_bytes()),
+            delivered_destination(destination),
         );
         shared.push(
             Bytes::from_static(b"message-id"),
@@ -82,6 +92,25 @@ impl Message {
             text,
             cost,
         }
+    }
+}
+
+/// The `destination` header of a MESSAGE published to `destination`:
+/// `/user/<name>/<rest>` becomes `/user/<rest>`, the destination every
+/// session of `<name>` subscribed to (Spring's user destinations); others
+/// are unchanged.
+fn delivered_destination(destination: &str) -> Bytes {
+    match destination
+        .strip_prefix("/user/")
+        .and_then(|rest| rest.split_once('/'))
+    {
+        Some((_, tail)) if !tail.is_empty() => {
+            let mut d = Vec::with_capacity(6 + tail.len());
+            d.extend_from_slice(b"/user/");
+            d.extend_from_slice(tail.as_bytes());
+            Bytes::from(d)
+        }
+        _ => Bytes::copy_from_slice(destination.as_bytes()),
     }
 }
 
@@ -134,7 +163,17 @@ pub enum DestKind<'a> {
     /// `/user/<user>/<rest>`: every session of `<user>` subscribed to
     /// `/user/<rest>` (Spring's user destinations). Holds the whole string.
     User(&'a str),
+    /// `/reply-queue/<opaque>`: one connection's reply queue (see
+    /// [`REPLY_QUEUE_PREFIX`]). Holds the whole string.
+    ReplyQueue(&'a str),
 }
+
+/// Prefix of the routable names that `reply-to:/temp-queue/<name>` is
+/// rewritten to; the rest is random and unguessable.
+pub const REPLY_QUEUE_PREFIX: &str = "/reply-queue/";
+
+/// Prefix of the `reply-to` values that ask for a private reply queue.
+pub const TEMP_QUEUE_PREFIX: &str = "/temp-queue/";
 
 /// Why a destination cannot be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -209,6 +248,10 @@ pub fn parse_destination(dest: &str) -> Result<DestKind<'_>, RouteError> {
             if !user.is_empty() && !tail.is_empty() {
                 return Ok(DestKind::User(dest));
             }
+        }
+    } else if let Some(name) = dest.strip_prefix(REPLY_QUEUE_PREFIX) {
+        if !name.is_empty() && !name.contains('/') {
+            return Ok(DestKind::ReplyQueue(dest));
         }
     }
     Err(RouteError::UnknownDestination)
@@ -287,7 +330,20 @@ pub struct Router {
     queue_max_messages: usize,
     queue_max_bytes: usize,
     overflow: QueueOverflow,
+    broadcast_queues: bool,
     metrics: Arc<Metrics>,
+}
+
+/// How a destination is routed (see [`Router::route`]).
+#[derive(Debug, Clone, Copy)]
+enum Route<'a> {
+    /// Exact subscribers in `topics`; `topic` is the name wildcard
+    /// subscriptions are matched against (for `/topic/` names only).
+    Exact { topic: Option<&'a str> },
+    /// A wildcard `/topic/` pattern (subscriptions only).
+    Pattern(&'a str),
+    /// A queue with competing consumers.
+    Queue(&'a str),
 }
 
 /// Where a subscription was registered, to remove it later.
@@ -312,7 +368,31 @@ impl Router {
             queue_max_messages: config.queues.max_messages,
             queue_max_bytes: config.queues.max_bytes,
             overflow: config.queues.overflow,
+            broadcast_queues: config.queues.mode == QueueMode::Broadcast,
             metrics,
+        }
+    }
+
+    /// Whether `destination` is a queue with competing consumers (acked
+    /// messages go back to it on NACK or disconnect), as opposed to a
+    /// destination every subscriber gets everything from.
+    pub fn is_competing_queue(&self, destination: &str) -> bool {
+        !self.broadcast_queues && matches!(parse_destination(destination), Ok(DestKind::Queue(_)))
+    }
+
+    /// How `destination` is routed. With `queues.mode = "broadcast"` a
+    /// queue is delivered like an exact topic.
+    fn route<'a>(&self, destination: &'a str) -> Result<Route<'a>, RouteError> {
+        match parse_destination(destination)? {
+            DestKind::Topic(name) if has_wildcard(name) => Ok(Route::Pattern(name)),
+            DestKind::Topic(name) => Ok(Route::Exact { topic: Some(name) }),
+            DestKind::Queue(d) | DestKind::User(d) | DestKind::ReplyQueue(d) if has_wildcard(d) => {
+                Err(RouteError::WildcardNotAllowed)
+            }
+            DestKind::Queue(name) if !self.broadcast_queues => Ok(Route::Queue(name)),
+            DestKind::Queue(_) | DestKind::User(_) | DestKind::ReplyQueue(_) => {
+                Ok(Route::Exact { topic: None })
+            }
         }
     }
 
@@ -325,7 +405,7 @@ impl Router {
         sub_id: Arc<str>,
         ack: AckMode,
     ) -> Result<(SubscriptionHandle, Subscriber), RouteError> {
-        let kind = parse_destination(destination)?;
+        let route = self.route(destination)?;
         let sub = Subscriber {
             conn: conn.clone(),
             sub_id,
@@ -333,21 +413,17 @@ impl Router {
             inflight: Arc::new(AtomicUsize::new(0)),
             key: self.next_key.fetch_add(1, Relaxed),
         };
-        match kind {
-            DestKind::Topic(name) if has_wildcard(name) => {
+        match route {
+            Route::Pattern(name) => {
                 let mut w = self.wildcards.write().unwrap_or_else(|e| e.into_inner());
                 w.push((name.into(), sub.clone()));
                 self.wildcard_count.store(w.len(), Relaxed);
             }
-            DestKind::User(d) if has_wildcard(d) => return Err(RouteError::WildcardNotAllowed),
-            DestKind::Topic(_) | DestKind::User(_) => {
+            Route::Exact { .. } => {
                 let mut entry = self.topics.entry(destination.into()).or_default();
                 Arc::make_mut(entry.value_mut()).push(sub.clone());
             }
-            DestKind::Queue(name) => {
-                if has_wildcard(name) {
-                    return Err(RouteError::WildcardNotAllowed);
-                }
+            Route::Queue(name) => {
                 self.with_queue(name, false, |st| {
                     st.consumers.push(sub.clone());
                     self.pump(st);
@@ -366,15 +442,15 @@ impl Router {
 
     /// Removes a subscription.
     pub fn unsubscribe(&self, handle: &SubscriptionHandle) {
-        let removed = match parse_destination(&handle.destination) {
-            Ok(DestKind::Topic(name)) if has_wildcard(name) => {
+        let removed = match self.route(&handle.destination) {
+            Ok(Route::Pattern(_)) => {
                 let mut w = self.wildcards.write().unwrap_or_else(|e| e.into_inner());
                 let before = w.len();
                 w.retain(|(_, s)| s.key != handle.key);
                 self.wildcard_count.store(w.len(), Relaxed);
                 before != w.len()
             }
-            Ok(DestKind::Topic(_) | DestKind::User(_)) => {
+            Ok(Route::Exact { .. }) => {
                 let name: &str = &handle.destination;
                 let mut removed = false;
                 if let Some(mut entry) = self.topics.get_mut(name) {
@@ -386,7 +462,7 @@ impl Router {
                 self.topics.remove_if(name, |_, v| v.is_empty());
                 removed
             }
-            Ok(DestKind::Queue(name)) => match self.queues.get(name).map(|q| q.clone()) {
+            Ok(Route::Queue(name)) => match self.queues.get(name).map(|q| q.clone()) {
                 Some(q) => {
                     let removed = {
                         let mut st = q.lock().unwrap_or_else(|e| e.into_inner());
@@ -469,30 +545,18 @@ impl Router {
     /// subscriptions it was handed to (for a queue: 1, or 0 if buffered).
     pub fn publish(&self, msg: Arc<Message>) -> Result<usize, RouteError> {
         let dest = msg.destination.clone();
-        let kind = parse_destination(&dest)?;
+        let route = self.route(&dest)?;
         if !self.metrics.memory.admits(msg.cost) {
             self.metrics.refused(Refusal::MemoryBudget);
             return Err(RouteError::OverBudget);
         }
-        match kind {
-            DestKind::Topic(name) => {
-                if has_wildcard(name) {
-                    return Err(RouteError::WildcardNotAllowed);
-                }
+        match route {
+            Route::Pattern(_) => Err(RouteError::WildcardNotAllowed),
+            Route::Exact { topic } => {
                 self.metrics.messages_published.fetch_add(1, Relaxed);
-                Ok(self.publish_topic(Some(name), &msg))
+                Ok(self.publish_topic(topic, &msg))
             }
-            DestKind::User(d) => {
-                if has_wildcard(d) {
-                    return Err(RouteError::WildcardNotAllowed);
-                }
-                self.metrics.messages_published.fetch_add(1, Relaxed);
-                Ok(self.publish_topic(None, &msg))
-            }
-            DestKind::Queue(name) => {
-                if has_wildcard(name) {
-                    return Err(RouteError::WildcardNotAllowed);
-                }
+            Route::Queue(name) => {
                 let mut left_idle = false;
                 let delivered = self.with_queue(name, false, |st| {
                     if self.try_consumers(st, &msg, false, None) {
@@ -667,7 +731,7 @@ impl Router {
 
     /// A consumer acknowledged (or gave up) queue messages: dispatch more.
     pub fn queue_ready(&self, destination: &str) {
-        if let Ok(DestKind::Queue(name)) = parse_destination(destination) {
+        if let Ok(Route::Queue(name)) = self.route(destination) {
             if let Some(q) = self.queues.get(name).map(|q| q.clone()) {
                 let mut st = q.lock().unwrap_or_else(|e| e.into_inner());
                 self.pump(&mut st);
@@ -681,7 +745,7 @@ impl Router {
     /// in the buffer until [`Router::queue_ready`]).
     pub fn requeue(&self, msgs: Vec<Arc<Message>>, skip: Option<u64>) {
         for msg in msgs {
-            if let Ok(DestKind::Queue(name)) = parse_destination(&msg.destination) {
+            if let Ok(Route::Queue(name)) = self.route(&msg.destination) {
                 self.metrics.messages_redelivered.fetch_add(1, Relaxed);
                 // Creating the queue again past `max_queues` is allowed
                 // here: the message was accepted before.
@@ -706,11 +770,23 @@ impl Router {
     /// The `n` destinations with the most subscriptions (exact topics, user
     /// destinations and queues; wildcard patterns listed as themselves).
     pub fn top_destinations(&self, n: usize) -> Vec<(String, usize, usize)> {
+        // Reply queue names are capabilities (whoever has one may send to
+        // it): they are counted under one name, never listed.
+        let mut reply_subs = 0;
         let mut all: Vec<(String, usize, usize)> = self
             .topics
             .iter()
-            .map(|e| (e.key().to_string(), e.value().len(), 0))
+            .filter_map(|e| {
+                if e.key().starts_with(REPLY_QUEUE_PREFIX) {
+                    reply_subs += e.value().len();
+                    return None;
+                }
+                Some((e.key().to_string(), e.value().len(), 0))
+            })
             .collect();
+        if reply_subs > 0 {
+            all.push((format!("{REPLY_QUEUE_PREFIX}*"), reply_subs, 0));
+        }
         for q in self.queues.iter() {
             let st = q.value().lock().unwrap_or_else(|e| e.into_inner());
             all.push((
@@ -739,8 +815,8 @@ impl Router {
 
     /// Messages waiting in a queue (for tests and the status page).
     pub fn queue_depth(&self, destination: &str) -> usize {
-        match parse_destination(destination) {
-            Ok(DestKind::Queue(name)) => self
+        match self.route(destination) {
+            Ok(Route::Queue(name)) => self
                 .queues
                 .get(name)
                 .map(|q| q.lock().unwrap_or_else(|e| e.into_inner()).buffer.len())

@@ -20,7 +20,10 @@ use crate::{
     core::BrokerCore,
     metrics::Refusal,
     output::{Batch, Output},
-    router::{parse_destination, DestKind, Message, RouteError, Subscriber, SubscriptionHandle},
+    router::{
+        parse_destination, DestKind, Message, RouteError, Subscriber, SubscriptionHandle,
+        REPLY_QUEUE_PREFIX, TEMP_QUEUE_PREFIX,
+    },
 };
 
 /// A protocol error: becomes exactly one ERROR frame, then the connection closes.
@@ -273,6 +276,12 @@ pub struct Session {
     disconnect_receipt: Option<String>,
     /// Retained messages to replay once the SUBSCRIBE is answered.
     replay: Option<(Arc<str>, Vec<Arc<Message>>)>,
+    /// Private reply queues: `/temp-queue/<name>` (also the id of their
+    /// implicit subscription) → the routable `/reply-queue/<opaque>` that
+    /// `reply-to` is rewritten to. They end with the session.
+    temp_queues: HashMap<Arc<str>, Arc<str>>,
+    /// Bytes the temp-queue entries hold, charged to the memory budget.
+    temp_bytes: usize,
 }
 
 impl Session {
@@ -298,6 +307,8 @@ impl Session {
             out: Output::default(),
             disconnect_receipt: None,
             replay: None,
+            temp_queues: HashMap::new(),
+            temp_bytes: 0,
         }
     }
 
@@ -657,6 +668,11 @@ impl Session {
     fn authorize_send(&self, destination: &str) -> Result<(), StompError> {
         crate::router::validate_destination(destination)
             .map_err(|e| route_error(e, destination))?;
+        // A reply queue's name is its capability: whoever was handed it
+        // (in a `reply-to`) may send to it, whatever the ACL (as RabbitMQ).
+        if matches!(parse_destination(destination), Ok(DestKind::ReplyQueue(_))) {
+            return Ok(());
+        }
         if self
             .core
             .acl
@@ -677,6 +693,8 @@ impl Session {
         receipt: Option<&str>,
     ) -> Result<bool, StompError> {
         self.authorize_send(destination)?;
+        let rewritten = self.temp_reply_to(frame)?;
+        let frame = rewritten.as_ref().unwrap_or(frame);
         if let Some(bridge) = self
             .core
             .bridge()
@@ -706,6 +724,106 @@ impl Session {
             .publish(msg)
             .map_err(|e| route_error(e, destination))?;
         Ok(false)
+    }
+
+    /// A SEND with `reply-to:/temp-queue/<name>` (RabbitMQ's temp queues):
+    /// the frame with `reply-to` rewritten to this connection's private
+    /// `/reply-queue/<opaque>`, created on first use together with its
+    /// implicit `auto` subscription `/temp-queue/<name>`. `None` when the
+    /// frame has no such `reply-to`.
+    fn temp_reply_to(&mut self, frame: &Frame) -> Result<Option<Frame>, StompError> {
+        let Some(reply_to) = frame
+            .header_str("reply-to")
+            .filter(|r| r.starts_with(TEMP_QUEUE_PREFIX))
+        else {
+            return Ok(None);
+        };
+        let reply_dest = match self.temp_queues.get(reply_to) {
+            Some(d) => d.clone(),
+            None => self.create_temp_queue(reply_to)?,
+        };
+        let mut f = Frame::new(frame.command);
+        f.body = frame.body.clone();
+        let mut done = false;
+        for (n, v) in frame.headers.iter() {
+            if n.as_ref() == b"reply-to" {
+                // Only the first counts; repeats would only confuse.
+                if !done {
+                    f.headers
+                        .push(n.clone(), Bytes::copy_from_slice(reply_dest.as_bytes()));
+                    done = true;
+                }
+            } else {
+                f.headers.push(n.clone(), v.clone());
+            }
+        }
+        Ok(Some(f))
+    }
+
+    /// Creates the reply queue for `temp` (`/temp-queue/<name>`): bounded
+    /// per connection and charged to the memory budget.
+    fn create_temp_queue(&mut self, temp: &str) -> Result<Arc<str>, StompError> {
+        let name = &temp[TEMP_QUEUE_PREFIX.len()..];
+        if name.is_empty()
+            || crate::router::validate_destination(temp).is_err()
+            || name.split(['/', '.']).any(|s| s == "*" || s == "#")
+        {
+            return Err(StompError::new(
+                "destination",
+                "invalid reply-to",
+                format!("reply-to '{temp}': use /temp-queue/<name> with a plain name."),
+            ));
+        }
+        let max = self.core.config.queues.max_temp_queues_per_connection;
+        if self.temp_queues.len() >= max {
+            return Err(StompError::new(
+                "limit",
+                "too many temporary queues",
+                format!("At most {max} /temp-queue/ reply queues per connection."),
+            ));
+        }
+        if self.subs.contains_key(temp) {
+            return Err(StompError::new(
+                "protocol",
+                "duplicate subscription id",
+                format!(
+                    "Subscription id '{temp}' is taken: it is the implicit subscription of reply-to:{temp}."
+                ),
+            ));
+        }
+        let reply_dest: Arc<str> =
+            Arc::from(format!("{REPLY_QUEUE_PREFIX}{}", unguessable_token()));
+        let cost = TEMP_QUEUE_OVERHEAD + 2 * temp.len() + reply_dest.len();
+        let metrics = &self.core.metrics;
+        if !metrics.memory.try_charge(cost) {
+            metrics.refused(Refusal::MemoryBudget);
+            return Err(over_budget());
+        }
+        let id: Arc<str> = Arc::from(temp);
+        let subscribed =
+            self.core
+                .router
+                .subscribe(&reply_dest, &self.conn, id.clone(), AckMode::Auto);
+        let (handle, sub) = match subscribed {
+            Ok(s) => s,
+            Err(e) => {
+                metrics.memory.release(cost);
+                return Err(route_error(e, &reply_dest));
+            }
+        };
+        self.temp_bytes += cost;
+        self.subs.insert(
+            id.clone(),
+            SubState {
+                destination: reply_dest.clone(),
+                handle,
+                sub,
+                is_queue: false,
+                unacked: VecDeque::new(),
+            },
+        );
+        self.temp_queues.insert(id, reply_dest.clone());
+        Ok(reply_dest)
     }
 
     /// SEND to an application destination: written to Kafka by the bridge,
@@ -824,6 +942,18 @@ impl Session {
         ) {
             return Err(access_denied());
         }
+        if destination.starts_with(REPLY_QUEUE_PREFIX) {
+            // Only the connection that created a reply queue receives from it.
+            return Err(access_denied());
+        }
+        if destination.starts_with(TEMP_QUEUE_PREFIX) {
+            return Err(StompError::new(
+                "destination",
+                "cannot subscribe to /temp-queue/",
+                "Put reply-to:/temp-queue/<name> on a SEND instead: replies arrive on the \
+                 implicit subscription with id /temp-queue/<name>.",
+            ));
+        }
         if let Some(rest) = destination.strip_prefix("/user/") {
             let own = rest.starts_with("queue/") || rest.starts_with("topic/");
             return match (&self.identity.user, own) {
@@ -866,7 +996,7 @@ impl Session {
             .router
             .subscribe(destination, &self.conn, id.clone(), ack)
             .map_err(|e| route_error(e, destination))?;
-        let is_queue = matches!(parse_destination(destination), Ok(DestKind::Queue(_)));
+        let is_queue = self.core.router.is_competing_queue(destination);
         self.subs.insert(
             id.clone(),
             SubState {
@@ -915,7 +1045,18 @@ impl Session {
         if let Some(st) = self.subs.remove(&key) {
             self.drop_sub(st);
         }
+        // Unsubscribing a temp queue's implicit subscription ends the queue.
+        if self.temp_queues.remove(&key).is_some() {
+            self.release_temp(&key);
+        }
         Ok(())
+    }
+
+    /// Gives back the memory-budget charge of temp queue `temp`.
+    fn release_temp(&mut self, temp: &str) {
+        let cost = TEMP_QUEUE_OVERHEAD + 2 * temp.len() + REPLY_QUEUE_PREFIX.len() + TOKEN_LEN;
+        self.temp_bytes -= cost;
+        self.core.metrics.memory.release(cost);
     }
 
     fn drop_sub(&mut self, st: SubState) {
@@ -1011,7 +1152,7 @@ impl Session {
         let Some(st) = self.subs.get_mut(sub) else {
             // Unsubscribed while the message was in flight.
             self.conn.written(cost);
-            if matches!(parse_destination(&msg.destination), Ok(DestKind::Queue(_))) {
+            if self.core.router.is_competing_queue(&msg.destination) {
                 self.core.router.requeue(vec![msg], None);
             }
             return;
@@ -1067,6 +1208,11 @@ impl Session {
         for st in subs {
             self.drop_sub(st);
         }
+        // Reply queues die with the connection: later replies find no
+        // subscriber and are dropped, like a topic nobody reads.
+        self.temp_queues.clear();
+        self.core.metrics.memory.release(self.temp_bytes);
+        self.temp_bytes = 0;
     }
 }
 
@@ -1074,6 +1220,27 @@ impl Drop for Session {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+/// Bookkeeping bytes of one temp queue besides its names (map entries,
+/// subscription state), charged to the memory budget.
+const TEMP_QUEUE_OVERHEAD: usize = 256;
+
+/// Hex characters of a reply queue's random name (128 bits).
+const TOKEN_LEN: usize = 32;
+
+/// 128 random bits from the OS, hex: a reply queue's name, which is all it
+/// takes to send to it.
+fn unguessable_token() -> String {
+    use argon2::password_hash::rand_core::{OsRng, RngCore};
+    let mut bytes = [0u8; TOKEN_LEN / 2];
+    OsRng.fill_bytes(&mut bytes);
+    let mut s = String::with_capacity(TOKEN_LEN);
+    for b in bytes {
+        s.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        s.push(char::from(b"0123456789abcdef"[usize::from(b & 0xf)]));
+    }
+    s
 }
 
 /// A SEND's RECEIPT is deferred when it asked for one.
