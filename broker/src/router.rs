@@ -958,6 +958,79 @@ mod tests {
     }
 
     #[test]
+    fn user_messages_say_the_subscribed_destination() {
+        let header = |d: &str| {
+            let m = Message::new(d, "1", Headers::new(), Bytes::new());
+            let mut out = bytes::BytesMut::new();
+            m.template
+                .encode_for(stomp_codec::Version::V1_2, &[], &mut out);
+            (
+                m.destination.to_string(),
+                String::from_utf8_lossy(&out).into_owned(),
+            )
+        };
+        let (routed, wire) = header("/user/alice/queue/x");
+        assert_eq!(routed, "/user/alice/queue/x", "routing keeps the user");
+        assert!(wire.contains("destination:/user/queue/x\n"), "{wire}");
+        assert!(!wire.contains("alice"), "{wire}");
+        let (_, wire) = header("/topic/a");
+        assert!(wire.contains("destination:/topic/a\n"), "{wire}");
+    }
+
+    #[test]
+    fn reply_queues_parse_and_are_never_listed_by_name() {
+        assert_eq!(
+            parse_destination("/reply-queue/ab12"),
+            Ok(DestKind::ReplyQueue("/reply-queue/ab12"))
+        );
+        assert_eq!(
+            parse_destination("/reply-queue/a/b"),
+            Err(RouteError::UnknownDestination)
+        );
+        assert_eq!(
+            parse_destination("/temp-queue/x"),
+            Err(RouteError::UnknownDestination)
+        );
+        let metrics = Arc::new(Metrics::default());
+        let router = Router::new(&Config::default(), metrics.clone());
+        let (conn, _rx) = ConnShared::new(
+            1,
+            1 << 20,
+            crate::config::SlowConsumerPolicy::Disconnect,
+            metrics,
+        );
+        for d in ["/reply-queue/secret1", "/reply-queue/secret2"] {
+            router
+                .subscribe(d, &conn, Arc::from("/temp-queue/r"), AckMode::Auto)
+                .expect("subscribe");
+        }
+        let top = router.top_destinations(10);
+        assert_eq!(top, vec![("/reply-queue/*".to_owned(), 2, 0)]);
+    }
+
+    #[test]
+    fn broadcast_mode_routes_queues_like_topics() {
+        let mut config = Config::default();
+        config.queues.mode = QueueMode::Broadcast;
+        let metrics = Arc::new(Metrics::default());
+        let router = Router::new(&config, metrics.clone());
+        assert!(!router.is_competing_queue("/queue/a"));
+        assert_eq!(
+            router.publish(msg("/queue/a")),
+            Ok(0),
+            "nobody listens: dropped"
+        );
+        assert_eq!(router.queue_count(), 0);
+        assert_eq!(
+            router.publish(msg("/queue/a.*")),
+            Err(RouteError::WildcardNotAllowed)
+        );
+        let competing = Router::new(&Config::default(), metrics);
+        assert!(competing.is_competing_queue("/queue/a"));
+        assert!(!competing.is_competing_queue("/topic/a"));
+    }
+
+    #[test]
     fn textual_content_types() {
         assert!(is_textual(None));
         assert!(is_textual(Some(b"text/plain;charset=utf-8")));

@@ -983,7 +983,8 @@ impl Session {
             ));
         }
         let max = self.core.config.limits.max_subscriptions_per_connection;
-        if self.subs.len() >= max {
+        // Temp queues' implicit subscriptions have their own cap.
+        if self.subs.len() - self.temp_queues.len() >= max {
             return Err(StompError::new(
                 "limit",
                 "too many subscriptions",
