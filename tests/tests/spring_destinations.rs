@@ -17,10 +17,15 @@ async fn login(b: &TestBroker, kind: Kind, user: &str) -> Result<Client> {
     Ok(c)
 }
 
-#[tokio::test]
-async fn user_destination_messages_carry_the_subscribed_destination() -> Result<()> {
+e2e_tests::both_transports!(
+    user_destination_messages_carry_the_subscribed_destination,
+    broadcast_queues_deliver_every_message_to_every_subscriber,
+    temp_queue_request_reply_round_trip_reaches_only_the_requester,
+);
+
+async fn user_destination_messages_carry_the_subscribed_destination(kind: Kind) -> Result<()> {
     let b = TestBroker::start().await;
-    let mut alice = login(&b, Kind::Ws, "alice").await?;
+    let mut alice = login(&b, kind, "alice").await?;
     alice.subscribe("u", "/user/queue/updates", "auto").await?;
     let mut p = b.tcp_client().await;
     p.send_receipted("/user/alice/queue/updates", "by-send")
@@ -44,8 +49,7 @@ async fn user_destination_messages_carry_the_subscribed_destination() -> Result<
     Ok(())
 }
 
-#[tokio::test]
-async fn broadcast_queues_deliver_every_message_to_every_subscriber() -> Result<()> {
+async fn broadcast_queues_deliver_every_message_to_every_subscriber(kind: Kind) -> Result<()> {
     let b = TestBroker::start_with(|c| c.queues.mode = QueueMode::Broadcast).await;
     let mut p = b.tcp_client().await;
     // Nobody subscribed: nothing is kept for later (Spring's simple broker).
@@ -53,9 +57,9 @@ async fn broadcast_queues_deliver_every_message_to_every_subscriber() -> Result<
     ensure!(b.core.router.queue_depth("/queue/news") == 0);
     ensure!(b.core.router.queue_count() == 0);
 
-    let mut s1 = b.client(Kind::Tcp).await;
+    let mut s1 = b.client(kind).await;
     s1.subscribe("a", "/queue/news", "auto").await?;
-    let mut s2 = b.client(Kind::Ws).await;
+    let mut s2 = b.client(kind).await;
     s2.subscribe("b", "/queue/news", "client-individual")
         .await?;
     for text in ["one", "two"] {
@@ -117,13 +121,12 @@ fn is_reply_queue(d: &str) -> bool {
         .is_some_and(|t| t.len() == 32 && t.bytes().all(|c| c.is_ascii_hexdigit()))
 }
 
-#[tokio::test]
-async fn temp_queue_request_reply_round_trip_reaches_only_the_requester() -> Result<()> {
+async fn temp_queue_request_reply_round_trip_reaches_only_the_requester(kind: Kind) -> Result<()> {
     let b = TestBroker::start().await;
-    let mut service = b.client(Kind::Tcp).await;
+    let mut service = b.client(kind).await;
     service.subscribe("rpc", "/queue/rpc", "auto").await?;
-    let mut requester = b.client(Kind::Ws).await;
-    let mut other = b.client(Kind::Ws).await;
+    let mut requester = b.client(kind).await;
+    let mut other = b.client(kind).await;
 
     request(&mut requester, "/queue/rpc", "/temp-queue/replies", "q1").await?;
     let req = service.message().await?;
@@ -273,5 +276,38 @@ async fn temp_queues_are_capped_per_connection() -> Result<()> {
     let mut c = b.client(Kind::Tcp).await;
     c.send("/temp-queue/a", "x").await?;
     ensure!(c.expect_error_and_close().await?.header_str("message") == Some("unknown destination"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_transactional_request_gets_its_reply_queue_at_commit() -> Result<()> {
+    let b = TestBroker::start().await;
+    let mut service = b.client(Kind::Tcp).await;
+    service.subscribe("rpc", "/queue/rpc", "auto").await?;
+    let mut requester = b.client(Kind::Tcp).await;
+    requester
+        .command(Command::Begin, &[("transaction", "t")])
+        .await?;
+    requester
+        .send_with(
+            "/queue/rpc",
+            b"q",
+            &[("reply-to", "/temp-queue/r"), ("transaction", "t")],
+        )
+        .await?;
+    requester
+        .command(Command::Commit, &[("transaction", "t"), ("receipt", "c")])
+        .await?;
+    requester.expect_receipt("c").await?;
+    let reply_to = service
+        .message()
+        .await?
+        .header_str("reply-to")
+        .unwrap_or_default()
+        .to_owned();
+    ensure!(is_reply_queue(&reply_to), "{reply_to}");
+    service.send_receipted(&reply_to, "a").await?;
+    let m = requester.message().await?;
+    ensure!(m.header_str("subscription") == Some("/temp-queue/r"));
     Ok(())
 }
