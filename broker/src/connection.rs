@@ -97,7 +97,7 @@ async fn run<T: Transport>(
 ) {
     let mut decoder = Decoder::new(core.limits);
     let mut rbuf = BytesMut::new();
-    let connect_deadline = Instant::now() + core.config.connect_timeout();
+    let connect_deadline = deadline_after(Instant::now(), core.config.connect_timeout());
     let mut last_read = Instant::now();
     let mut last_write = Instant::now();
     let tolerance = core.config.heartbeat.tolerance;
@@ -125,16 +125,16 @@ async fn run<T: Transport>(
         let hb = session.heart_beats();
         let read_deadline = match (session.version(), hb.recv) {
             (None, _) => Some(connect_deadline),
-            (Some(_), Some(every)) => Some(last_read + every.mul_f64(tolerance) + grace),
+            (Some(_), Some(every)) => Some(deadline_after(
+                last_read,
+                silence_allowed(every, tolerance, grace),
+            )),
             (Some(_), None) => None,
         };
-        let write_deadline = hb.send.map(|every| last_write + every);
-        let expiry = session.expires_at().map(|at| {
-            let left = at
-                .duration_since(std::time::SystemTime::now())
-                .unwrap_or(Duration::ZERO);
-            Instant::now() + left
-        });
+        let write_deadline = hb.send.map(|every| deadline_after(last_write, every));
+        let expiry = session
+            .expires_at()
+            .map(|at| expiry_deadline(at, std::time::SystemTime::now(), Instant::now()));
         let next = [read_deadline, write_deadline, expiry, frame_deadline]
             .into_iter()
             .flatten()
@@ -222,7 +222,7 @@ async fn run<T: Transport>(
                 frame_deadline = match (rbuf.is_empty(), frame_deadline) {
                     (true, _) => None,
                     (false, None) if !frame_timeout.is_zero() => {
-                        Some(Instant::now() + frame_timeout)
+                        Some(deadline_after(Instant::now(), frame_timeout))
                     }
                     (false, d) => d,
                 };
@@ -360,6 +360,39 @@ async fn run<T: Transport>(
     tracing::debug!("connection closed");
 }
 
+/// `at + after`, saturating at [`FAR_FUTURE`] from `at`: no setting or
+/// token can make a deadline overflow (`Instant + Duration` panics).
+fn deadline_after(at: Instant, after: Duration) -> Instant {
+    let after = after.min(FAR_FUTURE);
+    at.checked_add(after).unwrap_or(at)
+}
+
+/// How long a client that promised a heart-beat `every` may stay silent:
+/// `every × tolerance + grace`, saturating (a tolerance that is not a
+/// finite number ≥ 1 counts as 1; validation rejects those anyway).
+fn silence_allowed(every: Duration, tolerance: f64, grace: Duration) -> Duration {
+    let tolerance = if tolerance.is_finite() {
+        tolerance.max(1.0)
+    } else {
+        1.0
+    };
+    Duration::try_from_secs_f64(every.as_secs_f64() * tolerance)
+        .unwrap_or(Duration::MAX)
+        .saturating_add(grace)
+}
+
+/// The instant a token valid until `expires` (wall clock) runs out, given
+/// the wall clock `now` and monotonic `now_instant`; an expiry in the past
+/// is due now, one absurdly far away saturates.
+fn expiry_deadline(
+    expires: std::time::SystemTime,
+    now: std::time::SystemTime,
+    now_instant: Instant,
+) -> Instant {
+    let left = expires.duration_since(now).unwrap_or(Duration::ZERO);
+    deadline_after(now_instant, left)
+}
+
 fn process_input(decoder: &mut Decoder, rbuf: &mut BytesMut, session: &mut Session) -> Step {
     loop {
         match decoder.decode(rbuf) {
@@ -458,6 +491,67 @@ async fn condemned(conn: &crate::conn::ConnShared) {
         tokio::time::sleep(Duration::from_millis(50)).await;
         if conn.is_slow() {
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    #[test]
+    fn deadline_after_saturates_instead_of_panicking() {
+        let now = Instant::now();
+        assert_eq!(deadline_after(now, Duration::MAX), now + FAR_FUTURE);
+        assert_eq!(
+            deadline_after(now, Duration::from_secs(3)),
+            now + Duration::from_secs(3)
+        );
+    }
+
+    #[test]
+    fn infinite_tolerance_does_not_panic() {
+        let every = Duration::from_secs(10);
+        let grace = Duration::from_secs(5);
+        assert_eq!(silence_allowed(every, 2.0, grace), Duration::from_secs(25));
+        for t in [f64::INFINITY, f64::NEG_INFINITY, f64::NAN, -3.0, 0.0] {
+            assert_eq!(silence_allowed(every, t, grace), Duration::from_secs(15));
+        }
+        assert_eq!(silence_allowed(every, 1e300, grace), Duration::MAX);
+    }
+
+    #[test]
+    fn far_future_token_expiry_saturates() {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        // The largest expiry a SystemTime can hold from a JWT `exp`.
+        let far = UNIX_EPOCH
+            .checked_add(Duration::from_secs(i64::MAX as u64 / 2))
+            .unwrap_or(wall);
+        assert_eq!(expiry_deadline(far, wall, now), now + FAR_FUTURE);
+        let past = wall - Duration::from_secs(1);
+        assert_eq!(expiry_deadline(past, wall, now), now);
+    }
+
+    proptest! {
+        #[test]
+        fn deadline_helpers_never_panic(
+            every_ms in any::<u64>(),
+            tolerance in proptest::num::f64::ANY,
+            grace_ms in any::<u64>(),
+            exp_secs in any::<u64>(),
+        ) {
+            let now = Instant::now();
+            let every = Duration::from_millis(every_ms);
+            let silence = silence_allowed(every, tolerance, Duration::from_millis(grace_ms));
+            let d = deadline_after(now, silence);
+            prop_assert!(d >= now && d <= now + FAR_FUTURE);
+            if let Some(exp) = UNIX_EPOCH.checked_add(Duration::from_secs(exp_secs)) {
+                let e = expiry_deadline(exp, SystemTime::now(), now);
+                prop_assert!(e >= now && e <= now + FAR_FUTURE);
+            }
         }
     }
 }
