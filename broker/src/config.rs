@@ -95,6 +95,8 @@ pub struct LimitsConfig {
     pub max_headers: usize,
     /// Longest command or header line in bytes.
     pub max_header_line: usize,
+    /// Largest header section (command, header lines, blank line) in bytes.
+    pub max_header_bytes: usize,
     /// Most subscriptions one connection may hold.
     pub max_subscriptions_per_connection: usize,
     /// Most connections open at once (both listeners together).
@@ -256,6 +258,7 @@ impl Default for LimitsConfig {
             max_body_bytes: 1024 * 1024,
             max_headers: 64,
             max_header_line: 8 * 1024,
+            max_header_bytes: 64 * 1024,
             max_subscriptions_per_connection: 1024,
             max_connections: 100_000,
             connect_timeout_ms: 10_000,
@@ -371,6 +374,7 @@ impl Config {
         l.max_body = self.limits.max_body_bytes;
         l.max_headers = self.limits.max_headers;
         l.max_header_line = self.limits.max_header_line;
+        l.max_header_bytes = self.limits.max_header_bytes;
         l
     }
 
