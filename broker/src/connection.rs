@@ -24,6 +24,8 @@ const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365);
 enum Event {
     Read(std::io::Result<usize>),
     Out(Option<Outbound>),
+    /// The deadline timer fired; which deadline is worked out after.
+    Timer,
     ReadTimeout,
     FrameTimeout,
     HeartBeat,
@@ -120,6 +122,8 @@ async fn run<T: Transport>(
     let timer = sleep_until(Instant::now() + FAR_FUTURE);
     tokio::pin!(timer);
     let mut armed: Option<Instant> = None;
+    // Whether the socket read is polled before the outbound queue this turn.
+    let mut read_first = false;
 
     let end = loop {
         let hb = session.heart_beats();
@@ -145,32 +149,52 @@ async fn run<T: Transport>(
                 armed = Some(n);
             }
         }
+        // Fairness: the socket and the outbound queue take turns at
+        // priority, and each turn does bounded work (one read, or one batch
+        // of at most MAX_BATCH_BYTES), so a flood of messages to this client
+        // cannot leave its own ACK, DISCONNECT or heart-beats unread, and a
+        // client that floods us cannot starve its own deliveries. The timer
+        // goes first: it is ready only when a deadline is due, and a flood
+        // must not postpone a heart-beat or token-expiry deadline either.
+        read_first = !read_first;
         let event = if core.shutdown.is_cancelled() {
             Event::Shutdown
+        } else if read_first {
+            tokio::select! {
+                biased;
+                _ = &mut timer, if armed.is_some() => Event::Timer,
+                r = transport.read(&mut rbuf) => Event::Read(r),
+                out = rx.recv() => Event::Out(out),
+                _ = &mut shutdown => Event::Shutdown,
+            }
         } else {
             tokio::select! {
                 biased;
+                _ = &mut timer, if armed.is_some() => Event::Timer,
                 out = rx.recv() => Event::Out(out),
                 r = transport.read(&mut rbuf) => Event::Read(r),
-                _ = &mut timer, if armed.is_some() => {
-                    armed = None;
-                    let now = Instant::now();
-                    let due = |d: Option<Instant>| d.is_some_and(|d| d <= now);
-                    if due(read_deadline) {
-                        Event::ReadTimeout
-                    } else if due(frame_deadline) {
-                        Event::FrameTimeout
-                    } else if due(expiry) {
-                        Event::TokenExpired
-                    } else if due(write_deadline) {
-                        Event::HeartBeat
-                    } else {
-                        // Fired for a deadline that has since moved.
-                        continue;
-                    }
-                }
                 _ = &mut shutdown => Event::Shutdown,
             }
+        };
+        let event = match event {
+            Event::Timer => {
+                armed = None;
+                let now = Instant::now();
+                let due = |d: Option<Instant>| d.is_some_and(|d| d <= now);
+                if due(read_deadline) {
+                    Event::ReadTimeout
+                } else if due(frame_deadline) {
+                    Event::FrameTimeout
+                } else if due(expiry) {
+                    Event::TokenExpired
+                } else if due(write_deadline) {
+                    Event::HeartBeat
+                } else {
+                    // Fired for a deadline that has since moved.
+                    continue;
+                }
+            }
+            other => other,
         };
         let mut ended = None;
         match event {
@@ -268,6 +292,8 @@ async fn run<T: Transport>(
                 ));
             }
             Event::HeartBeat => session.push_heartbeat(),
+            // Resolved into one of the deadline events above.
+            Event::Timer => {}
             Event::TokenExpired => {
                 ended = Some(End::Error(
                     StompError::new(
