@@ -561,6 +561,136 @@ mod tests {
         assert_eq!(expiry_deadline(past, wall, now), now);
     }
 
+    /// A transport that plays a script of client input and, on every write,
+    /// queues more outbound items for the connection: a flood that never
+    /// lets the outbound queue run dry.
+    struct FloodedTransport {
+        script: std::collections::VecDeque<&'static [u8]>,
+        conn: Arc<crate::conn::ConnShared>,
+        log: Arc<std::sync::Mutex<WriteLog>>,
+    }
+
+    #[derive(Default)]
+    struct WriteLog {
+        written: Vec<u8>,
+        writes: usize,
+        writes_at_receipt: Option<usize>,
+    }
+
+    fn filler() -> Outbound {
+        Outbound::Frame(Box::new(
+            Frame::new(stomp_codec::Command::Receipt).with_header("receipt-id", "flood"),
+        ))
+    }
+
+    impl Transport for FloodedTransport {
+        async fn read(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+            match self.script.pop_front() {
+                Some(b) => {
+                    buf.extend_from_slice(b);
+                    Ok(b.len())
+                }
+                None => std::future::pending().await,
+            }
+        }
+
+        async fn write_batch(&mut self, batch: &crate::output::Batch) -> std::io::Result<()> {
+            {
+                let mut log = self.log.lock().expect("log");
+                log.writes += 1;
+                log.written.extend_from_slice(&batch.bytes);
+                if log.writes_at_receipt.is_none()
+                    && log.written.windows(15).any(|w| w == b"receipt-id:bye\n")
+                {
+                    log.writes_at_receipt = Some(log.writes);
+                }
+            }
+            for _ in 0..10 {
+                self.conn.send_control(filler());
+            }
+            Ok(())
+        }
+
+        async fn close(&mut self, _kind: CloseKind) {}
+    }
+
+    /// Runs a connection that plays `script` under a never-ending flood of
+    /// outbound items; returns what it wrote, or `None` if it did not end
+    /// within 10 s.
+    async fn run_flooded(
+        tweak: impl FnOnce(&mut crate::Config),
+        script: &[&'static [u8]],
+    ) -> Option<WriteLog> {
+        let mut config = crate::Config::default();
+        tweak(&mut config);
+        let core =
+            BrokerCore::new(config, tokio_util::sync::CancellationToken::new()).expect("core");
+        let (conn, rx) = core.new_conn();
+        for _ in 0..100 {
+            conn.send_control(filler());
+        }
+        let log = Arc::new(std::sync::Mutex::new(WriteLog::default()));
+        let transport = FloodedTransport {
+            script: script.iter().copied().collect(),
+            conn: conn.clone(),
+            log: log.clone(),
+        };
+        let peer: SocketAddr = "127.0.0.1:5000".parse().expect("addr");
+        let info = ConnInfo {
+            peer,
+            transport: "tcp",
+            url_token: None,
+            admission: core.admit(peer.ip()).expect("admitted"),
+        };
+        let session = Session::new(core.clone(), conn);
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            run(core.clone(), transport, session, rx, &info),
+        )
+        .await
+        .ok()?;
+        let log = std::mem::take(&mut *log.lock().expect("log"));
+        Some(log)
+    }
+
+    #[tokio::test]
+    async fn a_flooded_connection_still_reads_connect_and_disconnect() {
+        // The outbound queue is never empty: before the fix the socket was
+        // never read and this never ended.
+        let log = run_flooded(
+            |c| c.heartbeat.server = "0,0".into(),
+            &[
+                b"CONNECT\naccept-version:1.2\nhost:/\n\n\0",
+                b"DISCONNECT\nreceipt:bye\n\n\0",
+            ],
+        )
+        .await
+        .expect("the connection read its CONNECT and DISCONNECT despite the flood");
+        let text = String::from_utf8_lossy(&log.written);
+        assert!(text.contains("CONNECTED"), "{text:.200}");
+        // Bounded work per turn: the DISCONNECT was read within a few turns.
+        let at = log.writes_at_receipt.expect("RECEIPT bye written");
+        assert!(at <= 4, "receipt after {at} writes");
+    }
+
+    #[tokio::test]
+    async fn a_flooded_connection_still_checks_its_heart_beat_deadline() {
+        // The client promises a heart-beat every 100 ms, then stays silent
+        // while the flood goes on: the read deadline must still fire.
+        let log = run_flooded(
+            |c| {
+                c.heartbeat.server = "0,100".into();
+                c.heartbeat.tolerance = 1.0;
+                c.heartbeat.grace_ms = 0;
+            },
+            &[b"CONNECT\naccept-version:1.2\nhost:/\nheart-beat:100,0\n\n\0"],
+        )
+        .await
+        .expect("the heart-beat deadline fired despite the flood");
+        let text = String::from_utf8_lossy(&log.written);
+        assert!(text.contains("message:heart-beat timeout"), "{text:.200}");
+    }
+
     proptest! {
         #[test]
         fn deadline_helpers_never_panic(
