@@ -324,6 +324,9 @@ impl Decoder {
             // stopped, so no byte is classified twice.
             let from = p.scan.max(pos).min(window_end);
             let fresh = buf.get(from..window_end).unwrap_or_default();
+            // Locals, not `p`'s fields, in the per-byte loop: they stay in
+            // registers.
+            let (mut colon, mut bad, mut backslash) = (p.colon, p.bad, p.backslash);
             let mut found = None;
             for (j, &b) in fresh.iter().enumerate() {
                 match CLASS[usize::from(b)] {
@@ -333,12 +336,12 @@ impl Decoder {
                         break;
                     }
                     COLON => {
-                        p.colon = p.colon.or(Some(from + j));
+                        colon = colon.or(Some(from + j));
                     }
                     NUL_OR_CR => {
-                        p.bad = p.bad.or(Some(from + j));
+                        bad = bad.or(Some(from + j));
                     }
-                    _ => p.backslash = true,
+                    _ => backslash = true,
                 }
             }
             #[cfg(test)]
@@ -346,12 +349,13 @@ impl Decoder {
                 self.scanned += found.map_or(window_end, |nl| nl + 1) - from;
             }
             let Some(nl) = found else {
+                (p.colon, p.bad, p.backslash) = (colon, bad, backslash);
                 p.scan = window_end;
                 // Incomplete line: decide now whether it can still become valid.
                 let partial_len = view_len.saturating_sub(pos);
                 if p.command.is_none() {
                     check_command_prefix(buf.get(pos..window_end).unwrap_or_default())?;
-                } else if let Some(b) = p.bad {
+                } else if let Some(b) = bad {
                     // A NUL, or a CR followed by anything, can never become
                     // valid. Only the first `max_line + 1` bytes are judged;
                     // past them the line is too long anyway.
@@ -377,7 +381,6 @@ impl Decoder {
                 }
                 return Ok(None);
             };
-            let (colon, bad, backslash) = (p.colon, p.bad, p.backslash);
             p.colon = None;
             p.bad = None;
             p.backslash = false;
