@@ -338,7 +338,10 @@ impl Config {
         if !self.listen.ws_path.starts_with('/') {
             anyhow::bail!("listen.ws_path must start with '/'");
         }
-        if self.limits.max_frame_bytes == 0 || self.limits.max_pending_bytes_per_connection == 0 {
+        if self.limits.max_frame_bytes == 0
+            || self.limits.max_header_bytes == 0
+            || self.limits.max_pending_bytes_per_connection == 0
+        {
             anyhow::bail!("limits must be positive");
         }
         let tolerance = self.heartbeat.tolerance;
