@@ -1,7 +1,11 @@
 //! Connection fairness: a subscriber receiving a flood of messages still has
 //! its own socket read (DISCONNECT, ACK, heart-beats) and its deadlines
-//! checked. The flood is made with `slow_consumer = "drop"`, so the
-//! subscriber's outbound queue stays full for as long as the publishers run.
+//! checked, end to end over TCP. The flood is made with
+//! `slow_consumer = "drop"`, so the subscriber is not disconnected for
+//! falling behind. Whether the old loop starves here depends on scheduling
+//! (the queue must never be empty when the task looks); the deterministic
+//! proof is `connection::tests::a_flooded_connection_*` in the broker, whose
+//! transport refills the queue on every write.
 
 use std::{
     sync::{
@@ -56,8 +60,8 @@ impl Drop for Flood {
 }
 
 /// Subscriptions the flooded client holds to [`TOPIC`]: each published
-/// message is queued for it this many times, so its queue fills faster than
-/// its connection task can drain it, whatever the machine's speed.
+/// message is queued for it this many times, so its queue is at its limit
+/// most of the time.
 const FAN_IN: usize = 20;
 
 async fn subscribe_many(sub: &mut Client) -> Result<()> {
