@@ -17,6 +17,9 @@ export CI="${CI:-}"
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# The suite must leave the work tree as it found it: compared at the end.
+tree_before="$(git status --porcelain 2>/dev/null || true)"
+
 step "install test dependencies"
 bash scripts/install-deps.sh
 
@@ -50,6 +53,14 @@ STOMP_BROKER_BIN="$ROOT/target/debug/stomp-broker" STOMP_INTEROP_SKIP_INSTALL=1 
 if [ -f scripts/fuzz-smoke.sh ]; then
   step "codec fuzz smoke run"
   bash scripts/fuzz-smoke.sh
+fi
+
+step "work tree unchanged by the tests"
+tree_after="$(git status --porcelain 2>/dev/null || true)"
+if [ "$tree_before" != "$tree_after" ]; then
+  echo "the test run changed the work tree (a stale lock file? a generated file?):" >&2
+  diff <(printf '%s\n' "$tree_before") <(printf '%s\n' "$tree_after") >&2 || true
+  exit 1
 fi
 
 step "all tests passed"

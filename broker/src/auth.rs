@@ -10,11 +10,24 @@
 //! A failure is reported to the client only as `authentication failed`;
 //! which part was wrong goes to the log. Failures are rate-limited per peer
 //! address.
+//!
+//! Password checks (argon2, ~19 MiB and ~15 ms each) are bounded three ways:
+//! at most `max_concurrent_hashes` run at once (a FIFO semaphore); an
+//! address has at most one check running or queued for it at a time, and
+//! only while failures are left in its budget (`max_failures_per_address`),
+//! so attempts are counted *before* hashing, one address cannot fill the
+//! queue in front of others, and the rest wait or are refused without a
+//! hash; and an unknown user is checked against a dummy hash with the same
+//! parameters, so the time taken does not tell which user names exist.
 
 use std::{
     collections::HashMap,
     net::IpAddr,
     path::Path,
+    sync::{
+        atomic::{AtomicI64, Ordering::Relaxed},
+        Arc, Mutex,
+    },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -23,6 +36,9 @@ use dashmap::DashMap;
 use jsonwebtoken::{decode, decode_header, jwk::JwkSet, Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use tokio::sync::{Notify, Semaphore};
+
+use crate::metrics::Metrics;
 
 /// Authentication settings (`[auth]`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -41,6 +57,9 @@ pub struct AuthConfig {
     pub max_failures_per_address: u32,
     /// Window for `max_failures_per_address`, seconds.
     pub failure_window_s: u64,
+    /// Password hashes (argon2, ~19 MiB each) computed at once, broker-wide;
+    /// further CONNECTs wait their turn. 0: the number of CPUs.
+    pub max_concurrent_hashes: usize,
 }
 
 /// JWT settings (`[auth.jwt]`). Any configured key enables JWT.
@@ -91,6 +110,7 @@ impl Default for AuthConfig {
             jwt: JwtConfig::default(),
             max_failures_per_address: 10,
             failure_window_s: 60,
+            max_concurrent_hashes: 0,
         }
     }
 }
@@ -186,12 +206,88 @@ impl std::fmt::Debug for JwtKey {
 #[derive(Debug)]
 pub struct Authenticator {
     users: HashMap<String, UserEntry>,
+    /// Verified for unknown user names, so they cost what a known one does.
+    dummy_hash: Option<String>,
     keys: Vec<JwtKey>,
     jwt: JwtConfig,
     anonymous: Anonymous,
-    failures: DashMap<IpAddr, (u32, Instant)>,
+    attempts: DashMap<IpAddr, Arc<AddrAttempts>>,
     max_failures: u32,
     window: Duration,
+    hash_slots: Arc<Semaphore>,
+    hash_slot_count: usize,
+    hashes_peak: AtomicI64,
+    metrics: Arc<Metrics>,
+}
+
+/// One address's failures in the current window and checks in flight.
+#[derive(Debug)]
+struct AddrAttempts {
+    state: Mutex<AttemptState>,
+    /// Woken whenever a check in flight ends.
+    done: Notify,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct AttemptState {
+    failures: u32,
+    /// When the current failure window started.
+    since: Instant,
+    in_flight: u32,
+}
+
+impl AttemptState {
+    /// Failures that still count (the window has not passed).
+    fn live_failures(&mut self, window: Duration) -> u32 {
+        if self.since.elapsed() >= window {
+            self.failures = 0;
+            self.since = Instant::now();
+        }
+        self.failures
+    }
+}
+
+impl AddrAttempts {
+    fn new() -> AddrAttempts {
+        AddrAttempts {
+            state: Mutex::new(AttemptState {
+                failures: 0,
+                since: Instant::now(),
+                in_flight: 0,
+            }),
+            done: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, AttemptState> {
+        // The state is a few integers, valid after any panic.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A password check in flight for one address: counts against the
+/// address's failure budget until it ends; records a failure if it failed.
+struct Attempt {
+    entry: Option<Arc<AddrAttempts>>,
+    window: Duration,
+    failed: bool,
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        let Some(entry) = self.entry.take() else {
+            return;
+        };
+        {
+            let mut s = entry.lock();
+            if self.failed {
+                s.live_failures(self.window);
+                s.failures = s.failures.saturating_add(1);
+            }
+            s.in_flight = s.in_flight.saturating_sub(1);
+        }
+        entry.done.notify_waiters();
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,6 +312,12 @@ impl Authenticator {
                 users.insert(u.name.clone(), u);
             }
         }
+        let dummy_hash = users
+            .keys()
+            .min()
+            .and_then(|name| users.get(name))
+            .map(|u| dummy_hash_like(&u.password_hash))
+            .transpose()?;
         let mut keys = Vec::new();
         let j = &cfg.jwt;
         if let Some(secret) = &j.hs256_secret {
@@ -264,15 +366,41 @@ impl Authenticator {
             None if cfg.enabled() => Anonymous::Nobody,
             None => Anonymous::LoopbackOnly,
         };
+        let hash_slot_count = match cfg.max_concurrent_hashes {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+        .min(Semaphore::MAX_PERMITS);
         Ok(Authenticator {
             users,
+            dummy_hash,
             keys,
             jwt: cfg.jwt.clone(),
             anonymous,
-            failures: DashMap::new(),
+            attempts: DashMap::new(),
             max_failures: cfg.max_failures_per_address,
             window: Duration::from_secs(cfg.failure_window_s),
+            hash_slots: Arc::new(Semaphore::new(hash_slot_count)),
+            hash_slot_count,
+            hashes_peak: AtomicI64::new(0),
+            metrics: Arc::new(Metrics::default()),
         })
+    }
+
+    /// Counts into `metrics` (the broker's) instead of a private set.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Authenticator {
+        self.metrics = metrics;
+        self
+    }
+
+    /// How many password hashes may run at once.
+    pub fn max_concurrent_hashes(&self) -> usize {
+        self.hash_slot_count
+    }
+
+    /// The most password hashes that ever ran at once.
+    pub fn peak_concurrent_hashes(&self) -> u64 {
+        self.hashes_peak.load(Relaxed).max(0) as u64
     }
 
     /// The URL query parameter that may carry a token.
@@ -298,6 +426,7 @@ impl Authenticator {
         creds: Credentials<'_>,
     ) -> Result<Identity, AuthError> {
         if self.is_rate_limited(peer) {
+            self.metrics.auth_throttled.fetch_add(1, Relaxed);
             return Err(AuthError::RateLimited);
         }
         let result = self.check(peer, creds);
@@ -308,7 +437,9 @@ impl Authenticator {
     }
 
     /// [`Authenticator::authenticate`] off the async worker threads when a
-    /// password hash must be verified.
+    /// password hash must be verified: the attempt is counted against the
+    /// address's failure budget first (waiting while the budget is all in
+    /// flight, refused once it is spent), then waits for a hash slot.
     pub async fn authenticate_async(
         self: &std::sync::Arc<Self>,
         peer: IpAddr,
@@ -320,10 +451,10 @@ impl Authenticator {
         let needs_hash = authorization.is_none()
             && url_token.is_none()
             && !passcode.as_deref().is_some_and(|p| self.looks_like_jwt(p))
-            && login.as_deref().is_some_and(|l| self.users.contains_key(l));
-        let me = self.clone();
-        let run = move || {
-            me.authenticate(
+            && !self.users.is_empty()
+            && login.as_deref().is_some_and(|l| !l.is_empty());
+        let creds = move |me: &Authenticator| {
+            me.check(
                 peer,
                 Credentials {
                     login: login.as_deref(),
@@ -333,12 +464,82 @@ impl Authenticator {
                 },
             )
         };
-        if needs_hash {
-            tokio::task::spawn_blocking(run)
-                .await
-                .unwrap_or(Err(AuthError::BadPassword))
-        } else {
-            run()
+        if !needs_hash {
+            if self.is_rate_limited(peer) {
+                self.metrics.auth_throttled.fetch_add(1, Relaxed);
+                return Err(AuthError::RateLimited);
+            }
+            let result = creds(self);
+            if result.is_err() {
+                self.record_failure(peer);
+            }
+            return result;
+        }
+        let mut attempt = self.begin_attempt(peer).await?;
+        self.metrics.auth_waiting.fetch_add(1, Relaxed);
+        let permit = self.hash_slots.clone().acquire_owned().await;
+        self.metrics.auth_waiting.fetch_sub(1, Relaxed);
+        let Ok(permit) = permit else {
+            return Err(AuthError::BadPassword);
+        };
+        let me = self.clone();
+        // The slot and the attempt are held by the blocking task itself, so
+        // they stay taken while it hashes even if this future is dropped.
+        tokio::task::spawn_blocking(move || {
+            let result = creds(&me);
+            attempt.failed = result.is_err();
+            drop(attempt);
+            drop(permit);
+            result
+        })
+        .await
+        .unwrap_or(Err(AuthError::BadPassword))
+    }
+
+    /// Takes `peer`'s turn for a check about to run: refused when the
+    /// failures in the window already reach the limit; waits while another
+    /// check of the same address is in flight (its outcome may spend the
+    /// budget, and one address must not fill the hash queue).
+    async fn begin_attempt(&self, peer: IpAddr) -> Result<Attempt, AuthError> {
+        if self.max_failures == 0 {
+            return Ok(Attempt {
+                entry: None,
+                window: self.window,
+                failed: false,
+            });
+        }
+        let entry = self
+            .attempts
+            .entry(peer)
+            .or_insert_with(|| Arc::new(AddrAttempts::new()))
+            .clone();
+        self.forget_stale_addresses();
+        loop {
+            let done = entry.done.notified();
+            tokio::pin!(done);
+            // Registered before the state is read, so an attempt ending in
+            // between still wakes this one.
+            done.as_mut().enable();
+            {
+                let mut s = entry.lock();
+                let failures = s.live_failures(self.window);
+                if failures >= self.max_failures {
+                    drop(s);
+                    self.metrics.auth_throttled.fetch_add(1, Relaxed);
+                    return Err(AuthError::RateLimited);
+                }
+                if s.in_flight == 0 {
+                    s.in_flight += 1;
+                    return Ok(Attempt {
+                        entry: Some(entry.clone()),
+                        window: self.window,
+                        failed: false,
+                    });
+                }
+            }
+            self.metrics.auth_waiting.fetch_add(1, Relaxed);
+            done.await;
+            self.metrics.auth_waiting.fetch_sub(1, Relaxed);
         }
     }
 
@@ -382,18 +583,38 @@ impl Authenticator {
     }
 
     fn verify_password(&self, login: &str, passcode: &str) -> Result<Identity, AuthError> {
-        let Some(user) = self.users.get(login) else {
+        let user = self.users.get(login);
+        // An unknown user costs one hash too, so timing does not reveal
+        // which names exist.
+        let stored = match (user, &self.dummy_hash) {
+            (Some(u), _) => &u.password_hash,
+            (None, Some(dummy)) => dummy,
+            (None, None) => return Err(AuthError::BadPassword),
+        };
+        let ok = self.verify_hash(stored, passcode);
+        let (Some(user), true) = (user, ok) else {
             return Err(AuthError::BadPassword);
         };
-        let hash = PasswordHash::new(&user.password_hash).map_err(|_| AuthError::BadPassword)?;
-        Argon2::default()
-            .verify_password(passcode.as_bytes(), &hash)
-            .map_err(|_| AuthError::BadPassword)?;
         Ok(Identity {
             user: Some(user.name.clone()),
             claims: user.claims.clone(),
             expires_at: None,
         })
+    }
+
+    /// One argon2 verification, counted.
+    fn verify_hash(&self, stored: &str, passcode: &str) -> bool {
+        let Ok(hash) = PasswordHash::new(stored) else {
+            return false;
+        };
+        self.metrics.auth_hashes.fetch_add(1, Relaxed);
+        let now = self.metrics.auth_hashes_in_flight.fetch_add(1, Relaxed) + 1;
+        self.hashes_peak.fetch_max(now, Relaxed);
+        let ok = Argon2::default()
+            .verify_password(passcode.as_bytes(), &hash)
+            .is_ok();
+        self.metrics.auth_hashes_in_flight.fetch_sub(1, Relaxed);
+        ok
     }
 
     /// Verifies a JWT with the configured keys; each key accepts only its
@@ -444,10 +665,7 @@ impl Authenticator {
                 )))
             }
         };
-        let expires_at = claims
-            .get("exp")
-            .and_then(Value::as_u64)
-            .map(|exp| UNIX_EPOCH + Duration::from_secs(exp));
+        let expires_at = claims.get("exp").and_then(expiry_from_exp);
         Ok(Identity {
             user: Some(user),
             claims,
@@ -459,26 +677,82 @@ impl Authenticator {
         if self.max_failures == 0 {
             return false;
         }
-        match self.failures.get(&peer) {
-            Some(e) => e.0 >= self.max_failures && e.1.elapsed() < self.window,
-            None => false,
-        }
+        let Some(entry) = self.attempts.get(&peer).map(|e| e.clone()) else {
+            return false;
+        };
+        let failures = entry.lock().live_failures(self.window);
+        failures >= self.max_failures
     }
 
     fn record_failure(&self, peer: IpAddr) {
-        let now = Instant::now();
-        let mut e = self.failures.entry(peer).or_insert((0, now));
-        if e.1.elapsed() >= self.window {
-            *e = (0, now);
+        if self.max_failures == 0 {
+            return;
         }
-        e.0 += 1;
-        drop(e);
-        // Keep the table bounded: forget stale entries when it grows.
-        if self.failures.len() > 100_000 {
+        let entry = self
+            .attempts
+            .entry(peer)
+            .or_insert_with(|| Arc::new(AddrAttempts::new()))
+            .clone();
+        {
+            let mut s = entry.lock();
+            s.live_failures(self.window);
+            s.failures = s.failures.saturating_add(1);
+        }
+        self.forget_stale_addresses();
+    }
+
+    /// Keeps the table bounded: forgets idle addresses without live failures
+    /// when it grows.
+    fn forget_stale_addresses(&self) {
+        if self.attempts.len() > 100_000 {
             let window = self.window;
-            self.failures.retain(|_, v| v.1.elapsed() < window);
+            self.attempts.retain(|_, e| {
+                let mut s = e.lock();
+                s.in_flight > 0 || s.live_failures(window) > 0
+            });
         }
     }
+}
+
+/// A hash no password matches, with the algorithm, version and parameters
+/// of `like` (a users-file hash): a random salt and random output, so
+/// verifying against it costs exactly what verifying against `like` does
+/// (and building it costs no hash).
+fn dummy_hash_like(like: &str) -> anyhow::Result<String> {
+    use argon2::password_hash::{
+        rand_core::{OsRng, RngCore},
+        Output, SaltString,
+    };
+    let mut dummy = PasswordHash::new(like).map_err(|e| anyhow::anyhow!("password_hash: {e}"))?;
+    let salt = SaltString::generate(&mut OsRng);
+    dummy.salt = Some(salt.as_salt());
+    let len = dummy
+        .hash
+        .map_or(Output::B64_MAX_LENGTH.min(32), |h| h.len());
+    let mut random = vec![0u8; len];
+    OsRng.fill_bytes(&mut random);
+    dummy.hash = Some(Output::new(&random).map_err(|e| anyhow::anyhow!("dummy hash: {e}"))?);
+    Ok(dummy.to_string())
+}
+
+/// Latest expiry a token may carry: 9999-12-31T23:59:59Z. Larger `exp`
+/// values are clamped to it, so the arithmetic on the expiry (here and in
+/// the connection's timer) cannot overflow.
+pub const MAX_EXP_SECS: u64 = 253_402_300_799;
+
+/// The instant a JWT `exp` claim (seconds since the epoch) names. Integers
+/// and finite non-negative numbers are accepted and clamped to
+/// [`MAX_EXP_SECS`]; anything else (negative, NaN, strings) gives `None`.
+pub fn expiry_from_exp(exp: &Value) -> Option<SystemTime> {
+    let secs = match exp.as_u64() {
+        Some(s) => s,
+        None => {
+            let f = exp.as_f64().filter(|f| f.is_finite() && *f >= 0.0)?;
+            // `as` saturates for floats beyond u64; the clamp below applies.
+            f as u64
+        }
+    };
+    UNIX_EPOCH.checked_add(Duration::from_secs(secs.min(MAX_EXP_SECS)))
 }
 
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
@@ -503,6 +777,48 @@ mod tests {
         IpAddr::from([127, 0, 0, 1])
     }
 
+    proptest::proptest! {
+        /// Any `exp` a token can carry maps to an expiry without panicking,
+        /// clamped to the maximum, exact below it, and the connection's
+        /// "time left" arithmetic on it cannot overflow either.
+        #[test]
+        fn expiry_from_any_exp_is_clamped_and_never_panics(secs in proptest::prelude::any::<u64>(), f in proptest::prelude::any::<f64>(), i in proptest::prelude::any::<i64>()) {
+            let max = UNIX_EPOCH + Duration::from_secs(MAX_EXP_SECS);
+            let at = expiry_from_exp(&Value::from(secs)).unwrap();
+            proptest::prop_assert!(at <= max);
+            if secs <= MAX_EXP_SECS {
+                proptest::prop_assert_eq!(at, UNIX_EPOCH + Duration::from_secs(secs));
+            }
+            let left = at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+            proptest::prop_assert!(std::time::Instant::now().checked_add(left).is_some());
+            if let Some(at) = expiry_from_exp(&Value::from(f)) {
+                proptest::prop_assert!(f.is_finite() && f >= 0.0 && at <= max);
+            }
+            if let Some(at) = expiry_from_exp(&Value::from(i)) {
+                proptest::prop_assert!(i >= 0 && at <= max);
+            } else {
+                proptest::prop_assert!(i < 0);
+            }
+        }
+    }
+
+    #[test]
+    fn huge_exp_claims_are_clamped_not_overflowed() {
+        for exp in [
+            serde_json::json!(u64::MAX),
+            serde_json::json!(1e300),
+            serde_json::json!(MAX_EXP_SECS + 1),
+        ] {
+            assert_eq!(
+                expiry_from_exp(&exp),
+                Some(UNIX_EPOCH + Duration::from_secs(MAX_EXP_SECS)),
+                "{exp}"
+            );
+        }
+        assert_eq!(expiry_from_exp(&serde_json::json!(-1)), None);
+        assert_eq!(expiry_from_exp(&serde_json::json!("soon")), None);
+    }
+
     #[test]
     fn zero_config_allows_anonymous_on_loopback_only() {
         let a = Authenticator::from_config(&AuthConfig::default()).unwrap();
@@ -511,6 +827,100 @@ mod tests {
             a.authenticate(IpAddr::from([10, 1, 2, 3]), Credentials::default()),
             Err(AuthError::AnonymousNotAllowed)
         );
+    }
+
+    /// An authenticator with user `alice` (password `s3cret`).
+    fn with_alice(tag: &str, tweak: impl FnOnce(&mut AuthConfig)) -> Authenticator {
+        let dir = std::env::temp_dir().join(format!("stomp-auth-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("users.toml");
+        let hash = hash_password("s3cret").unwrap();
+        std::fs::write(
+            &path,
+            format!("[[user]]\nname = \"alice\"\npassword_hash = \"{hash}\"\n"),
+        )
+        .unwrap();
+        let mut cfg = AuthConfig {
+            users_file: Some(path),
+            ..AuthConfig::default()
+        };
+        tweak(&mut cfg);
+        Authenticator::from_config(&cfg).unwrap()
+    }
+
+    fn login<'a>(user: &'a str, pass: &'a str) -> Credentials<'a> {
+        Credentials {
+            login: Some(user),
+            passcode: Some(pass),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn unknown_users_cost_one_hash_like_known_ones() {
+        let a = with_alice("unknown", |c| c.max_failures_per_address = 0);
+        let hashes = || a.metrics.auth_hashes.load(Relaxed);
+        assert_eq!(
+            a.authenticate(loopback(), login("mallory", "x")),
+            Err(AuthError::BadPassword)
+        );
+        assert_eq!(hashes(), 1, "an unknown user is hashed against the dummy");
+        assert_eq!(
+            a.authenticate(loopback(), login("alice", "x")),
+            Err(AuthError::BadPassword)
+        );
+        assert_eq!(hashes(), 2);
+        // And that hash costs the same (it was 0.1 ms against 15 ms): same
+        // algorithm, version, parameters and output length; a timing
+        // comparison would be flaky on a loaded machine.
+        let dummy = PasswordHash::new(a.dummy_hash.as_deref().unwrap()).unwrap();
+        let real = PasswordHash::new(&a.users["alice"].password_hash).unwrap();
+        assert_eq!(dummy.algorithm, real.algorithm);
+        assert_eq!(dummy.version, real.version);
+        assert_eq!(dummy.params, real.params);
+        assert_eq!(dummy.hash.map(|h| h.len()), real.hash.map(|h| h.len()));
+        assert_ne!(dummy.salt, real.salt);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_wrong_passwords_from_one_address_hash_at_most_its_budget() {
+        let a = Arc::new(with_alice("burst", |c| {
+            c.max_failures_per_address = 5;
+            c.max_concurrent_hashes = 2;
+        }));
+        let attacker = IpAddr::from([10, 0, 0, 1]);
+        let attempt = |peer: IpAddr, pass: &str| {
+            let a = a.clone();
+            let pass = pass.to_owned();
+            tokio::spawn(async move {
+                a.authenticate_async(peer, Some("alice".into()), Some(pass), None, None)
+                    .await
+            })
+        };
+        let burst: Vec<_> = (0..300).map(|_| attempt(attacker, "wrong")).collect();
+        // A correct CONNECT from another address during the burst.
+        let good = attempt(IpAddr::from([10, 0, 0, 2]), "s3cret");
+        assert_eq!(good.await.unwrap().unwrap().user.as_deref(), Some("alice"));
+        let mut limited = 0;
+        for r in burst {
+            match r.await.unwrap() {
+                Err(AuthError::RateLimited) => limited += 1,
+                Err(AuthError::BadPassword) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let hashes = a.metrics.auth_hashes.load(Relaxed);
+        // 5 wrong ones from the attacker and the good one: nothing more.
+        assert_eq!(hashes, 6, "hashes computed");
+        assert_eq!(limited, 295);
+        assert_eq!(a.metrics.auth_throttled.load(Relaxed), 295);
+        assert!(
+            a.peak_concurrent_hashes() <= 2,
+            "{}",
+            a.peak_concurrent_hashes()
+        );
+        assert_eq!(a.metrics.auth_hashes_in_flight.load(Relaxed), 0);
+        assert_eq!(a.metrics.auth_waiting.load(Relaxed), 0);
     }
 
     #[test]

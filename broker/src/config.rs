@@ -35,6 +35,9 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Authorization rules, first match wins (`[[acl]]`).
     pub acl: Vec<AclRule>,
+    /// Who may see the status page, `/stats.json`, `/metrics` and
+    /// `/topic/broker.stats`.
+    pub status: StatusConfig,
     /// TLS certificate and key for the `stomp_tls` and `https` listeners.
     pub tls: TlsConfig,
     /// The Kafka bridge (`[kafka]`); off unless `brokers` is set. Its keys
@@ -71,6 +74,34 @@ pub struct ListenConfig {
     pub status_page: bool,
     /// After binding, write `{"stomp": addr, "http": addr, …}` as JSON here.
     pub port_file: Option<PathBuf>,
+    /// Listen backlog of every listener: connections the kernel queues
+    /// before the broker accepts them (capped by `net.core.somaxconn`).
+    pub backlog: u32,
+}
+
+/// Access to the operator endpoints: `GET /`, `/stats.json` and `/metrics`
+/// (not `/healthz`, `/readyz`) and STOMP subscriptions that receive
+/// `/topic/broker.stats`. Open to anyone unless restricted.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StatusConfig {
+    /// Client networks allowed (CIDR, e.g. `"127.0.0.1/32"`, `"10.0.0.0/8"`,
+    /// `"::1/128"`; a bare address means just it); others get HTTP 403.
+    /// Empty: any address.
+    pub allow: Vec<String>,
+    /// With `password`: HTTP Basic credentials required (HTTP 401
+    /// otherwise), and the only STOMP user who may subscribe to
+    /// `/topic/broker.stats`.
+    pub username: Option<String>,
+    /// The password for `username`.
+    pub password: Option<String>,
+}
+
+impl StatusConfig {
+    /// Whether any restriction is configured.
+    pub fn is_restricted(&self) -> bool {
+        !self.allow.is_empty() || self.username.is_some()
+    }
 }
 
 /// TLS settings (rustls).
@@ -106,8 +137,9 @@ pub struct LimitsConfig {
     /// Time a frame may take to arrive once its first byte did, ms (stops
     /// slowloris clients that negotiated no heart-beats); 0 disables.
     pub frame_timeout_ms: u64,
-    /// Outbound bytes queued for one connection before the slow-consumer
-    /// policy applies.
+    /// Outbound bytes queued for one connection, plus the bytes of messages
+    /// it has not acknowledged yet, before the slow-consumer policy applies
+    /// (a queue skips such a consumer instead).
     pub max_pending_bytes_per_connection: usize,
     /// Unacknowledged messages one `client`/`client-individual`
     /// subscription may hold (the prefetch window).
@@ -121,6 +153,20 @@ pub struct LimitsConfig {
     pub max_frames_per_second: u32,
     /// Connections open at once from one IP address; 0 disables.
     pub max_connections_per_address: usize,
+    /// Time an HTTP request's headers may take to arrive once its first byte
+    /// did, ms (slowloris on the HTTP port); 0 disables.
+    pub http_header_timeout_ms: u64,
+    /// Time an HTTP keep-alive connection may wait for its next request
+    /// (and a new one for its first), ms; 0 disables.
+    pub http_idle_timeout_ms: u64,
+    /// The broker-wide memory budget in bytes that outbound queues, queue
+    /// buffers, transactions, unacknowledged and retained messages draw
+    /// from; over it, publishes are refused. 0 means half of the memory
+    /// available (cgroup `memory.max` if set, else `MemTotal`).
+    pub memory_budget_bytes: usize,
+    /// Bytes of SENDs and ACKs one connection's open transactions may hold
+    /// together.
+    pub max_transaction_bytes: usize,
 }
 
 /// Heart-beat settings.
@@ -146,6 +192,10 @@ pub struct QueueConfig {
     pub max_bytes: usize,
     /// What happens when a queue is full.
     pub overflow: QueueOverflow,
+    /// Most queues that may exist at once; a SEND or SUBSCRIBE that would
+    /// create one more is refused. Empty queues without consumers are
+    /// removed.
+    pub max_queues: usize,
 }
 
 /// Retained-message store settings (per-destination counts and TTLs are
@@ -156,12 +206,16 @@ pub struct RetainConfig {
     /// Most destinations with retained messages; the least recently updated
     /// is evicted first.
     pub max_destinations: usize,
+    /// Most bytes of retained messages (at most half of the memory budget
+    /// is used); the least recently updated destinations are evicted first.
+    pub max_bytes: usize,
 }
 
 impl Default for RetainConfig {
     fn default() -> Self {
         RetainConfig {
             max_destinations: 100_000,
+            max_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -218,6 +272,7 @@ impl Default for Config {
             retain: RetainConfig::default(),
             auth: AuthConfig::default(),
             acl: Vec::new(),
+            status: StatusConfig::default(),
             tls: TlsConfig::default(),
             kafka: None,
             slow_consumer: SlowConsumerPolicy::Disconnect,
@@ -247,6 +302,7 @@ impl Default for ListenConfig {
             .map(String::from)
             .to_vec(),
             port_file: None,
+            backlog: 1024,
         }
     }
 }
@@ -269,6 +325,10 @@ impl Default for LimitsConfig {
             max_frames_per_transaction: 1_000,
             max_frames_per_second: 100_000,
             max_connections_per_address: 10_000,
+            http_header_timeout_ms: 10_000,
+            http_idle_timeout_ms: 60_000,
+            memory_budget_bytes: 0,
+            max_transaction_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -289,6 +349,7 @@ impl Default for QueueConfig {
             max_messages: 10_000,
             max_bytes: 64 * 1024 * 1024,
             overflow: QueueOverflow::DropOldest,
+            max_queues: 10_000,
         }
     }
 }
@@ -344,6 +405,9 @@ impl Config {
         {
             anyhow::bail!("limits must be positive");
         }
+        if self.listen.backlog == 0 || self.listen.backlog > i32::MAX as u32 {
+            anyhow::bail!("listen.backlog must be between 1 and {}", i32::MAX);
+        }
         let tolerance = self.heartbeat.tolerance;
         // `!(a..=b).contains` is also true for NaN; infinity is out of range.
         if !(1.0..=MAX_HEARTBEAT_TOLERANCE).contains(&tolerance) {
@@ -355,11 +419,30 @@ impl Config {
             ("heartbeat.grace_ms", self.heartbeat.grace_ms),
             ("limits.connect_timeout_ms", self.limits.connect_timeout_ms),
             ("limits.frame_timeout_ms", self.limits.frame_timeout_ms),
+            (
+                "limits.http_header_timeout_ms",
+                self.limits.http_header_timeout_ms,
+            ),
+            (
+                "limits.http_idle_timeout_ms",
+                self.limits.http_idle_timeout_ms,
+            ),
             ("shutdown_timeout_ms", self.shutdown_timeout_ms),
         ] {
             if ms > MAX_DURATION_MS {
                 anyhow::bail!("{name} must be at most {MAX_DURATION_MS} (one day), not {ms}");
             }
+        }
+        for net in &self.status.allow {
+            crate::status::parse_cidr(net)
+                .map_err(|e| anyhow::anyhow!("status.allow {net:?}: {e}"))?;
+        }
+        match (&self.status.username, &self.status.password) {
+            (None, None) => {}
+            (Some(u), Some(p)) if !u.is_empty() && !u.contains(':') && !p.is_empty() => {}
+            _ => anyhow::bail!(
+                "status.username and status.password go together: a non-empty user name without ':' and a non-empty password"
+            ),
         }
         Ok(())
     }
@@ -379,6 +462,15 @@ impl Config {
         l.max_header_line = self.limits.max_header_line;
         l.max_header_bytes = self.limits.max_header_bytes;
         l
+    }
+
+    /// The memory budget in bytes: `limits.memory_budget_bytes`, or the
+    /// machine-derived default when that is 0.
+    pub fn memory_budget(&self) -> usize {
+        match self.limits.memory_budget_bytes {
+            0 => crate::budget::default_limit(),
+            n => n,
+        }
     }
 
     /// `connect_timeout_ms` as a duration.
@@ -434,6 +526,9 @@ pub struct Args {
     /// Outbound bytes per connection before the slow-consumer policy [default: 2097152].
     #[arg(long, env = "STOMP_BROKER_MAX_PENDING_BYTES")]
     pub max_pending_bytes: Option<usize>,
+    /// Broker-wide memory budget in bytes; 0 = half of the memory available [default: 0].
+    #[arg(long, env = "STOMP_BROKER_MEMORY_BUDGET_BYTES")]
+    pub memory_budget_bytes: Option<usize>,
     /// Time allowed before CONNECT, ms [default: 10000].
     #[arg(long, env = "STOMP_BROKER_CONNECT_TIMEOUT_MS")]
     pub connect_timeout_ms: Option<u64>,
@@ -512,6 +607,7 @@ impl Args {
         set!(self.max_connections => cfg.limits.max_connections);
         set!(self.max_subscriptions => cfg.limits.max_subscriptions_per_connection);
         set!(self.max_pending_bytes => cfg.limits.max_pending_bytes_per_connection);
+        set!(self.memory_budget_bytes => cfg.limits.memory_budget_bytes);
         set!(self.connect_timeout_ms => cfg.limits.connect_timeout_ms);
         set!(self.slow_consumer => cfg.slow_consumer);
         set!(self.queue_max_messages => cfg.queues.max_messages);
@@ -630,6 +726,8 @@ mod tests {
             "heartbeat.grace_ms",
             "limits.connect_timeout_ms",
             "limits.frame_timeout_ms",
+            "limits.http_header_timeout_ms",
+            "limits.http_idle_timeout_ms",
             "shutdown_timeout_ms",
         ] {
             let (table, field) = key.rsplit_once('.').unwrap_or(("", key));
@@ -668,6 +766,31 @@ mod tests {
                 let _ = every.mul_f64(tolerance) + Duration::from_millis(grace_ms);
             }
         }
+    }
+
+    #[test]
+    fn status_settings_are_checked() {
+        let ok = "[status]\nallow = [\"127.0.0.1/32\", \"10.0.0.0/8\", \"::1\"]\nusername = \"ops\"\npassword = \"pw\"\n";
+        let cfg = Config::from_toml(ok).unwrap();
+        assert!(cfg.status.is_restricted());
+        assert!(!Config::default().status.is_restricted());
+        for bad in [
+            "[status]\nallow = [\"10.0.0.0/33\"]\n",
+            "[status]\nallow = [\"localhost\"]\n",
+            "[status]\nusername = \"ops\"\n",
+            "[status]\npassword = \"pw\"\n",
+            "[status]\nusername = \"a:b\"\npassword = \"pw\"\n",
+            "[status]\nusername = \"ops\"\npassword = \"\"\n",
+        ] {
+            assert!(Config::from_toml(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn listen_backlog_defaults_to_1024_and_must_be_positive() {
+        assert_eq!(Config::default().listen.backlog, 1024);
+        assert!(Config::from_toml("[listen]\nbacklog = 0\n").is_err());
+        assert!(Config::from_toml("[listen]\nbacklog = 4096\n").is_ok());
     }
 
     #[test]

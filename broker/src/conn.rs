@@ -1,5 +1,10 @@
 //! The part of a connection that publishers see: a bounded-in-bytes outbound
 //! queue and the slow-consumer policy.
+//!
+//! The connection's byte account (`pending`) holds what is queued or
+//! encoded and not yet written, plus the messages it was sent and has not
+//! acknowledged yet (client-ack subscriptions); everything in it is also
+//! charged to the broker-wide [`crate::budget::MemoryBudget`].
 
 use std::sync::{
     atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed},
@@ -80,10 +85,23 @@ impl ConnShared {
         (Arc::new(conn), rx)
     }
 
-    /// Queues a message of `cost` bytes. Returns false when it was not
-    /// queued (connection closed, flagged slow, or dropped by policy).
-    /// Never blocks, never awaits.
+    /// Queues a message of `cost` bytes, charged to the broker-wide memory
+    /// budget. Returns false when it was not queued (connection closed,
+    /// flagged slow, or dropped by policy). Never blocks, never awaits.
     pub fn deliver(&self, out: Outbound, cost: usize) -> bool {
+        self.metrics.memory.charge(cost);
+        let queued = self.deliver_precharged(out, cost);
+        if !queued {
+            self.metrics.memory.release(cost);
+        }
+        queued
+    }
+
+    /// [`ConnShared::deliver`] for a caller that already charged `cost` to
+    /// the memory budget (a fan-out charges all its deliveries at once) and
+    /// releases it when this returns false. Charging before the push keeps
+    /// the account from dipping below zero when the write is quicker.
+    pub fn deliver_precharged(&self, out: Outbound, cost: usize) -> bool {
         if self.slow.load(Relaxed) {
             return false;
         }
@@ -114,20 +132,39 @@ impl ConnShared {
         true
     }
 
+    /// Whether a message of `cost` bytes fits in this connection's byte
+    /// budget now (a queue skips a consumer that has no room rather than
+    /// condemning it).
+    pub fn has_room(&self, cost: usize) -> bool {
+        let pending = self.pending.load(Relaxed);
+        pending == 0 || pending + cost <= self.max_pending
+    }
+
     /// Queues a control item (not counted against the byte budget).
     pub fn send_control(&self, out: Outbound) -> bool {
         self.tx.send(out).is_ok()
     }
 
-    /// Accounts bytes produced for this connection outside its queue (replay),
-    /// so the write credits them back consistently.
-    pub fn add_pending(&self, cost: usize) {
-        self.pending.fetch_add(cost, Relaxed);
+    /// Accounts bytes produced for this connection outside its queue
+    /// (retained replay) if they fit in its byte budget; the write credits
+    /// them back. False, and nothing accounted, when they do not fit.
+    pub fn try_add_pending(&self, cost: usize) -> bool {
+        let before = self.pending.fetch_add(cost, Relaxed);
+        if before > 0 && before + cost > self.max_pending {
+            self.pending.fetch_sub(cost, Relaxed);
+            return false;
+        }
+        // Charged before the output that carries it can be written.
+        self.metrics.memory.charge(cost);
+        true
     }
 
-    /// Called by the connection task after writing a message of `cost` bytes.
+    /// Gives back `cost` bytes of this connection's account: called by the
+    /// connection task after a write, and by the session when a message is
+    /// acknowledged or dropped.
     pub fn written(&self, cost: usize) {
         self.pending.fetch_sub(cost, Relaxed);
+        self.metrics.memory.release(cost);
     }
 
     /// Bytes queued and not yet written.
@@ -143,5 +180,13 @@ impl ConnShared {
     /// Whether the connection's task has gone away.
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
+    }
+}
+
+impl Drop for ConnShared {
+    /// Whatever is still accounted (items left in a closed channel) goes
+    /// back to the broker-wide budget.
+    fn drop(&mut self) {
+        self.metrics.memory.release(*self.pending.get_mut());
     }
 }

@@ -234,6 +234,11 @@ async fn run<T: Transport>(
                                     if let Some(v) = session.version() {
                                         decoder.set_version(v);
                                     }
+                                    // Once per connection: the log formatter
+                                    // appends a field on every `record`.
+                                    if let Some(login) = session.login() {
+                                        tracing::Span::current().record("login", login);
+                                    }
                                 }
                                 Err(e) => break Some(End::Error(e, CloseKind::ProtocolError)),
                             }
@@ -307,9 +312,6 @@ async fn run<T: Transport>(
         }
         if let Some(v) = session.version() {
             decoder.set_version(v);
-            if let Some(login) = session.login() {
-                tracing::Span::current().record("login", login);
-            }
         }
         if matches!(ended, Some(End::Close)) {
             // DISCONNECT: messages already queued for this connection were

@@ -4,7 +4,7 @@
 use std::{
     net::IpAddr,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
         Arc, OnceLock,
     },
     time::{SystemTime, UNIX_EPOCH},
@@ -53,6 +53,9 @@ pub struct BrokerCore {
     pub acl: Acl,
     bridge: OnceLock<kafka_bridge::BridgeHandle>,
     per_address: DashMap<IpAddr, usize>,
+    /// Admission slots held ([`AdmitGuard`]s): STOMP connections and HTTP
+    /// sockets, counted from accept.
+    admitted: AtomicUsize,
     next_conn: AtomicU64,
     next_msg: AtomicU64,
     node: String,
@@ -63,6 +66,15 @@ impl BrokerCore {
     pub fn new(config: Config, shutdown: CancellationToken) -> anyhow::Result<Arc<BrokerCore>> {
         config.validate()?;
         let metrics = Arc::new(Metrics::default());
+        let auth =
+            Arc::new(Authenticator::from_config(&config.auth)?.with_metrics(metrics.clone()));
+        let budget = config.memory_budget();
+        metrics.memory.set_limit(budget);
+        tracing::info!(bytes = budget, "memory budget");
+        // The retained store only shrinks when something new is retained,
+        // which a spent budget refuses: it may take at most half the budget
+        // so that it can never hold the broker at the limit by itself.
+        let retain_bytes = config.retain.max_bytes.min(budget / 2);
         let started = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis())
@@ -71,15 +83,20 @@ impl BrokerCore {
             limits: config.codec_limits(),
             server_heart_beat: config.server_heart_beat()?,
             router: Router::new(&config, metrics.clone()),
-            retained: RetainStore::new(config.retain.max_destinations, metrics.clone()),
+            retained: RetainStore::new(
+                config.retain.max_destinations,
+                retain_bytes,
+                metrics.clone(),
+            ),
             metrics,
             shutdown,
             draining: AtomicBool::new(false),
             status: crate::status::StatusBoard::default(),
-            auth: Arc::new(Authenticator::from_config(&config.auth)?),
+            auth,
             acl: Acl::new(config.acl.clone()),
             bridge: OnceLock::new(),
             per_address: DashMap::new(),
+            admitted: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
             next_msg: AtomicU64::new(1),
             node: format!("{started:x}"),
@@ -97,13 +114,15 @@ impl BrokerCore {
         let _ = self.bridge.set(bridge);
     }
 
-    /// Admits a new connection from `peer` if the total and per-address
-    /// limits allow; the guard releases the slot when dropped.
+    /// Admits a new connection (a STOMP connection, or an HTTP socket from
+    /// accept on) from `peer` if the total and per-address limits allow;
+    /// the guard releases the slot when dropped.
     pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<AdmitGuard, &'static str> {
         if self.draining.load(Relaxed) {
             return Err("server shutting down");
         }
-        if self.metrics.connections.load(Relaxed) >= self.config.limits.max_connections as i64 {
+        if self.admitted.fetch_add(1, Relaxed) >= self.config.limits.max_connections {
+            self.admitted.fetch_sub(1, Relaxed);
             self.metrics.connections_rejected.fetch_add(1, Relaxed);
             return Err("too many connections");
         }
@@ -111,6 +130,7 @@ impl BrokerCore {
         let mut n = self.per_address.entry(peer).or_insert(0);
         if per > 0 && *n >= per {
             drop(n);
+            self.admitted.fetch_sub(1, Relaxed);
             self.metrics.connections_rejected.fetch_add(1, Relaxed);
             return Err("too many connections from this address");
         }
@@ -165,6 +185,7 @@ impl BrokerCore {
         retain: Option<RetainPolicy>,
     ) -> Result<usize, RouteError> {
         let msg = self.local_message(destination, headers, body);
+        self.admit_message(&msg)?;
         // Retain first: a SUBSCRIBE that lands between the two steps then
         // gets the message twice (replayed and live; same message-id)
         // rather than not at all.
@@ -188,8 +209,19 @@ impl BrokerCore {
     ) -> Result<(), RouteError> {
         crate::router::validate_destination(destination)?;
         let msg = self.local_message(destination, headers, body);
+        self.admit_message(&msg)?;
         self.retained.retain(msg, retain);
         Ok(())
+    }
+
+    /// Refuses a message while the memory budget is exhausted.
+    fn admit_message(&self, msg: &Message) -> Result<(), RouteError> {
+        if self.metrics.memory.admits(msg.cost) {
+            Ok(())
+        } else {
+            self.metrics.refused(crate::metrics::Refusal::MemoryBudget);
+            Err(RouteError::OverBudget)
+        }
     }
 
     /// A message published from inside the process: `headers` pass through
@@ -271,6 +303,7 @@ pub struct AdmitGuard {
 
 impl Drop for AdmitGuard {
     fn drop(&mut self) {
+        self.core.admitted.fetch_sub(1, Relaxed);
         let gone = match self.core.per_address.get_mut(&self.peer) {
             Some(mut n) => {
                 *n = n.saturating_sub(1);

@@ -1,7 +1,24 @@
 //! The HTTP listener: the STOMP WebSocket endpoint (`/ws` by default),
 //! `/metrics`, `/healthz`, `/readyz`. Serves plain TCP and TLS alike.
+//! The operator endpoints (`/`, `/stats.json`, `/metrics`) obey `[status]`
+//! (see [`crate::status::StatusAccess`]); `/healthz` and `/readyz` are open.
+//!
+//! Every HTTP socket holds an admission slot from accept on (see
+//! [`crate::core::BrokerCore::admit`]); a WebSocket session takes over its
+//! socket's slot. Until it is upgraded, a socket is closed when a request's
+//! headers take longer than `limits.http_header_timeout_ms` from their first
+//! byte, or when it waits longer than `limits.http_idle_timeout_ms` for its
+//! first or next request ([`HttpClock`]).
 
-use std::{convert::Infallible, net::SocketAddr, sync::atomic::Ordering::Relaxed, sync::Arc};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    pin::Pin,
+    sync::atomic::{AtomicBool, Ordering::Relaxed},
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -11,7 +28,11 @@ use hyper::{
     Request, Response, StatusCode,
 };
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    sync::Notify,
+    time::Instant,
+};
 use tokio_tungstenite::{
     tungstenite::{handshake::derive_accept_key, protocol::Role, protocol::WebSocketConfig},
     WebSocketStream,
@@ -20,7 +41,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::{
     connection::{self, ConnInfo},
-    core::BrokerCore,
+    core::{AdmitGuard, BrokerCore},
     transport::WsTransport,
 };
 
@@ -51,27 +72,200 @@ pub fn ws_config(core: &BrokerCore) -> WebSocketConfig {
         .max_frame_size(Some(max))
 }
 
+/// Where an HTTP connection is between requests, for its timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for a request's first byte since then.
+    Idle(Instant),
+    /// A request's headers started arriving then.
+    Headers(Instant),
+    /// A request is being answered.
+    Busy,
+    /// Handed to the WebSocket session, which has its own timeouts.
+    Upgraded,
+}
+
+/// The header-read and idle deadlines of one HTTP connection. The socket
+/// wrapper ([`Watched`]) reports the first byte of a request; the service
+/// reports requests and upgrades; [`serve_http`] sleeps until the deadline.
+#[derive(Debug)]
+struct HttpClock {
+    phase: Mutex<Phase>,
+    /// Set once upgraded: reads then skip the clock entirely.
+    upgraded: AtomicBool,
+    /// Wakes the deadline watcher when a deadline moves earlier.
+    earlier: Notify,
+}
+
+impl HttpClock {
+    fn new() -> HttpClock {
+        HttpClock {
+            phase: Mutex::new(Phase::Idle(Instant::now())),
+            upgraded: AtomicBool::new(false),
+            earlier: Notify::new(),
+        }
+    }
+
+    fn phase(&self) -> std::sync::MutexGuard<'_, Phase> {
+        // A plain enum, valid after any panic.
+        self.phase.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set(&self, p: Phase) {
+        if p == Phase::Upgraded {
+            self.upgraded.store(true, Relaxed);
+        }
+        *self.phase() = p;
+    }
+
+    /// Bytes arrived: an idle connection starts a request's headers.
+    fn on_bytes(&self) {
+        if self.upgraded.load(Relaxed) {
+            return;
+        }
+        let mut p = self.phase();
+        if let Phase::Idle(_) = *p {
+            *p = Phase::Headers(Instant::now());
+            drop(p);
+            self.earlier.notify_one();
+        }
+    }
+
+    /// The current deadline and what it limits, if any.
+    fn deadline(&self, header: Duration, idle: Duration) -> Option<(Instant, &'static str)> {
+        match *self.phase() {
+            Phase::Idle(since) if !idle.is_zero() => Some((since + idle, "idle")),
+            Phase::Headers(since) if !header.is_zero() => Some((since + header, "header")),
+            _ => None,
+        }
+    }
+}
+
+/// An HTTP socket that tells its [`HttpClock`] when bytes arrive.
+struct Watched<S> {
+    inner: S,
+    clock: Arc<HttpClock>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.clock.on_bytes();
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The response to an HTTP socket refused at accept (connection limits).
+pub fn refusal(reason: &str) -> String {
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reason}\n",
+        reason.len() + 1
+    )
+}
+
 /// Serves one accepted HTTP connection (with upgrades), plain or TLS.
+/// `admission` is the socket's slot, taken at accept; a WebSocket session
+/// keeps it, otherwise it is released when the socket closes.
 pub async fn serve_http<S>(
     core: Arc<BrokerCore>,
     stream: S,
     peer: SocketAddr,
     tracker: TaskTracker,
     transport: &'static str,
+    admission: AdmitGuard,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = hyper::service::service_fn(move |req| {
-        let core = core.clone();
-        let tracker = tracker.clone();
-        async move { Ok::<_, Infallible>(route(core, req, peer, tracker, transport)) }
-    });
+    let clock = Arc::new(HttpClock::new());
+    let header_timeout = Duration::from_millis(core.config.limits.http_header_timeout_ms);
+    let idle_timeout = Duration::from_millis(core.config.limits.http_idle_timeout_ms);
+    let admission = Arc::new(Mutex::new(Some(admission)));
+    let metrics = core.metrics.clone();
+    let svc = {
+        let clock = clock.clone();
+        hyper::service::service_fn(move |req| {
+            clock.set(Phase::Busy);
+            let slot = admission.clone();
+            let r = route(core.clone(), req, peer, tracker.clone(), transport, slot);
+            clock.set(if r.status() == StatusCode::SWITCHING_PROTOCOLS {
+                Phase::Upgraded
+            } else {
+                Phase::Idle(Instant::now())
+            });
+            async move { Ok::<_, Infallible>(r) }
+        })
+    };
+    let io = Watched {
+        inner: stream,
+        clock: clock.clone(),
+    };
     let conn = hyper::server::conn::http1::Builder::new()
         .max_buf_size(64 * 1024)
-        .serve_connection(TokioIo::new(stream), svc)
+        .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
-    if let Err(e) = conn.await {
-        tracing::debug!(%peer, error = %e, "http connection error");
+    tokio::pin!(conn);
+    loop {
+        let deadline = clock.deadline(header_timeout, idle_timeout);
+        let sleep = tokio::time::sleep_until(
+            deadline.map_or_else(|| Instant::now() + Duration::from_secs(86_400), |d| d.0),
+        );
+        tokio::select! {
+            r = &mut conn => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "http connection error");
+                }
+                return;
+            }
+            _ = clock.earlier.notified() => {}
+            _ = sleep => {
+                // Still the same deadline (not moved by a request since)?
+                match clock.deadline(header_timeout, idle_timeout) {
+                    Some((at, kind)) if at <= Instant::now() => {
+                        metrics.http_timeouts.fetch_add(1, Relaxed);
+                        tracing::debug!(%peer, timeout = kind, "http connection timed out");
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+        }
     }
 }
 
@@ -85,16 +279,30 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     r
 }
 
+/// The socket's admission slot, until a WebSocket session takes it.
+type Slot = Arc<Mutex<Option<AdmitGuard>>>;
+
 fn route(
     core: Arc<BrokerCore>,
     req: Request<Incoming>,
     peer: SocketAddr,
     tracker: TaskTracker,
     transport: &'static str,
+    slot: Slot,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if path == core.config.listen.ws_path {
-        return upgrade(core, req, peer, tracker, transport);
+        return upgrade(core, req, peer, tracker, transport, slot);
+    }
+    let operator = match path {
+        "/metrics" => true,
+        "/" | "/index.html" | "/stats.json" => core.config.listen.status_page,
+        _ => false,
+    };
+    if operator {
+        if let Some(denied) = status_denied(&core, &req, peer) {
+            return denied;
+        }
     }
     match path {
         "/metrics" => {
@@ -141,6 +349,35 @@ fn route(
             }
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// The 403/401 answer when `[status]` refuses this request for an operator
+/// endpoint; `None` when it may proceed.
+fn status_denied(
+    core: &BrokerCore,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+) -> Option<Response<Full<Bytes>>> {
+    let access = core.status.access(&core.config.status);
+    let auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    match access.check(peer.ip(), auth) {
+        Ok(()) => None,
+        Err(crate::status::Denied::Address) => {
+            tracing::debug!(%peer, path = req.uri().path(), "status endpoint: address not allowed");
+            Some(text(StatusCode::FORBIDDEN, "forbidden\n"))
+        }
+        Err(crate::status::Denied::Credentials) => {
+            let mut r = text(StatusCode::UNAUTHORIZED, "credentials required\n");
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"stomp-broker status\", charset=\"UTF-8\""),
+            );
+            Some(r)
+        }
     }
 }
 
@@ -204,6 +441,7 @@ fn upgrade(
     peer: SocketAddr,
     tracker: TaskTracker,
     transport: &'static str,
+    slot: Slot,
 ) -> Response<Full<Bytes>> {
     let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
     let is_upgrade = header_has_token(&req, header::CONNECTION, "upgrade")
@@ -237,7 +475,12 @@ fn upgrade(
             return text(StatusCode::FORBIDDEN, "origin not allowed\n");
         }
     }
-    let admission = match core.admit(peer.ip()) {
+    if core.draining.load(Relaxed) {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "server shutting down\n");
+    }
+    // The socket's slot, taken at accept, becomes the session's.
+    let taken = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let admission = match taken.map_or_else(|| core.admit(peer.ip()), Ok) {
         Ok(g) => g,
         Err(reason) => return text(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
     };

@@ -11,6 +11,7 @@
 
 pub mod acl;
 pub mod auth;
+pub mod budget;
 pub mod config;
 pub mod conn;
 pub mod connection;
@@ -156,9 +157,8 @@ impl Broker {
             if addr.is_empty() {
                 continue;
             }
-            let l = TcpListener::bind(addr)
-                .await
-                .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
+            let l =
+                bind(addr, listen.backlog).map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
             *slot = Some(l.local_addr()?);
             tracker.spawn(accept_loop(
                 core.clone(),
@@ -250,6 +250,22 @@ impl Broker {
     }
 }
 
+/// A listening socket with an explicit backlog (tokio's `bind` uses 128,
+/// so a burst of connects waits out SYN retries).
+fn bind(addr: &str, backlog: u32) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As tokio's `bind` does: restart without waiting out TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    TcpListener::from_std(socket.into())
+}
+
 async fn accept_loop(
     core: Arc<BrokerCore>,
     listener: TcpListener,
@@ -280,14 +296,43 @@ async fn accept_loop(
             .with_retries(3);
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
         let core = core.clone();
-        match (kind, tls.clone()) {
-            (Listener::Stomp, _) => {
+        // HTTP sockets hold a connection slot from accept on, idle or not;
+        // a WebSocket session keeps its socket's slot.
+        let http_admission = match kind {
+            Listener::Http | Listener::Https => match core.admit(peer.ip()) {
+                Ok(g) => Some(g),
+                Err(reason) => {
+                    tracing::debug!(%peer, reason, "HTTP connection refused");
+                    if let Listener::Http = kind {
+                        tracker.spawn(async move {
+                            let mut stream = stream;
+                            let _ = tokio::time::timeout(
+                                Duration::from_secs(1),
+                                stream.write_all(http::refusal(reason).as_bytes()),
+                            )
+                            .await;
+                        });
+                    }
+                    continue;
+                }
+            },
+            _ => None,
+        };
+        match (kind, tls.clone(), http_admission) {
+            (Listener::Stomp, _, _) => {
                 tracker.spawn(serve_stomp(core, stream, peer, "tcp"));
             }
-            (Listener::Http, _) => {
-                tracker.spawn(http::serve_http(core, stream, peer, tracker.clone(), "ws"));
+            (Listener::Http, _, Some(admission)) => {
+                tracker.spawn(http::serve_http(
+                    core,
+                    stream,
+                    peer,
+                    tracker.clone(),
+                    "ws",
+                    admission,
+                ));
             }
-            (Listener::StompTls, Some(acceptor)) => {
+            (Listener::StompTls, Some(acceptor), _) => {
                 tracker.spawn(async move {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
@@ -297,18 +342,20 @@ async fn accept_loop(
                     }
                 });
             }
-            (Listener::Https, Some(acceptor)) => {
+            (Listener::Https, Some(acceptor), Some(admission)) => {
                 let tracker2 = tracker.clone();
                 tracker.spawn(async move {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
-                        Ok(Ok(s)) => http::serve_http(core, s, peer, tracker2, "wss").await,
+                        Ok(Ok(s)) => {
+                            http::serve_http(core, s, peer, tracker2, "wss", admission).await
+                        }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
                 });
             }
-            (_, None) => {}
+            _ => {}
         }
     }
 }

@@ -8,15 +8,63 @@ use std::{
 use dashmap::DashMap;
 use stomp_codec::Command;
 
+use crate::budget::MemoryBudget;
+
 const COMMANDS: [Command; 15] = Command::ALL;
 
 fn command_index(c: Command) -> usize {
     COMMANDS.iter().position(|&x| x == c).unwrap_or(0)
 }
 
+/// Why a publish (or a transaction frame) was refused, the label of
+/// `stomp_publish_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The broker-wide memory budget is exhausted.
+    MemoryBudget,
+    /// A queue is full and its overflow policy is `reject-publish`.
+    QueueFull,
+    /// Creating the queue would pass `queues.max_queues`.
+    TooManyQueues,
+    /// The connection's open transactions would pass `max_transaction_bytes`.
+    TransactionBytes,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 4] = [
+        Refusal::MemoryBudget,
+        Refusal::QueueFull,
+        Refusal::TooManyQueues,
+        Refusal::TransactionBytes,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::MemoryBudget => "memory_budget",
+            Refusal::QueueFull => "queue_full",
+            Refusal::TooManyQueues => "too_many_queues",
+            Refusal::TransactionBytes => "transaction_bytes",
+        }
+    }
+}
+
 /// All broker counters. Cheap to update from any thread.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// The broker-wide memory budget (`stomp_memory_budget_bytes`,
+    /// `stomp_memory_used_bytes`). Kept here because every component that
+    /// buffers messages already shares the metrics.
+    pub memory: MemoryBudget,
+    /// Publishes refused, by reason.
+    publish_refused: [AtomicU64; 4],
+    /// `/queue/...` destinations that exist.
+    pub queues: AtomicI64,
+    /// Retained messages not replayed because they did not fit in the
+    /// subscriber's outbound byte budget.
+    pub replay_skipped: AtomicU64,
+    /// Bytes held by the retained store.
+    pub retained_bytes: AtomicI64,
     /// Open connections.
     pub connections: AtomicI64,
     /// Connections accepted since start.
@@ -49,6 +97,17 @@ pub struct Metrics {
     pub bytes_in: AtomicU64,
     /// Bytes written to clients.
     pub bytes_out: AtomicU64,
+    /// Password hashes verified (argon2; unknown users hash a dummy).
+    pub auth_hashes: AtomicU64,
+    /// Password hashes running now.
+    pub auth_hashes_in_flight: AtomicI64,
+    /// CONNECTs waiting for a hash slot or for their address's budget.
+    pub auth_waiting: AtomicI64,
+    /// CONNECTs refused without a check: their address's failure budget is
+    /// spent.
+    pub auth_throttled: AtomicU64,
+    /// HTTP connections closed by the header-read or idle keep-alive timeout.
+    pub http_timeouts: AtomicU64,
     errors: DashMap<&'static str, AtomicU64>,
 }
 
@@ -66,6 +125,16 @@ impl Metrics {
     /// Counts one ERROR sent, by kind.
     pub fn error(&self, kind: &'static str) {
         self.errors.entry(kind).or_default().fetch_add(1, Relaxed);
+    }
+
+    /// Counts one refused publish.
+    pub fn refused(&self, why: Refusal) {
+        self.publish_refused[why as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Refused publishes for `why`.
+    pub fn refused_of(&self, why: Refusal) -> u64 {
+        self.publish_refused[why as usize].load(Relaxed)
     }
 
     /// The count of ERRORs of `kind`.
@@ -172,6 +241,48 @@ impl Metrics {
             "Retained destinations evicted at the cap.",
             self.retained_evicted.load(Relaxed),
         );
+        gauge(
+            out,
+            "stomp_retained_bytes",
+            "Bytes held by the retained store.",
+            self.retained_bytes.load(Relaxed),
+        );
+        counter(
+            out,
+            "stomp_replay_skipped_total",
+            "Retained messages not replayed: over the subscriber's byte budget.",
+            self.replay_skipped.load(Relaxed),
+        );
+        gauge(
+            out,
+            "stomp_queues",
+            "Queues (/queue/...) that exist.",
+            self.queues.load(Relaxed),
+        );
+        gauge(
+            out,
+            "stomp_memory_budget_bytes",
+            "The broker-wide memory budget (limits.memory_budget_bytes).",
+            i64::try_from(self.memory.limit()).unwrap_or(i64::MAX),
+        );
+        gauge(
+            out,
+            "stomp_memory_used_bytes",
+            "Bytes charged to the memory budget: outbound, unacked, queues, transactions, retained.",
+            i64::try_from(self.memory.used()).unwrap_or(i64::MAX),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP stomp_publish_refused_total Publishes refused, by reason.\n# TYPE stomp_publish_refused_total counter"
+        );
+        for r in Refusal::ALL {
+            let _ = writeln!(
+                out,
+                "stomp_publish_refused_total{{reason=\"{}\"}} {}",
+                r.as_str(),
+                self.refused_of(r)
+            );
+        }
         counter(
             out,
             "stomp_slow_consumer_disconnects_total",
@@ -195,6 +306,36 @@ impl Metrics {
             "stomp_bytes_out_total",
             "Bytes written to clients.",
             self.bytes_out.load(Relaxed),
+        );
+        counter(
+            out,
+            "stomp_auth_hashes_total",
+            "Password hashes verified (unknown users hash a dummy).",
+            self.auth_hashes.load(Relaxed),
+        );
+        gauge(
+            out,
+            "stomp_auth_hashes_in_flight",
+            "Password hashes running now (at most auth.max_concurrent_hashes).",
+            self.auth_hashes_in_flight.load(Relaxed),
+        );
+        gauge(
+            out,
+            "stomp_auth_waiting",
+            "CONNECTs waiting for a hash slot or their address's failure budget.",
+            self.auth_waiting.load(Relaxed),
+        );
+        counter(
+            out,
+            "stomp_auth_throttled_total",
+            "CONNECTs refused without a check (address failure budget spent).",
+            self.auth_throttled.load(Relaxed),
+        );
+        counter(
+            out,
+            "stomp_http_timeouts_total",
+            "HTTP connections closed by the header-read or idle keep-alive timeout.",
+            self.http_timeouts.load(Relaxed),
         );
         let _ = writeln!(out, "# HELP stomp_errors_total ERROR frames sent, by kind.\n# TYPE stomp_errors_total counter");
         let mut errors: Vec<(&'static str, u64)> = self

@@ -6,8 +6,14 @@
 //! for `ttl`. A new subscription to a destination (or a wildcard matching
 //! it) first receives what is retained there, marked `replayed:true`.
 //!
-//! Memory is bounded: at most `max_destinations` destinations are kept; the
-//! least recently updated one is evicted first and counted.
+//! Memory is bounded: at most `max_destinations` destinations and
+//! `max_bytes` bytes of messages are kept; the least recently updated
+//! destination is evicted first and counted. The bytes are charged to the
+//! broker-wide memory budget ([`crate::budget`]).
+//!
+//! A replay is paced by the subscriber's outbound byte budget: the session
+//! replays the newest messages that fit and counts the rest in
+//! `stomp_replay_skipped_total` (see `Session::on_frame`).
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -30,11 +36,14 @@ pub struct RetainPolicy {
 struct Entry {
     seq: u64,
     msgs: VecDeque<(Instant, Arc<Message>)>,
+    bytes: usize,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     map: HashMap<Box<str>, Entry>,
+    /// Bytes of all retained messages.
+    bytes: usize,
     /// Destinations by last update, oldest first.
     order: BTreeMap<u64, Box<str>>,
     seq: u64,
@@ -45,15 +54,18 @@ struct Inner {
 pub struct RetainStore {
     inner: Mutex<Inner>,
     max_destinations: usize,
+    max_bytes: usize,
     metrics: Arc<Metrics>,
 }
 
 impl RetainStore {
-    /// An empty store keeping at most `max_destinations` destinations.
-    pub fn new(max_destinations: usize, metrics: Arc<Metrics>) -> Self {
+    /// An empty store keeping at most `max_destinations` destinations and
+    /// `max_bytes` bytes of messages.
+    pub fn new(max_destinations: usize, max_bytes: usize, metrics: Arc<Metrics>) -> Self {
         RetainStore {
             inner: Mutex::new(Inner::default()),
             max_destinations,
+            max_bytes,
             metrics,
         }
     }
@@ -88,15 +100,30 @@ impl RetainStore {
                 Entry {
                     seq,
                     msgs: VecDeque::new(),
+                    bytes: 0,
                 },
             );
         }
         inner.order.insert(seq, dest.into());
+        let mut delta: isize = 0;
         if let Some(e) = inner.map.get_mut(dest) {
             e.msgs.push_back((now + policy.ttl, msg.clone()));
+            e.bytes += msg.cost;
+            delta += msg.cost as isize;
             while e.msgs.len() > policy.last_n {
-                e.msgs.pop_front();
+                if let Some((_, old)) = e.msgs.pop_front() {
+                    e.bytes -= old.cost;
+                    delta -= old.cost as isize;
+                }
             }
+        }
+        let memory = &self.metrics.memory;
+        if delta >= 0 {
+            inner.bytes += delta.unsigned_abs();
+            memory.charge(delta.unsigned_abs());
+        } else {
+            inner.bytes -= delta.unsigned_abs();
+            memory.release(delta.unsigned_abs());
         }
         // Evict expired destinations from the old end, then enforce the cap.
         while let Some((&oldest, name)) = inner.order.first_key_value() {
@@ -105,12 +132,15 @@ impl RetainStore {
                 .map
                 .get(&name)
                 .is_none_or(|e| e.msgs.back().is_none_or(|(exp, _)| *exp <= now));
-            let over = inner.map.len() > self.max_destinations;
+            let over = inner.map.len() > self.max_destinations || inner.bytes > self.max_bytes;
             if !expired && !over {
                 break;
             }
             inner.order.remove(&oldest);
-            inner.map.remove(&name);
+            if let Some(e) = inner.map.remove(&name) {
+                inner.bytes -= e.bytes;
+                memory.release(e.bytes);
+            }
             if over && !expired {
                 self.metrics.retained_evicted.fetch_add(1, Relaxed);
             }
@@ -118,6 +148,9 @@ impl RetainStore {
         self.metrics
             .retained_destinations
             .store(inner.map.len() as i64, Relaxed);
+        self.metrics
+            .retained_bytes
+            .store(inner.bytes as i64, Relaxed);
     }
 
     /// Unexpired retained messages for a subscription to `destination`
@@ -163,6 +196,22 @@ impl RetainStore {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Bytes of retained messages.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+}
+
+impl Drop for RetainStore {
+    fn drop(&mut self) {
+        let bytes = self
+            .inner
+            .get_mut()
+            .map(|i| i.bytes)
+            .unwrap_or_else(|e| e.into_inner().bytes);
+        self.metrics.memory.release(bytes);
+    }
 }
 
 #[cfg(test)]
@@ -195,7 +244,7 @@ mod tests {
 
     #[test]
     fn keeps_last_n_per_destination() {
-        let s = RetainStore::new(10, Arc::default());
+        let s = RetainStore::new(10, usize::MAX, Arc::default());
         for b in ["a", "b", "c"] {
             s.retain(msg("/topic/o.1", b), policy(2));
         }
@@ -206,7 +255,7 @@ mod tests {
     #[test]
     fn evicts_least_recently_updated_destination_over_cap() {
         let metrics = Arc::new(Metrics::default());
-        let s = RetainStore::new(2, metrics.clone());
+        let s = RetainStore::new(2, usize::MAX, metrics.clone());
         s.retain(msg("/topic/o.1", "1"), policy(1));
         s.retain(msg("/topic/o.2", "2"), policy(1));
         s.retain(msg("/topic/o.1", "1b"), policy(1));
@@ -221,8 +270,29 @@ mod tests {
     }
 
     #[test]
+    fn store_is_bounded_in_bytes_and_charged_to_the_budget() {
+        let metrics = Arc::new(Metrics::default());
+        let cost = msg("/topic/o.0", "x").cost;
+        // Room for three destinations' messages, not four.
+        let s = RetainStore::new(1000, 3 * cost + cost / 2, metrics.clone());
+        for d in ["/topic/o.1", "/topic/o.2", "/topic/o.3", "/topic/o.4"] {
+            s.retain(msg(d, "x"), policy(1));
+        }
+        assert_eq!(s.len(), 3);
+        assert!(s.replay("/topic/o.1").is_empty(), "oldest evicted");
+        assert_eq!(s.bytes(), 3 * cost);
+        assert_eq!(metrics.memory.used(), 3 * cost);
+        assert_eq!(metrics.retained_evicted.load(Relaxed), 1);
+        // Replacing a destination's message keeps its bytes, not adds them.
+        s.retain(msg("/topic/o.4", "y"), policy(1));
+        assert_eq!(metrics.memory.used(), 3 * cost);
+        drop(s);
+        assert_eq!(metrics.memory.used(), 0);
+    }
+
+    #[test]
     fn expired_messages_are_not_replayed() {
-        let s = RetainStore::new(10, Arc::default());
+        let s = RetainStore::new(10, usize::MAX, Arc::default());
         s.retain(
             msg("/topic/o.1", "old"),
             RetainPolicy {
@@ -236,7 +306,7 @@ mod tests {
 
     #[test]
     fn wildcard_subscription_replays_matching_destinations() {
-        let s = RetainStore::new(10, Arc::default());
+        let s = RetainStore::new(10, usize::MAX, Arc::default());
         s.retain(msg("/topic/order.1", "1"), policy(1));
         s.retain(msg("/topic/order.2", "2"), policy(1));
         s.retain(msg("/topic/other.3", "3"), policy(1));

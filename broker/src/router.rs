@@ -5,8 +5,15 @@
 //!   snapshot and release the shard before delivering); wildcard
 //!   subscriptions (`*` one dot-segment, `#` zero or more, RabbitMQ style)
 //!   are matched against every published topic.
-//! * `/queue/...`: competing consumers, round-robin, with a bounded buffer
-//!   while no consumer can take a message.
+//! * `/queue/...`: competing consumers, round-robin, with a buffer bounded
+//!   by `queues.max_messages`/`max_bytes` while no consumer can take a
+//!   message (none subscribed, or all at their prefetch or byte limit). A
+//!   full buffer applies the queue's overflow policy, the same way whether
+//!   or not consumers exist. At most `queues.max_queues` queues exist; a
+//!   queue is removed as soon as it is empty and has no consumers.
+//!
+//! Every publish is first admitted against the broker-wide memory budget
+//! ([`crate::budget`]); queue buffers are charged to it.
 //!
 //! Delivery is always `ConnShared::deliver`, which never blocks: a publisher
 //! never waits for a subscriber, and no lock is held across an `.await`
@@ -27,7 +34,7 @@ use stomp_codec::{AckMode, Headers, MessageTemplate};
 use crate::{
     config::{Config, QueueOverflow},
     conn::{ConnShared, DeliveryKind, Outbound},
-    metrics::Metrics,
+    metrics::{Metrics, Refusal},
 };
 
 /// A published message: the shared MESSAGE part, encoded once.
@@ -144,6 +151,21 @@ pub enum RouteError {
     /// Control characters, empty or `.`/`..` path segments.
     #[error("invalid destination")]
     InvalidDestination,
+    /// The broker-wide memory budget is exhausted; try again later.
+    #[error("broker memory budget exhausted")]
+    OverBudget,
+    /// Creating this queue would pass `queues.max_queues`.
+    #[error("too many queues")]
+    TooManyQueues,
+}
+
+impl RouteError {
+    /// Whether the same publish may succeed later without change (a full
+    /// queue drains, the memory budget frees up): the Kafka bridge pauses
+    /// and retries instead of dropping the record.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, RouteError::QueueFull | RouteError::OverBudget)
+    }
 }
 
 /// Rejects destinations no client has a reason to use and that could only
@@ -235,6 +257,15 @@ struct QueueState {
     next: usize,
     buffer: VecDeque<Queued>,
     buffer_bytes: usize,
+    /// Taken out of the router's map: whoever still holds the `Arc` looks
+    /// the queue up again.
+    removed: bool,
+}
+
+impl QueueState {
+    fn is_idle(&self) -> bool {
+        self.consumers.is_empty() && self.buffer.is_empty()
+    }
 }
 
 /// Destination-map hasher: foldhash, seeded per process (destinations come
@@ -249,6 +280,8 @@ pub struct Router {
     wildcards: RwLock<Vec<(Box<str>, Subscriber)>>,
     wildcard_count: AtomicUsize,
     queues: DashMap<Box<str>, Arc<Mutex<QueueState>>, Hasher>,
+    queue_count: AtomicUsize,
+    max_queues: usize,
     next_key: AtomicU64,
     max_unacked: usize,
     queue_max_messages: usize,
@@ -272,6 +305,8 @@ impl Router {
             wildcards: RwLock::new(Vec::new()),
             wildcard_count: AtomicUsize::new(0),
             queues: DashMap::with_hasher(Hasher::default()),
+            queue_count: AtomicUsize::new(0),
+            max_queues: config.queues.max_queues,
             next_key: AtomicU64::new(1),
             max_unacked: config.limits.max_unacked_per_subscription.max(1),
             queue_max_messages: config.queues.max_messages,
@@ -313,10 +348,10 @@ impl Router {
                 if has_wildcard(name) {
                     return Err(RouteError::WildcardNotAllowed);
                 }
-                let q = self.queue(name);
-                let mut st = q.lock().unwrap_or_else(|e| e.into_inner());
-                st.consumers.push(sub.clone());
-                self.pump(&mut st);
+                self.with_queue(name, false, |st| {
+                    st.consumers.push(sub.clone());
+                    self.pump(st);
+                })?;
             }
         }
         self.metrics.subscriptions.fetch_add(1, Relaxed);
@@ -353,10 +388,14 @@ impl Router {
             }
             Ok(DestKind::Queue(name)) => match self.queues.get(name).map(|q| q.clone()) {
                 Some(q) => {
-                    let mut st = q.lock().unwrap_or_else(|e| e.into_inner());
-                    let before = st.consumers.len();
-                    st.consumers.retain(|s| s.key != handle.key);
-                    before != st.consumers.len()
+                    let removed = {
+                        let mut st = q.lock().unwrap_or_else(|e| e.into_inner());
+                        let before = st.consumers.len();
+                        st.consumers.retain(|s| s.key != handle.key);
+                        before != st.consumers.len()
+                    };
+                    self.remove_if_idle(name);
+                    removed
                 }
                 None => false,
             },
@@ -367,18 +406,75 @@ impl Router {
         }
     }
 
-    fn queue(&self, name: &str) -> Arc<Mutex<QueueState>> {
-        if let Some(q) = self.queues.get(name) {
-            return q.clone();
+    /// Runs `f` on queue `name`, creating the queue if needed (refused
+    /// past `max_queues` unless `force`). Retries when it raced with the
+    /// queue's removal, so nothing is ever put into a queue no longer in
+    /// the map.
+    fn with_queue<R>(
+        &self,
+        name: &str,
+        force: bool,
+        mut f: impl FnMut(&mut QueueState) -> R,
+    ) -> Result<R, RouteError> {
+        loop {
+            let q = match self.queues.get(name) {
+                Some(q) => q.clone(),
+                None => self.create_queue(name, force)?,
+            };
+            let mut st = q.lock().unwrap_or_else(|e| e.into_inner());
+            if !st.removed {
+                return Ok(f(&mut st));
+            }
         }
-        self.queues.entry(name.into()).or_default().clone()
+    }
+
+    fn create_queue(&self, name: &str, force: bool) -> Result<Arc<Mutex<QueueState>>, RouteError> {
+        match self.queues.entry(name.into()) {
+            dashmap::mapref::entry::Entry::Occupied(e) => Ok(e.get().clone()),
+            dashmap::mapref::entry::Entry::Vacant(e) => {
+                // Exact under concurrency: creations in other shards race.
+                let counted = self.queue_count.fetch_update(Relaxed, Relaxed, |n| {
+                    (force || n < self.max_queues).then_some(n + 1)
+                });
+                if counted.is_err() {
+                    self.metrics.refused(Refusal::TooManyQueues);
+                    return Err(RouteError::TooManyQueues);
+                }
+                self.metrics.queues.fetch_add(1, Relaxed);
+                Ok(e.insert(Arc::default()).clone())
+            }
+        }
+    }
+
+    /// Removes queue `name` if it is empty and has no consumers.
+    fn remove_if_idle(&self, name: &str) {
+        let removed = self.queues.remove_if(name, |_, q| {
+            let mut st = q.lock().unwrap_or_else(|e| e.into_inner());
+            let idle = st.is_idle();
+            st.removed |= idle;
+            idle
+        });
+        if removed.is_some() {
+            self.queue_count.fetch_sub(1, Relaxed);
+            self.metrics.queues.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// Queues that exist now.
+    pub fn queue_count(&self) -> usize {
+        self.queue_count.load(Relaxed)
     }
 
     /// Publishes a message to its destination. Returns how many
     /// subscriptions it was handed to (for a queue: 1, or 0 if buffered).
     pub fn publish(&self, msg: Arc<Message>) -> Result<usize, RouteError> {
         let dest = msg.destination.clone();
-        match parse_destination(&dest)? {
+        let kind = parse_destination(&dest)?;
+        if !self.metrics.memory.admits(msg.cost) {
+            self.metrics.refused(Refusal::MemoryBudget);
+            return Err(RouteError::OverBudget);
+        }
+        match kind {
             DestKind::Topic(name) => {
                 if has_wildcard(name) {
                     return Err(RouteError::WildcardNotAllowed);
@@ -397,17 +493,40 @@ impl Router {
                 if has_wildcard(name) {
                     return Err(RouteError::WildcardNotAllowed);
                 }
-                let q = self.queue(name);
-                let mut st = q.lock().unwrap_or_else(|e| e.into_inner());
-                if self.overflow == QueueOverflow::RejectPublish
-                    && st.consumers.is_empty()
-                    && self.buffer_full(&st, &msg)
-                {
-                    return Err(RouteError::QueueFull);
+                let mut left_idle = false;
+                let delivered = self.with_queue(name, false, |st| {
+                    if self.try_consumers(st, &msg, false, None) {
+                        self.metrics.messages_published.fetch_add(1, Relaxed);
+                        return Ok(true);
+                    }
+                    // No consumer can take it now (none, or all at their
+                    // prefetch or byte limit): buffer, under the policy.
+                    if self.buffer_full(st, &msg) {
+                        match self.overflow {
+                            QueueOverflow::RejectPublish => {
+                                self.metrics.refused(Refusal::QueueFull);
+                                left_idle = st.is_idle();
+                                return Err(RouteError::QueueFull);
+                            }
+                            QueueOverflow::DropNewest => {
+                                self.metrics.messages_published.fetch_add(1, Relaxed);
+                                self.metrics.messages_dropped.fetch_add(1, Relaxed);
+                                left_idle = st.is_idle();
+                                return Ok(false);
+                            }
+                            QueueOverflow::DropOldest => {}
+                        }
+                    }
+                    self.metrics.messages_published.fetch_add(1, Relaxed);
+                    self.buffer(st, msg.clone(), false, true);
+                    Ok(false)
+                })?;
+                if left_idle {
+                    // Refused or dropped at a queue this publish may have
+                    // created: do not leave it behind empty.
+                    self.remove_if_idle(name);
                 }
-                self.metrics.messages_published.fetch_add(1, Relaxed);
-                let delivered = self.dispatch(&mut st, msg, false, None);
-                Ok(usize::from(delivered))
+                Ok(usize::from(delivered?))
             }
         }
     }
@@ -421,9 +540,7 @@ impl Router {
             .get(&*msg.destination)
             .map(|e| e.value().clone());
         if let Some(subs) = exact {
-            for s in subs.iter() {
-                delivered += usize::from(self.deliver(s, msg, false));
-            }
+            delivered += self.fan_out(&subs, msg);
         }
         if let Some(name) = name.filter(|_| self.wildcard_count.load(Relaxed) > 0) {
             let matched: Vec<Subscriber> = {
@@ -433,13 +550,30 @@ impl Router {
                     .map(|(_, s)| s.clone())
                     .collect()
             };
-            for s in &matched {
-                delivered += usize::from(self.deliver(s, msg, false));
-            }
+            delivered += self.fan_out(&matched, msg);
         }
         self.metrics
             .messages_delivered
             .fetch_add(delivered as u64, Relaxed);
+        delivered
+    }
+
+    /// Delivers to every subscriber in `subs`, charging the memory budget
+    /// once for all of them (one atomic operation per fan-out rather than
+    /// per delivery) and giving back what was not delivered.
+    fn fan_out(&self, subs: &[Subscriber], msg: &Arc<Message>) -> usize {
+        let all = subs.len() * msg.cost;
+        self.metrics.memory.charge(all);
+        let mut delivered = 0;
+        for s in subs {
+            let out = Outbound::Message {
+                msg: msg.clone(),
+                sub: s.sub_id.clone(),
+                kind: DeliveryKind::Live,
+            };
+            delivered += usize::from(s.conn.deliver_precharged(out, msg.cost));
+        }
+        self.metrics.memory.release(all - delivered * msg.cost);
         delivered
     }
 
@@ -463,35 +597,24 @@ impl Router {
             || st.buffer_bytes + msg.cost > self.queue_max_bytes
     }
 
-    /// Hands `msg` to the next consumer that can take it, or buffers it.
-    fn dispatch(
-        &self,
-        st: &mut QueueState,
-        msg: Arc<Message>,
-        redelivered: bool,
-        skip: Option<u64>,
-    ) -> bool {
-        if self.try_consumers(st, &msg, redelivered, skip) {
-            return true;
-        }
-        while self.buffer_full(st, &msg) {
-            match self.overflow {
-                QueueOverflow::DropOldest if !st.buffer.is_empty() => {
-                    if let Some(old) = st.buffer.pop_front() {
-                        st.buffer_bytes -= old.msg.cost;
-                    }
-                    self.metrics.messages_dropped.fetch_add(1, Relaxed);
+    /// Appends `msg` to the queue's buffer, charged to the memory budget.
+    /// With `bounded` and the drop-oldest policy, the oldest messages make
+    /// room first (counted as dropped). Messages put back after NACK or a
+    /// consumer leaving are not bounded: they were accepted before and
+    /// their bytes were already accounted to the consumer.
+    fn buffer(&self, st: &mut QueueState, msg: Arc<Message>, redelivered: bool, bounded: bool) {
+        if bounded && self.overflow == QueueOverflow::DropOldest {
+            while !st.buffer.is_empty() && self.buffer_full(st, &msg) {
+                if let Some(old) = st.buffer.pop_front() {
+                    st.buffer_bytes -= old.msg.cost;
+                    self.metrics.memory.release(old.msg.cost);
                 }
-                _ => {
-                    tracing::warn!(destination = %msg.destination, "queue full, message dropped");
-                    self.metrics.messages_dropped.fetch_add(1, Relaxed);
-                    return false;
-                }
+                self.metrics.messages_dropped.fetch_add(1, Relaxed);
             }
         }
         st.buffer_bytes += msg.cost;
+        self.metrics.memory.charge(msg.cost);
         st.buffer.push_back(Queued { msg, redelivered });
-        false
     }
 
     fn try_consumers(
@@ -509,7 +632,12 @@ impl Router {
                 continue;
             }
             let prefetch = c.ack != AckMode::Auto;
-            if prefetch && c.inflight.load(Relaxed) >= self.max_unacked {
+            // A client-ack consumer keeps what it has not acknowledged in
+            // its byte budget: skip it when full (the message buffers here)
+            // rather than condemning it as a slow consumer.
+            if prefetch
+                && (c.inflight.load(Relaxed) >= self.max_unacked || !c.conn.has_room(msg.cost))
+            {
                 continue;
             }
             if self.deliver(c, msg, redelivered) {
@@ -529,6 +657,7 @@ impl Router {
         while let Some(front) = st.buffer.pop_front() {
             if self.try_consumers(st, &front.msg, front.redelivered, None) {
                 st.buffer_bytes -= front.msg.cost;
+                self.metrics.memory.release(front.msg.cost);
             } else {
                 st.buffer.push_front(front);
                 break;
@@ -554,12 +683,17 @@ impl Router {
         for msg in msgs {
             if let Ok(DestKind::Queue(name)) = parse_destination(&msg.destination) {
                 self.metrics.messages_redelivered.fetch_add(1, Relaxed);
-                let q = self.queue(name);
-                let mut st = q.lock().unwrap_or_else(|e| e.into_inner());
-                // Drop consumers whose connection has gone, so a message is
-                // not handed straight back to the one that just left.
-                st.consumers.retain(|c| !c.conn.is_closed());
-                self.dispatch(&mut st, msg, true, skip);
+                // Creating the queue again past `max_queues` is allowed
+                // here: the message was accepted before.
+                let requeued = self.with_queue(name, true, |st| {
+                    // Drop consumers whose connection has gone, so a message
+                    // is not handed straight back to the one that just left.
+                    st.consumers.retain(|c| !c.conn.is_closed());
+                    if !self.try_consumers(st, &msg, true, skip) {
+                        self.buffer(st, msg.clone(), true, false);
+                    }
+                });
+                debug_assert!(requeued.is_ok(), "a forced queue is always created");
             }
         }
     }
@@ -683,6 +817,68 @@ mod tests {
         ] {
             assert_eq!(validate_destination(good), Ok(()), "{good:?}");
         }
+    }
+
+    #[test]
+    fn only_full_queues_and_a_spent_budget_are_retryable() {
+        assert!(RouteError::QueueFull.is_retryable());
+        assert!(RouteError::OverBudget.is_retryable());
+        assert!(!RouteError::TooManyQueues.is_retryable());
+        assert!(!RouteError::InvalidDestination.is_retryable());
+        assert_eq!(
+            RouteError::OverBudget.to_string(),
+            "broker memory budget exhausted"
+        );
+    }
+
+    fn msg(dest: &str) -> Arc<Message> {
+        Arc::new(Message::new(
+            dest,
+            "1",
+            Headers::new(),
+            Bytes::from_static(b"x"),
+        ))
+    }
+
+    #[test]
+    fn queues_are_capped_removed_when_idle_and_charged() {
+        let mut config = Config::default();
+        config.queues.max_queues = 2;
+        let metrics = Arc::new(Metrics::default());
+        let router = Router::new(&config, metrics.clone());
+        router.publish(msg("/queue/a")).expect("a");
+        router.publish(msg("/queue/b")).expect("b");
+        assert_eq!(
+            router.publish(msg("/queue/c")),
+            Err(RouteError::TooManyQueues)
+        );
+        assert_eq!(router.queue_count(), 2);
+        let cost = msg("/queue/a").cost;
+        assert_eq!(metrics.memory.used(), 2 * cost);
+        let (conn, mut rx) = ConnShared::new(
+            1,
+            1 << 20,
+            crate::config::SlowConsumerPolicy::Disconnect,
+            metrics.clone(),
+        );
+        let (handle, _) = router
+            .subscribe("/queue/a", &conn, Arc::from("s"), AckMode::Auto)
+            .expect("subscribe");
+        assert!(rx.try_recv().is_ok(), "buffered message dispatched");
+        // Out of the queue, into the connection: still charged once.
+        assert_eq!(metrics.memory.used(), 2 * cost);
+        conn.written(cost);
+        router.unsubscribe(&handle);
+        assert_eq!(
+            router.queue_count(),
+            1,
+            "empty queue without consumers removed"
+        );
+        // A message given back (disconnect) recreates it even at the cap.
+        router.publish(msg("/queue/c")).expect("room again");
+        router.requeue(vec![msg("/queue/a")], None);
+        assert_eq!(router.queue_count(), 3);
+        assert_eq!(router.queue_depth("/queue/a"), 1);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::{
     auth::{AuthError, Identity},
     conn::{ConnShared, DeliveryKind, Outbound},
     core::BrokerCore,
+    metrics::Refusal,
     output::{Batch, Output},
     router::{parse_destination, DestKind, Message, RouteError, Subscriber, SubscriptionHandle},
 };
@@ -36,6 +37,11 @@ pub struct StompError {
     /// Add `version:1.0,1.1,1.2` (failed version negotiation).
     pub with_versions: bool,
 }
+
+/// ERROR header listing, comma-separated, the receipt ids of SENDs to
+/// `/app/...` that got no RECEIPT before the connection ended: each may or
+/// may not be in Kafka (docs/kafka.md, "SEND to /app").
+pub const UNCONFIRMED_RECEIPTS_HEADER: &str = "unconfirmed-receipt-ids";
 
 impl StompError {
     /// An error with a message, a detail and a metric kind.
@@ -97,6 +103,25 @@ enum TxOp {
     Ack(Frame),
 }
 
+/// An open transaction: its frames and the bytes they hold (charged to the
+/// memory budget until COMMIT, ABORT or disconnect).
+#[derive(Debug, Default)]
+struct Tx {
+    ops: Vec<TxOp>,
+    bytes: usize,
+}
+
+/// Approximate bytes a buffered frame holds.
+fn frame_cost(frame: &Frame) -> usize {
+    frame.body.len()
+        + frame
+            .headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len() + 2)
+            .sum::<usize>()
+        + 64
+}
+
 /// Negotiated heart-beat intervals.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HeartBeats {
@@ -146,8 +171,79 @@ impl RateLimit {
     }
 }
 
+/// Longest `unconfirmed-receipt-ids` value; ids that do not fit are left
+/// out and `unconfirmed-receipt-ids-truncated:true` is added.
+const MAX_UNCONFIRMED_HEADER: usize = 64 * 1024;
+
+/// ERROR header added when [`UNCONFIRMED_RECEIPTS_HEADER`] could not list
+/// every id: the client must then treat every unanswered receipt as
+/// unconfirmed.
+pub const UNCONFIRMED_TRUNCATED_HEADER: &str = "unconfirmed-receipt-ids-truncated";
+
+/// `ids` joined with `,`, at most `max` bytes (whole ids only); and whether
+/// all of them fit.
+fn join_bounded(ids: &[String], max: usize) -> (String, bool) {
+    let mut out = String::new();
+    for id in ids {
+        let extra = id.len() + usize::from(!out.is_empty());
+        if out.len() + extra > max {
+            return (out, false);
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(id);
+    }
+    (out, true)
+}
+
 /// Kafka writes one connection may have in flight (SEND to `/app/...`).
 const MAX_KAFKA_INFLIGHT: usize = 1024;
+
+/// A connection's SENDs to Kafka that have not been answered yet, shared
+/// with the produce tasks. When one fails the session stops writing to
+/// Kafka, lets the others settle (each within `produce_timeout`), answers
+/// the ones that succeeded with their RECEIPT and then ends with one ERROR
+/// listing every receipt id without a RECEIPT (`unconfirmed-receipt-ids`).
+#[derive(Debug, Default)]
+struct KafkaWrites {
+    /// Produces started and not finished: (sequence number, receipt id).
+    inflight: Vec<(u64, Option<String>)>,
+    next_seq: u64,
+    /// The first failure; once set, no more SENDs are written.
+    failed: Option<StompError>,
+    /// Receipt ids of SENDs that failed or were not attempted (at most
+    /// about `MAX_KAFKA_INFLIGHT` more than are in flight: past that the
+    /// session ends at once).
+    unconfirmed: Vec<String>,
+    /// The ERROR was queued for the connection task.
+    fatal_queued: bool,
+}
+
+impl KafkaWrites {
+    /// Every receipt id the client will not get a RECEIPT for if the
+    /// connection ends now.
+    fn unconfirmed_receipts(&self) -> Vec<String> {
+        let mut all = self.unconfirmed.clone();
+        all.extend(self.inflight.iter().filter_map(|(_, r)| r.clone()));
+        all
+    }
+
+    /// Queues the ERROR once the failure is known and nothing is in flight.
+    fn finish_if_settled(&mut self, conn: &ConnShared) {
+        if self.fatal_queued || !self.inflight.is_empty() {
+            return;
+        }
+        if let Some(err) = &self.failed {
+            self.fatal_queued = true;
+            conn.send_control(Outbound::Fatal(Box::new(err.clone())));
+        }
+    }
+}
+
+fn lock_writes(w: &std::sync::Mutex<KafkaWrites>) -> std::sync::MutexGuard<'_, KafkaWrites> {
+    w.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn access_denied() -> StompError {
     StompError::new(
@@ -165,10 +261,12 @@ pub struct Session {
     version: Option<Version>,
     identity: Identity,
     rate: RateLimit,
-    kafka_inflight: Arc<tokio::sync::Semaphore>,
+    kafka_writes: Arc<std::sync::Mutex<KafkaWrites>>,
     heart_beats: HeartBeats,
     subs: HashMap<Arc<str>, SubState, foldhash::fast::RandomState>,
-    transactions: HashMap<String, Vec<TxOp>>,
+    transactions: HashMap<String, Tx>,
+    /// Bytes held by all open transactions.
+    tx_bytes: usize,
     next_ack: u64,
     out: Output,
     /// A DISCONNECT's receipt, written after what was already queued.
@@ -191,10 +289,11 @@ impl Session {
                 tokens: per_sec,
                 last: std::time::Instant::now(),
             },
-            kafka_inflight: Arc::new(tokio::sync::Semaphore::new(MAX_KAFKA_INFLIGHT)),
+            kafka_writes: Arc::default(),
             heart_beats: HeartBeats::default(),
             subs: HashMap::default(),
             transactions: HashMap::new(),
+            tx_bytes: 0,
             next_ack: 1,
             out: Output::default(),
             disconnect_receipt: None,
@@ -314,6 +413,16 @@ impl Session {
         if err.with_versions {
             f.headers.push("version", "1.0,1.1,1.2");
         }
+        // Whatever ends the session, name the SENDs to Kafka left without
+        // an answer (the connection closes after this frame).
+        let unconfirmed = lock_writes(&self.kafka_writes).unconfirmed_receipts();
+        if !unconfirmed.is_empty() {
+            let (list, complete) = join_bounded(&unconfirmed, MAX_UNCONFIRMED_HEADER);
+            f.headers.push(UNCONFIRMED_RECEIPTS_HEADER, list);
+            if !complete {
+                f.headers.push(UNCONFIRMED_TRUNCATED_HEADER, "true");
+            }
+        }
         f.body = Bytes::from(err.detail.clone());
         self.push_frame(&f);
     }
@@ -343,8 +452,22 @@ impl Session {
             .dispatch(frame, receipt.as_deref())
             .map_err(|e| e.with_receipt(receipt.as_deref()))?;
         if let Some((sub, msgs)) = self.replay.take() {
-            for msg in msgs {
-                self.conn.add_pending(msg.cost);
+            // Paced by the connection's byte budget: the newest messages
+            // that fit are replayed (oldest of them first), the rest skipped
+            // and counted. A wildcard may match many destinations.
+            let fit = msgs
+                .iter()
+                .rev()
+                .take_while(|m| self.conn.try_add_pending(m.cost))
+                .count();
+            let skipped = msgs.len() - fit;
+            if skipped > 0 {
+                self.core
+                    .metrics
+                    .replay_skipped
+                    .fetch_add(skipped as u64, Relaxed);
+            }
+            for msg in msgs.into_iter().skip(skipped) {
                 self.deliver(msg, &sub, DeliveryKind::Replayed);
             }
         }
@@ -385,16 +508,8 @@ impl Session {
             ClientFrame::Send(s) => {
                 if let Some(tx) = s.transaction {
                     self.authorize_send(s.destination)?;
-                    let max = self.core.config.limits.max_frames_per_transaction;
-                    let ops = self.transaction(tx)?;
-                    if ops.len() >= max {
-                        return Err(StompError::new(
-                            "limit",
-                            "transaction too large",
-                            format!("A transaction may hold at most {max} frames."),
-                        ));
-                    }
-                    ops.push(TxOp::Send(frame.clone()));
+                    let op = TxOp::Send(frame.clone());
+                    self.add_to_transaction(tx, op, frame_cost(&frame))?;
                 } else if self.send(&frame, s.destination, receipt)? {
                     // RECEIPT follows when Kafka acknowledged the write.
                     return Ok(Flow::Continue);
@@ -404,16 +519,8 @@ impl Session {
             ClientFrame::Unsubscribe(u) => self.unsubscribe(u.id, u.destination)?,
             ClientFrame::Ack(a) | ClientFrame::Nack(a) => {
                 if let Some(tx) = a.transaction {
-                    let max = self.core.config.limits.max_frames_per_transaction;
-                    let ops = self.transaction(tx)?;
-                    if ops.len() >= max {
-                        return Err(StompError::new(
-                            "limit",
-                            "transaction too large",
-                            format!("A transaction may hold at most {max} frames."),
-                        ));
-                    }
-                    ops.push(TxOp::Ack(frame.clone()));
+                    let op = TxOp::Ack(frame.clone());
+                    self.add_to_transaction(tx, op, frame_cost(&frame))?;
                 } else {
                     self.ack(&a, frame.command == Command::Nack)?;
                 }
@@ -434,10 +541,10 @@ impl Session {
                         format!("At most {max} open transactions per connection."),
                     ));
                 }
-                self.transactions.insert(tx.to_owned(), Vec::new());
+                self.transactions.insert(tx.to_owned(), Tx::default());
             }
             ClientFrame::Commit(tx) => {
-                let ops = self.transactions.remove(tx).ok_or_else(|| unknown_tx(tx))?;
+                let ops = self.end_transaction(tx)?;
                 for op in ops {
                     match op {
                         TxOp::Send(f) => {
@@ -455,7 +562,7 @@ impl Session {
                 }
             }
             ClientFrame::Abort(tx) => {
-                self.transactions.remove(tx).ok_or_else(|| unknown_tx(tx))?;
+                self.end_transaction(tx)?;
             }
             ClientFrame::Disconnect => {
                 self.disconnect_receipt = receipt.map(str::to_owned);
@@ -466,8 +573,52 @@ impl Session {
         Ok(Flow::Continue)
     }
 
-    fn transaction(&mut self, tx: &str) -> Result<&mut Vec<TxOp>, StompError> {
-        self.transactions.get_mut(tx).ok_or_else(|| unknown_tx(tx))
+    /// Adds a frame of `cost` bytes to open transaction `tx`, within the
+    /// frame and byte limits and the memory budget.
+    fn add_to_transaction(&mut self, tx: &str, op: TxOp, cost: usize) -> Result<(), StompError> {
+        let limits = &self.core.config.limits;
+        let (max_frames, max_bytes) = (
+            limits.max_frames_per_transaction,
+            limits.max_transaction_bytes,
+        );
+        let metrics = &self.core.metrics;
+        let t = self
+            .transactions
+            .get_mut(tx)
+            .ok_or_else(|| unknown_tx(tx))?;
+        if t.ops.len() >= max_frames {
+            return Err(StompError::new(
+                "limit",
+                "transaction too large",
+                format!("A transaction may hold at most {max_frames} frames."),
+            ));
+        }
+        if self.tx_bytes + cost > max_bytes {
+            metrics.refused(Refusal::TransactionBytes);
+            return Err(StompError::new(
+                "limit",
+                "transaction too large",
+                format!(
+                    "The open transactions of a connection may hold at most {max_bytes} bytes."
+                ),
+            ));
+        }
+        if !metrics.memory.try_charge(cost) {
+            metrics.refused(Refusal::MemoryBudget);
+            return Err(over_budget());
+        }
+        t.ops.push(op);
+        t.bytes += cost;
+        self.tx_bytes += cost;
+        Ok(())
+    }
+
+    /// Closes transaction `tx` (COMMIT or ABORT), giving its bytes back.
+    fn end_transaction(&mut self, tx: &str) -> Result<Vec<TxOp>, StompError> {
+        let t = self.transactions.remove(tx).ok_or_else(|| unknown_tx(tx))?;
+        self.tx_bytes -= t.bytes;
+        self.core.metrics.memory.release(t.bytes);
+        Ok(t.ops)
     }
 
     fn connect(&mut self, c: &Connect<'_>, identity: Identity) -> Result<(), StompError> {
@@ -557,9 +708,13 @@ impl Session {
         Ok(false)
     }
 
-    /// SEND to an application destination: written to Kafka by the bridge.
-    /// The RECEIPT (if asked for) is sent only after Kafka acknowledged;
-    /// a failed write ends the session with an ERROR naming the failure.
+    /// SEND to an application destination: written to Kafka by the bridge,
+    /// stamped with the session's user, session id and message id (see
+    /// [`kafka_bridge::record_headers`]). The RECEIPT (if asked for) is sent
+    /// only after Kafka acknowledged. A failed write ends the session, but
+    /// only once every other write in flight has settled (see
+    /// [`KafkaWrites`]), so each receipted SEND gets a RECEIPT or is named in
+    /// the ERROR.
     fn send_to_kafka(
         &mut self,
         bridge: kafka_bridge::BridgeHandle,
@@ -567,12 +722,36 @@ impl Session {
         destination: &str,
         receipt: Option<&str>,
     ) -> Result<bool, StompError> {
-        let Ok(permit) = self.kafka_inflight.clone().try_acquire_owned() else {
-            return Err(StompError::new(
-                "limit",
-                "too many pending Kafka writes",
-                format!("At most {MAX_KAFKA_INFLIGHT} SENDs to Kafka may await acknowledgement per connection."),
-            ));
+        let receipt = receipt.map(str::to_owned);
+        let seq = {
+            let mut w = lock_writes(&self.kafka_writes);
+            if w.failed.is_none() && w.inflight.len() >= MAX_KAFKA_INFLIGHT {
+                w.failed = Some(StompError::new(
+                    "limit",
+                    "too many pending Kafka writes",
+                    format!("At most {MAX_KAFKA_INFLIGHT} SENDs to Kafka may await acknowledgement per connection."),
+                ));
+            }
+            if let Some(failed) = &w.failed {
+                // The session is ending: write nothing more, name it in the ERROR.
+                let full = w.unconfirmed.len() >= MAX_KAFKA_INFLIGHT;
+                let failed = full.then(|| failed.clone());
+                if let Some(r) = receipt {
+                    w.unconfirmed.push(r);
+                }
+                if let Some(err) = failed {
+                    // Bounded: a client that keeps sending while the others
+                    // settle gets the ERROR now; it names every unanswered
+                    // receipt, those still in flight included.
+                    return Err(err);
+                }
+                w.finish_if_settled(&self.conn);
+                return Ok(receipt_is_deferred(frame));
+            }
+            let seq = w.next_seq;
+            w.next_seq += 1;
+            w.inflight.push((seq, receipt.clone()));
+            seq
         };
         let headers: Vec<(String, String)> = frame
             .headers
@@ -585,13 +764,19 @@ impl Session {
                 ))
             })
             .collect();
+        let stamp = kafka_bridge::SendStamp {
+            user: self.identity.user.clone(),
+            session: format!("session-{}", self.conn.id),
+            message_id: self.core.next_message_id(),
+        };
         let body = frame.body.clone();
         let destination = destination.to_owned();
-        let receipt = receipt.map(str::to_owned);
         let conn = self.conn.clone();
+        let writes = self.kafka_writes.clone();
         tokio::spawn(async move {
-            let result = bridge.produce(&destination, &headers, body).await;
-            drop(permit);
+            let result = bridge.produce(&destination, &headers, body, &stamp).await;
+            let mut w = lock_writes(&writes);
+            w.inflight.retain(|(s, _)| *s != seq);
             match result {
                 Ok(()) => {
                     if let Some(r) = receipt {
@@ -602,15 +787,25 @@ impl Session {
                 }
                 Err(e) => {
                     tracing::warn!(%destination, error = %e, "Kafka write failed");
-                    let mut err = StompError::new(
-                        "kafka",
-                        format!("kafka write failed: {e}"),
-                        format!("The message could not be written to Kafka: {e}."),
-                    );
-                    err.receipt_id = receipt;
-                    conn.send_control(Outbound::Fatal(Box::new(err)));
+                    if w.failed.is_none() {
+                        let mut err = StompError::new(
+                            "kafka",
+                            format!("kafka write failed: {e}"),
+                            format!(
+                                "The message could not be written to Kafka: {e}. \
+                                 Every SEND named in {UNCONFIRMED_RECEIPTS_HEADER} may or may not \
+                                 be in Kafka: retry it with the same idempotency-key."
+                            ),
+                        );
+                        err.receipt_id = receipt.clone();
+                        w.failed = Some(err);
+                    }
+                    if let Some(r) = receipt {
+                        w.unconfirmed.push(r);
+                    }
                 }
             }
+            w.finish_if_settled(&conn);
         });
         Ok(receipt_is_deferred(frame))
     }
@@ -622,6 +817,13 @@ impl Session {
     fn resolve_subscription(&self, destination: &str) -> Result<String, StompError> {
         crate::router::validate_destination(destination)
             .map_err(|e| route_error(e, destination))?;
+        if !crate::status::may_subscribe_stats(
+            &self.core.config.status,
+            self.identity.user.as_deref(),
+            destination,
+        ) {
+            return Err(access_denied());
+        }
         if let Some(rest) = destination.strip_prefix("/user/") {
             let own = rest.starts_with("queue/") || rest.starts_with("topic/");
             return match (&self.identity.user, own) {
@@ -718,6 +920,8 @@ impl Session {
 
     fn drop_sub(&mut self, st: SubState) {
         self.core.router.unsubscribe(&st.handle);
+        let unacked: usize = st.unacked.iter().map(|u| u.msg.cost).sum();
+        self.conn.written(unacked);
         if st.is_queue && !st.unacked.is_empty() {
             self.core
                 .router
@@ -768,6 +972,8 @@ impl Session {
             AckMode::Client => st.unacked.drain(..=pos).collect(),
             _ => st.unacked.remove(pos).into_iter().collect(),
         };
+        // Acknowledged (or given back): out of the connection's byte budget.
+        self.conn.written(taken.iter().map(|u| u.msg.cost).sum());
         if st.is_queue {
             st.sub.inflight.fetch_sub(taken.len(), Relaxed);
             let dest = st.destination.clone();
@@ -830,6 +1036,9 @@ impl Session {
             headers[n] = ("ack", ack_buf.format(ack_id).as_bytes());
             n += 1;
         }
+        // An unacknowledged message stays in the connection's byte budget
+        // until ACK/NACK (or the subscription ends), not until written.
+        let write_credit = if st.sub.ack == AckMode::Auto { cost } else { 0 };
         match kind {
             DeliveryKind::Live => {}
             DeliveryKind::Redelivered => {
@@ -843,14 +1052,17 @@ impl Session {
         }
         msg.template
             .encode_for(version, &headers[..n], self.out.buf());
-        self.out.commit(msg.text, cost);
+        self.out.commit(msg.text, write_credit);
         self.core.metrics.frames_out(Command::Message, 1);
     }
 
     /// Ends the session: removes subscriptions and puts unacknowledged queue
     /// messages back for other consumers. Transactions are discarded.
     pub fn close(&mut self) {
-        self.transactions.clear();
+        let open: Vec<String> = self.transactions.keys().cloned().collect();
+        for tx in open {
+            let _ = self.end_transaction(&tx);
+        }
         let subs: Vec<SubState> = self.subs.drain().map(|(_, s)| s).collect();
         for st in subs {
             self.drop_sub(st);
@@ -877,14 +1089,50 @@ fn unknown_tx(tx: &str) -> StompError {
     )
 }
 
-fn route_error(e: RouteError, destination: &str) -> StompError {
-    let kind = match e {
-        RouteError::QueueFull => "queue_full",
-        _ => "destination",
-    };
+fn over_budget() -> StompError {
     StompError::new(
-        kind,
-        e.to_string(),
-        format!("Destination '{destination}': {e}. Use /topic/... or /queue/..."),
+        "memory_budget",
+        RouteError::OverBudget.to_string(),
+        "The broker is at its memory limit and refused this frame; the connection is closed. Retry later.",
     )
+}
+
+fn route_error(e: RouteError, destination: &str) -> StompError {
+    match e {
+        RouteError::OverBudget => over_budget(),
+        RouteError::QueueFull => StompError::new(
+            "queue_full",
+            e.to_string(),
+            format!("Queue '{destination}' is full and refuses new messages."),
+        ),
+        RouteError::TooManyQueues => StompError::new(
+            "too_many_queues",
+            e.to_string(),
+            format!(
+                "Queue '{destination}' cannot be created: the broker holds its maximum number of queues."
+            ),
+        ),
+        RouteError::UnknownDestination
+        | RouteError::WildcardNotAllowed
+        | RouteError::InvalidDestination => StompError::new(
+            "destination",
+            e.to_string(),
+            format!("Destination '{destination}': {e}. Use /topic/... or /queue/..."),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unconfirmed_receipts_are_joined_whole_within_the_bound() {
+        let ids: Vec<String> = ["r-1", "r-22", "r-333"].map(String::from).to_vec();
+        assert_eq!(join_bounded(&ids, 100), ("r-1,r-22,r-333".into(), true));
+        assert_eq!(join_bounded(&ids, 14), ("r-1,r-22,r-333".into(), true));
+        assert_eq!(join_bounded(&ids, 13), ("r-1,r-22".into(), false));
+        assert_eq!(join_bounded(&ids, 2), (String::new(), false));
+        assert_eq!(join_bounded(&[], 0), (String::new(), true));
+    }
 }

@@ -6,9 +6,17 @@
 //! only when asked for: by `GET /stats.json`, and each second while someone
 //! subscribes to `/topic/broker.stats` (the page does, over its own
 //! WebSocket).
+//!
+//! Privacy: user destinations are aggregated (`/user/<name>/rest` counts
+//! under `/user/*/rest`), so no user name appears in a snapshot; and
+//! `[status]` ([`StatusConfig`]) can restrict the page, `/stats.json`,
+//! `/metrics` ([`StatusAccess`]) and the stats topic
+//! ([`may_subscribe_stats`]).
 
 use std::{
-    sync::{atomic::Ordering::Relaxed, Arc, Mutex},
+    collections::HashMap,
+    net::IpAddr,
+    sync::{atomic::Ordering::Relaxed, Arc, Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -16,7 +24,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use stomp_codec::Headers;
 
-use crate::core::BrokerCore;
+use crate::{config::StatusConfig, core::BrokerCore, router::pattern_matches};
 
 /// Where live stats are published.
 pub const STATS_DESTINATION: &str = "/topic/broker.stats";
@@ -29,9 +37,15 @@ pub const PAGE: &str = include_str!("status.html");
 #[derive(Debug, Default)]
 pub struct StatusBoard {
     samples: Mutex<Option<(Sample, Sample)>>,
+    access: OnceLock<StatusAccess>,
 }
 
 impl StatusBoard {
+    /// Who may read the operator endpoints (compiled from `[status]` once).
+    pub fn access(&self, config: &StatusConfig) -> &StatusAccess {
+        self.access.get_or_init(|| StatusAccess::new(config))
+    }
+
     /// A snapshot as JSON text, with rates over the last sampled second.
     pub fn json(&self, core: &BrokerCore) -> String {
         let samples = self.samples.lock().map(|s| *s).unwrap_or(None);
@@ -74,9 +88,7 @@ fn snapshot(core: &BrokerCore, prev: Option<&Sample>, now: &Sample) -> Value {
             None => 0.0,
         }
     };
-    let top: Vec<Value> = core
-        .router
-        .top_destinations(10)
+    let top: Vec<Value> = aggregate_top(core.router.top_destinations(usize::MAX), TOP_N)
         .into_iter()
         .map(|(d, subs, depth)| json!({ "destination": d, "subscriptions": subs, "queued": depth }))
         .collect();
@@ -115,6 +127,198 @@ fn snapshot(core: &BrokerCore, prev: Option<&Sample>, now: &Sample) -> Value {
     })
 }
 
+/// Destinations listed in a snapshot.
+const TOP_N: usize = 10;
+
+/// `/user/<name>/<rest>` → `/user/*/<rest>`: how a user destination is
+/// shown, so that no user name leaks; other destinations are unchanged.
+pub fn public_destination(destination: &str) -> std::borrow::Cow<'_, str> {
+    match destination
+        .strip_prefix("/user/")
+        .and_then(|rest| rest.split_once('/'))
+    {
+        Some((_, tail)) => format!("/user/*/{tail}").into(),
+        None => destination.into(),
+    }
+}
+
+/// The `n` busiest of `all` (destination, subscriptions, queued) after
+/// merging user destinations by [`public_destination`] (counts summed):
+/// most subscriptions first, then most queued, then by name.
+pub fn aggregate_top(all: Vec<(String, usize, usize)>, n: usize) -> Vec<(String, usize, usize)> {
+    let mut merged: HashMap<String, (usize, usize)> = HashMap::with_capacity(all.len());
+    for (d, subs, queued) in all {
+        let e = merged
+            .entry(public_destination(&d).into_owned())
+            .or_default();
+        e.0 += subs;
+        e.1 += queued;
+    }
+    let mut out: Vec<(String, usize, usize)> =
+        merged.into_iter().map(|(d, (s, q))| (d, s, q)).collect();
+    out.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(b.2.cmp(&a.2)).then(a.0.cmp(&b.0)));
+    out.truncate(n);
+    out
+}
+
+/// A network of `[status] allow`: address and prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is in the network (IPv4-mapped IPv6 counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Parses `addr/prefix` or a bare address (a /32 or /128).
+pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    let (addr, prefix) = match s.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s, None),
+    };
+    let addr: IpAddr = addr
+        .trim()
+        .parse()
+        .map_err(|_| "not an IP address or CIDR network".to_owned())?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        None => max,
+        Some(p) => p
+            .trim()
+            .parse::<u8>()
+            .ok()
+            .filter(|p| *p <= max)
+            .ok_or_else(|| format!("prefix length must be 0-{max}"))?,
+    };
+    Ok(Cidr {
+        addr: addr.to_canonical(),
+        prefix,
+    })
+}
+
+/// Why a request for an operator endpoint is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// The client address is not in `status.allow` (HTTP 403).
+    Address,
+    /// Missing or wrong HTTP Basic credentials (HTTP 401).
+    Credentials,
+}
+
+/// `[status]` compiled: checks a request's address and `Authorization`.
+#[derive(Debug, Clone, Default)]
+pub struct StatusAccess {
+    allow: Vec<Cidr>,
+    /// An `allow` entry did not parse: refuse every address.
+    broken: bool,
+    /// `base64(user:password)`, what `Authorization: Basic …` must carry.
+    basic: Option<String>,
+}
+
+impl StatusAccess {
+    /// Compiles `config` (checked by `Config::validate`; should an entry
+    /// not parse anyway, nobody is allowed: never fail open).
+    pub fn new(config: &StatusConfig) -> StatusAccess {
+        let parsed: Result<Vec<Cidr>, String> =
+            config.allow.iter().map(|n| parse_cidr(n)).collect();
+        let (allow, broken) = match parsed {
+            Ok(allow) => (allow, false),
+            Err(_) => (Vec::new(), true),
+        };
+        StatusAccess {
+            allow,
+            broken,
+            basic: match (&config.username, &config.password) {
+                (Some(u), Some(p)) => Some(base64(format!("{u}:{p}").as_bytes())),
+                _ => None,
+            },
+        }
+    }
+
+    /// Whether a client at `peer` presenting `authorization` (the header
+    /// value, if any) may read the status page, `/stats.json`, `/metrics`.
+    pub fn check(&self, peer: IpAddr, authorization: Option<&[u8]>) -> Result<(), Denied> {
+        if self.broken || (!self.allow.is_empty() && !self.allow.iter().any(|n| n.contains(peer))) {
+            return Err(Denied::Address);
+        }
+        let Some(expected) = &self.basic else {
+            return Ok(());
+        };
+        let given = authorization
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
+            .map(|(_, cred)| cred.trim());
+        match given {
+            Some(cred) if constant_time_eq(cred.as_bytes(), expected.as_bytes()) => Ok(()),
+            _ => Err(Denied::Credentials),
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Standard base64 with padding (RFC 4648), for HTTP Basic.
+fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk.first().copied().unwrap_or(0),
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(A[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Whether a session of `user` may SUBSCRIBE to `destination` as far as
+/// the stats topic is concerned: unrestricted when `[status]` restricts
+/// nothing or the destination cannot receive [`STATS_DESTINATION`];
+/// otherwise only `status.username` may (nobody when only `allow` is set).
+pub fn may_subscribe_stats(config: &StatusConfig, user: Option<&str>, destination: &str) -> bool {
+    if !config.is_restricted() {
+        return true;
+    }
+    let receives_stats = destination
+        .strip_prefix("/topic/")
+        .zip(STATS_DESTINATION.strip_prefix("/topic/"))
+        .is_some_and(|(pattern, stats)| pattern_matches(pattern, stats));
+    if !receives_stats {
+        return true;
+    }
+    matches!((config.username.as_deref(), user), (Some(ops), Some(u)) if ops == u)
+}
+
 /// Samples every second until shutdown.
 pub async fn run(core: Arc<BrokerCore>) {
     let mut prev = sample(&core);
@@ -136,5 +340,163 @@ pub async fn run(core: Arc<BrokerCore>) {
             let _ = core.publish(STATS_DESTINATION, h, Bytes::from(text));
         }
         prev = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_destinations_are_aggregated_without_names() {
+        let all = vec![
+            ("/user/alice/queue/order-updates".to_owned(), 2, 0),
+            ("/user/bob/queue/order-updates".to_owned(), 1, 3),
+            ("/user/carol/topic/x".to_owned(), 1, 0),
+            ("/topic/order.1".to_owned(), 2, 0),
+            ("/queue/jobs".to_owned(), 1, 5),
+        ];
+        let top = aggregate_top(all, 10);
+        assert_eq!(
+            top,
+            vec![
+                ("/user/*/queue/order-updates".to_owned(), 3, 3),
+                ("/topic/order.1".to_owned(), 2, 0),
+                ("/queue/jobs".to_owned(), 1, 5),
+                ("/user/*/topic/x".to_owned(), 1, 0),
+            ]
+        );
+        for (d, _, _) in &top {
+            for name in ["alice", "bob", "carol"] {
+                assert!(!d.contains(name), "{d}");
+            }
+        }
+    }
+
+    #[test]
+    fn aggregation_happens_before_the_cut() {
+        // 20 users with one subscription each beat a topic with 5.
+        let mut all: Vec<_> = (0..20)
+            .map(|i| (format!("/user/u{i}/queue/q"), 1, 0))
+            .collect();
+        all.push(("/topic/busy".to_owned(), 5, 0));
+        let top = aggregate_top(all, 1);
+        assert_eq!(top, vec![("/user/*/queue/q".to_owned(), 20, 0)]);
+    }
+
+    #[test]
+    fn cidr_parsing_and_matching() {
+        let lo = parse_cidr("127.0.0.1/32").unwrap();
+        assert!(lo.contains("127.0.0.1".parse().unwrap()));
+        assert!(lo.contains("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!lo.contains("127.0.0.2".parse().unwrap()));
+        let ten = parse_cidr("10.0.0.0/8").unwrap();
+        assert!(ten.contains("10.200.1.2".parse().unwrap()));
+        assert!(!ten.contains("11.0.0.1".parse().unwrap()));
+        assert!(!ten.contains("::1".parse().unwrap()));
+        let any = parse_cidr("0.0.0.0/0").unwrap();
+        assert!(any.contains("192.0.2.1".parse().unwrap()));
+        let v6 = parse_cidr("fd00::/8").unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+        assert!(!v6.contains("fe80::1".parse().unwrap()));
+        assert!(parse_cidr("::1").unwrap().contains("::1".parse().unwrap()));
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0.0/x",
+            "host",
+            "10.0.0/8",
+        ] {
+            assert!(parse_cidr(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn basic_credentials_and_addresses_are_checked() {
+        let cfg = StatusConfig {
+            allow: vec!["127.0.0.0/8".into()],
+            username: Some("ops".into()),
+            password: Some("s3cret".into()),
+        };
+        let a = StatusAccess::new(&cfg);
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        // base64("ops:s3cret")
+        assert_eq!(base64(b"ops:s3cret"), "b3BzOnMzY3JldA==");
+        assert_eq!(a.check(lo, Some(b"Basic b3BzOnMzY3JldA==")), Ok(()));
+        assert_eq!(a.check(lo, Some(b"basic  b3BzOnMzY3JldA== ")), Ok(()));
+        assert_eq!(
+            a.check(lo, Some(b"Basic b3BzOndyb25n")),
+            Err(Denied::Credentials)
+        );
+        assert_eq!(a.check(lo, Some(b"Bearer x")), Err(Denied::Credentials));
+        assert_eq!(a.check(lo, Some(&[0xff, 0xfe])), Err(Denied::Credentials));
+        assert_eq!(a.check(lo, None), Err(Denied::Credentials));
+        assert_eq!(
+            a.check(
+                "192.0.2.1".parse().unwrap(),
+                Some(b"Basic b3BzOnMzY3JldA==")
+            ),
+            Err(Denied::Address)
+        );
+        let broken = StatusAccess::new(&StatusConfig {
+            allow: vec!["not-a-network".into()],
+            ..StatusConfig::default()
+        });
+        assert_eq!(broken.check(lo, None), Err(Denied::Address));
+        let open = StatusAccess::new(&StatusConfig::default());
+        assert_eq!(open.check("192.0.2.1".parse().unwrap(), None), Ok(()));
+    }
+
+    #[test]
+    fn base64_matches_rfc_4648_vectors() {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(i.as_bytes()), o);
+        }
+    }
+
+    #[test]
+    fn stats_topic_subscriptions_follow_the_status_restriction() {
+        let open = StatusConfig::default();
+        assert!(may_subscribe_stats(&open, None, STATS_DESTINATION));
+        let creds = StatusConfig {
+            allow: vec![],
+            username: Some("ops".into()),
+            password: Some("pw".into()),
+        };
+        for d in [
+            STATS_DESTINATION,
+            "/topic/#",
+            "/topic/broker.*",
+            "/topic/*.stats",
+        ] {
+            assert!(may_subscribe_stats(&creds, Some("ops"), d), "{d}");
+            assert!(!may_subscribe_stats(&creds, Some("alice"), d), "{d}");
+            assert!(!may_subscribe_stats(&creds, None, d), "{d}");
+        }
+        for d in [
+            "/topic/order.1",
+            "/topic/broker.other",
+            "/queue/broker.stats",
+        ] {
+            assert!(may_subscribe_stats(&creds, Some("alice"), d), "{d}");
+        }
+        let only_net = StatusConfig {
+            allow: vec!["127.0.0.1/32".into()],
+            ..StatusConfig::default()
+        };
+        assert!(!may_subscribe_stats(
+            &only_net,
+            Some("ops"),
+            STATS_DESTINATION
+        ));
     }
 }

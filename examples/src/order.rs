@@ -8,14 +8,18 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_STATUSES: [&str; 4] = ["RECEIVED", "PAYMENT_OK", "PACKED", "SHIPPED"];
 
 /// An order as placed by the page (`SEND /app/orders`, `kafka-key` =
-/// `orderId`).
+/// `orderId`). The customer is **not** taken from the body: it is the
+/// record's `stomp-user` header, which the broker stamps with the
+/// authenticated user of the SEND (see [`order_from_record`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Order {
     /// Client-chosen id; the Kafka key of the order and of its updates.
     pub order_id: String,
-    /// The customer (the STOMP user name): the route
-    /// `/user/{json:/customerId}/queue/order-updates` delivers to them only.
+    /// The customer (the STOMP user who sent the order, from `stomp-user`):
+    /// the route `/user/{json:/customerId}/queue/order-updates` delivers to
+    /// them only. A `customerId` in the body is ignored.
+    #[serde(default)]
     pub customer_id: String,
     /// Whatever the page put in the basket (passed through untouched).
     #[serde(default)]
@@ -48,12 +52,38 @@ pub enum OrderProblem {
     /// `orderId` or `customerId` cannot be used as a destination segment
     /// (1–200 of `[A-Za-z0-9._~@+=-]`, no leading/trailing `.`, no `..`).
     BadId(&'static str),
+    /// The record has no `stomp-user` header: not sent by an authenticated
+    /// STOMP user, so there is nobody to place the order for.
+    NoUser,
 }
 
-/// Parses and checks an `orders` record value.
+/// Kafka header the broker stamps with the authenticated user of a SEND
+/// (clients cannot set it: the broker drops client headers named `stomp-*`).
+pub const USER_HEADER: &str = "stomp-user";
+
+/// The order in an `orders` record: the value's `orderId` and `items`, and
+/// as customer the record's `stomp-user` header (`stomp_user`), never the
+/// value's `customerId` — a client could put anyone's name there.
+pub fn order_from_record(value: &[u8], stomp_user: Option<&[u8]>) -> Result<Order, OrderProblem> {
+    let user = stomp_user
+        .and_then(|u| std::str::from_utf8(u).ok())
+        .filter(|u| !u.is_empty())
+        .ok_or(OrderProblem::NoUser)?;
+    let mut order: Order =
+        serde_json::from_slice(value).map_err(|e| OrderProblem::NotAnOrder(e.to_string()))?;
+    order.customer_id = user.to_owned();
+    check_order(order)
+}
+
+/// Parses and checks an order whose `customerId` is in the value (tests,
+/// tools; the simulator uses [`order_from_record`]).
 pub fn parse_order(value: &[u8]) -> Result<Order, OrderProblem> {
     let order: Order =
         serde_json::from_slice(value).map_err(|e| OrderProblem::NotAnOrder(e.to_string()))?;
+    check_order(order)
+}
+
+fn check_order(order: Order) -> Result<Order, OrderProblem> {
     if !is_segment(&order.order_id) {
         return Err(OrderProblem::BadId("orderId"));
     }
@@ -121,6 +151,30 @@ mod tests {
             parse_order(b"not json"),
             Err(OrderProblem::NotAnOrder(_))
         ));
+    }
+
+    #[test]
+    fn order_from_record_takes_the_customer_from_stomp_user_not_the_body() {
+        let o = order_from_record(
+            br#"{"orderId":"o1","customerId":"alice","items":[]}"#,
+            Some(b"mallory"),
+        )
+        .unwrap();
+        assert_eq!(o.customer_id, "mallory");
+        let o = order_from_record(br#"{"orderId":"o2"}"#, Some(b"bob")).unwrap();
+        assert_eq!(o.customer_id, "bob");
+        assert_eq!(
+            order_from_record(br#"{"orderId":"o3","customerId":"alice"}"#, None),
+            Err(OrderProblem::NoUser)
+        );
+        assert_eq!(
+            order_from_record(br#"{"orderId":"o3"}"#, Some(b"")),
+            Err(OrderProblem::NoUser)
+        );
+        assert_eq!(
+            order_from_record(br#"{"orderId":"o4"}"#, Some(b"a/b")),
+            Err(OrderProblem::BadId("customerId"))
+        );
     }
 
     #[test]

@@ -4,6 +4,10 @@
 //! `order-results`, keyed by `orderId` — so the steps of one order land on
 //! one partition, in order. Orders are processed concurrently.
 //!
+//! The customer of an order is the record's `stomp-user` header — the
+//! authenticated STOMP user the broker stamped on the SEND — never the
+//! body's `customerId`, which any client could set to someone else's name.
+//!
 //! Offsets are committed automatically as orders are read (at-most-once for
 //! steps still pending at a crash): good enough for a demo; a real service
 //! would store an order's offset after its last step was acknowledged.
@@ -16,6 +20,7 @@ use rdkafka::{
     client::DefaultClientContext,
     config::ClientConfig,
     consumer::{Consumer, StreamConsumer},
+    message::Headers as _,
     producer::{FutureProducer, FutureRecord},
     types::RDKafkaErrorCode,
     Message,
@@ -140,7 +145,14 @@ pub async fn run(
             }
         };
         let value = msg.payload().unwrap_or_default();
-        let order = match order::parse_order(value) {
+        // The customer is who sent the order (stamped by the broker), not
+        // what the body claims.
+        let user = msg.headers().and_then(|hs| {
+            hs.iter()
+                .find(|h| h.key == order::USER_HEADER)
+                .and_then(|h| h.value)
+        });
+        let order = match order::order_from_record(value, user) {
             Ok(o) => o,
             Err(problem) => {
                 tracing::warn!(

@@ -5,7 +5,9 @@
 //  * SUBSCRIBE /user/queue/order-updates — the broker resolves it to /user/<me>/queue/order-updates,
 //    where its Kafka route `order-results=/user/{json:/customerId}/queue/order-updates` delivers.
 //  * "Place order": SEND /app/orders (→ Kafka topic `orders`) with `kafka-key` = orderId and a
-//    `receipt`; the broker sends the RECEIPT only after Kafka acknowledged the record.
+//    `receipt`; the broker sends the RECEIPT only after Kafka acknowledged the record. The body
+//    carries no customer: the broker stamps the session's user on the record (`stomp-user`)
+//    and the order service takes the customer from there.
 //
 // Query string: ?broker=ws://host:port/ws  &orders=<kafka topic>  &user=<name>  &autoconnect=1  &debug=1
 'use strict';
@@ -143,7 +145,9 @@ function placeOrder() {
   for (const p of [...CATALOG].sort(() => Math.random() - 0.5).slice(0, n)) {
     items.push({ ...p, qty: 1 + Math.floor(Math.random() * 3) });
   }
-  const order = { orderId, customerId: user, items };
+  // No customerId: the order service takes the customer from the broker-stamped
+  // Kafka header stomp-user (the authenticated user of this session).
+  const order = { orderId, items };
   const o = orderCard(orderId, items);
   o.sent = false;
   markSend(o, 'sending…');

@@ -405,6 +405,76 @@ impl std::fmt::Debug for BridgeHandle {
 /// STOMP SEND headers that are never forwarded to Kafka.
 const NOT_FORWARDED: &[&str] = &["destination", "receipt", "content-length", "transaction"];
 
+/// Kafka headers whose names start with this (ASCII case-insensitive) are
+/// set by the broker only: a client's SEND headers with this prefix are
+/// dropped, so a backend can trust them.
+pub const STAMP_PREFIX: &str = "stomp-";
+/// Kafka header: the authenticated user who sent the SEND (absent for an
+/// anonymous session). The backend's equivalent of Spring's `Principal`.
+pub const USER_HEADER: &str = "stomp-user";
+/// Kafka header: the STOMP session that sent the SEND (`session-<n>`, the
+/// `session` header of its CONNECTED frame).
+pub const SESSION_HEADER: &str = "stomp-session";
+/// Kafka header: the SEND's id for de-duplication — the client's
+/// `idempotency-key` header, else its `message-id` header, else an id the
+/// broker made up (unique, so a retry without a client id cannot be
+/// recognised).
+pub const MESSAGE_ID_HEADER: &str = "stomp-message-id";
+/// SEND headers a client uses to give a SEND a stable id across retries
+/// (first present, non-empty one wins).
+pub const CLIENT_ID_HEADERS: [&str; 2] = ["idempotency-key", "message-id"];
+
+/// What the broker knows about a SEND's origin; stamped on its Kafka record
+/// (see [`USER_HEADER`], [`SESSION_HEADER`], [`MESSAGE_ID_HEADER`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SendStamp {
+    /// The authenticated user; `None` for an anonymous session.
+    pub user: Option<String>,
+    /// The session id (`session-<n>`).
+    pub session: String,
+    /// A broker-unique id, used when the client gave none.
+    pub message_id: String,
+}
+
+/// The Kafka headers of the record produced from a SEND with `headers`: the
+/// client's headers except the STOMP transport ones, `key_header` and any
+/// `stomp-*` one, then the broker's [`USER_HEADER`] (when authenticated),
+/// [`SESSION_HEADER`] and [`MESSAGE_ID_HEADER`]. Pure, for unit tests.
+pub fn record_headers<'a>(
+    headers: &'a [(String, String)],
+    key_header: &str,
+    stamp: &'a SendStamp,
+) -> Vec<(&'a str, &'a str)> {
+    let mut out: Vec<(&str, &str)> = headers
+        .iter()
+        .filter(|(name, _)| {
+            *name != key_header && !NOT_FORWARDED.contains(&name.as_str()) && !is_stamp_header(name)
+        })
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    if let Some(user) = stamp.user.as_deref().filter(|u| !u.is_empty()) {
+        out.push((USER_HEADER, user));
+    }
+    out.push((SESSION_HEADER, stamp.session.as_str()));
+    let client_id = CLIENT_ID_HEADERS.iter().find_map(|id| {
+        headers
+            .iter()
+            .find(|(n, v)| n == id && !v.is_empty())
+            .map(|(_, v)| v.as_str())
+    });
+    out.push((
+        MESSAGE_ID_HEADER,
+        client_id.unwrap_or(stamp.message_id.as_str()),
+    ));
+    out
+}
+
+/// Whether `name` is reserved for the broker ([`STAMP_PREFIX`], any case).
+pub fn is_stamp_header(name: &str) -> bool {
+    name.len() >= STAMP_PREFIX.len()
+        && name.as_bytes()[..STAMP_PREFIX.len()].eq_ignore_ascii_case(STAMP_PREFIX.as_bytes())
+}
+
 impl BridgeHandle {
     /// Current connection state (for `/readyz`: ready only when `Up`).
     pub fn state(&self) -> BridgeState {
@@ -420,15 +490,19 @@ impl BridgeHandle {
     /// Produces a SEND to Kafka: `/app/orders` → topic `orders`, the
     /// `key_header` value (if any) as the record key, the other STOMP headers
     /// as Kafka headers (except destination, receipt, content-length,
-    /// transaction and the key header). Resolves once Kafka acknowledged the
-    /// record (acks=all), so a RECEIPT sent afterwards means "stored in Kafka".
+    /// transaction, the key header and any `stomp-*` header), plus the
+    /// broker's `stomp-user`, `stomp-session` and `stomp-message-id` from
+    /// `stamp` (see [`record_headers`]). Resolves once Kafka acknowledged the
+    /// record (acks=all, idempotent producer), so a RECEIPT sent afterwards
+    /// means "stored in Kafka".
     pub async fn produce(
         &self,
         destination: &str,
         headers: &[(String, String)],
         body: Bytes,
+        stamp: &SendStamp,
     ) -> Result<(), ProduceError> {
-        let result = self.produce_inner(destination, headers, body).await;
+        let result = self.produce_inner(destination, headers, body, stamp).await;
         let m = &self.inner.shared.metrics;
         match &result {
             Ok(()) => m.produced.fetch_add(1, Ordering::Relaxed),
@@ -445,6 +519,7 @@ impl BridgeHandle {
         destination: &str,
         headers: &[(String, String)],
         body: Bytes,
+        stamp: &SendStamp,
     ) -> Result<(), ProduceError> {
         let inner = &self.inner;
         let topic = destination
@@ -457,13 +532,11 @@ impl BridgeHandle {
             .iter()
             .find(|(n, _)| *n == inner.key_header)
             .map(|(_, v)| v.as_bytes());
-        let mut kafka_headers = OwnedHeaders::new_with_capacity(headers.len());
-        for (name, value) in headers {
-            if *name == inner.key_header || NOT_FORWARDED.contains(&name.as_str()) {
-                continue;
-            }
+        let forwarded = record_headers(headers, &inner.key_header, stamp);
+        let mut kafka_headers = OwnedHeaders::new_with_capacity(forwarded.len());
+        for (key, value) in forwarded {
             kafka_headers = kafka_headers.insert(Header {
-                key: name.as_str(),
+                key,
                 value: Some(value.as_bytes()),
             });
         }
@@ -495,5 +568,94 @@ impl BridgeHandle {
     /// callers that must exit promptly should bound the wait.
     pub async fn closed(&self) {
         self.inner.closed.cancelled().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn stamp(user: Option<&str>) -> SendStamp {
+        SendStamp {
+            user: user.map(str::to_owned),
+            session: "session-7".into(),
+            message_id: "node-42".into(),
+        }
+    }
+
+    #[test]
+    fn record_headers_drop_client_stamp_headers_and_stamp_the_user() {
+        let headers = h(&[
+            ("destination", "/app/orders"),
+            ("receipt", "r1"),
+            ("stomp-user", "mallory"),
+            ("STOMP-Session", "session-1"),
+            ("Stomp-Message-Id", "forged"),
+            ("stomp-", "x"),
+            ("kafka-key", "k"),
+            ("trace-id", "t"),
+        ]);
+        let s = stamp(Some("alice"));
+        assert_eq!(
+            record_headers(&headers, "kafka-key", &s),
+            vec![
+                ("trace-id", "t"),
+                ("stomp-user", "alice"),
+                ("stomp-session", "session-7"),
+                ("stomp-message-id", "node-42"),
+            ]
+        );
+    }
+
+    #[test]
+    fn record_headers_omit_user_for_anonymous_sessions() {
+        let headers = h(&[("stomp-user", "alice")]);
+        for user in [None, Some("")] {
+            let s = stamp(user);
+            assert_eq!(
+                record_headers(&headers, "kafka-key", &s),
+                vec![
+                    ("stomp-session", "session-7"),
+                    ("stomp-message-id", "node-42"),
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn record_headers_take_the_message_id_from_the_client_when_given() {
+        let s = stamp(None);
+        let id = |headers: &[(&str, &str)]| {
+            let headers = h(headers);
+            record_headers(&headers, "kafka-key", &s)
+                .into_iter()
+                .find(|(n, _)| *n == MESSAGE_ID_HEADER)
+                .map(|(_, v)| v.to_owned())
+        };
+        assert_eq!(id(&[]).as_deref(), Some("node-42"));
+        assert_eq!(id(&[("message-id", "m1")]).as_deref(), Some("m1"));
+        assert_eq!(
+            id(&[("message-id", "m1"), ("idempotency-key", "k1")]).as_deref(),
+            Some("k1")
+        );
+        assert_eq!(id(&[("idempotency-key", "")]).as_deref(), Some("node-42"));
+    }
+
+    #[test]
+    fn stamp_prefix_is_case_insensitive() {
+        assert!(is_stamp_header("stomp-user"));
+        assert!(is_stamp_header("STOMP-USER"));
+        assert!(is_stamp_header("Stomp-anything"));
+        assert!(!is_stamp_header("stomp"));
+        assert!(!is_stamp_header("stompuser"));
+        assert!(!is_stamp_header("x-stomp-user"));
+        assert!(!is_stamp_header("é"));
     }
 }

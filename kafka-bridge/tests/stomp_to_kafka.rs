@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use kafka_bridge::{BridgeState, ProduceError};
+use kafka_bridge::{BridgeState, ProduceError, SendStamp};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
@@ -41,7 +41,16 @@ async fn send_to_app_destination_lands_in_topic_with_key_and_headers() {
         ("trace-id", "abc"),
     ]);
     handle
-        .produce(&dest, &headers, Bytes::from_static(br#"{"orderId":7}"#))
+        .produce(
+            &dest,
+            &headers,
+            Bytes::from_static(br#"{"orderId":7}"#),
+            &SendStamp {
+                user: Some("alice".into()),
+                session: "session-3".into(),
+                message_id: "node-1".into(),
+            },
+        )
         .await
         .expect("produce acknowledged by Kafka");
     assert_eq!(handle.metrics().produced(), 1);
@@ -77,7 +86,13 @@ async fn send_to_app_destination_lands_in_topic_with_key_and_headers() {
         .unwrap_or_default();
     assert_eq!(
         got,
-        h(&[("content-type", "application/json"), ("trace-id", "abc")])
+        h(&[
+            ("content-type", "application/json"),
+            ("trace-id", "abc"),
+            ("stomp-user", "alice"),
+            ("stomp-session", "session-3"),
+            ("stomp-message-id", "node-1"),
+        ])
     );
 
     // Producer-only bridge (no routes) reports Up from the producer's statistics.
@@ -98,19 +113,30 @@ async fn send_without_key_and_to_invalid_destinations() {
     let bridge = start(config(&brokers, &unique("g"), &[]), sink);
     let handle = &bridge.handle;
     handle
-        .produce(&format!("/app/{topic}"), &[], Bytes::from_static(b"plain"))
+        .produce(
+            &format!("/app/{topic}"),
+            &[],
+            Bytes::from_static(b"plain"),
+            &SendStamp::default(),
+        )
         .await
         .expect("keyless produce");
     assert!(matches!(
-        handle.produce("/topic/x", &[], Bytes::new()).await,
+        handle
+            .produce("/topic/x", &[], Bytes::new(), &SendStamp::default())
+            .await,
         Err(ProduceError::NotAppDestination(_))
     ));
     assert!(matches!(
-        handle.produce("/app/bad topic", &[], Bytes::new()).await,
+        handle
+            .produce("/app/bad topic", &[], Bytes::new(), &SendStamp::default())
+            .await,
         Err(ProduceError::InvalidTopic(_))
     ));
     assert!(matches!(
-        handle.produce("/app/", &[], Bytes::new()).await,
+        handle
+            .produce("/app/", &[], Bytes::new(), &SendStamp::default())
+            .await,
         Err(ProduceError::InvalidTopic(_))
     ));
     assert_eq!(handle.metrics().produced(), 1);

@@ -575,3 +575,171 @@ async fn jwks_file_keys_are_selected_by_kid() -> Result<()> {
     expect_auth_failure(&b, &[("accept-version", "1.2"), ("passcode", &token)]).await?;
     Ok(())
 }
+
+/// GET `path` with extra request header lines; returns (status, raw headers, body).
+async fn http_get_with(
+    b: &TestBroker,
+    path: &str,
+    extra: &[(&str, &str)],
+) -> Result<(u16, String, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(b.http).await?;
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    for (n, v) in extra {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await??;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((status, head.to_owned(), body.to_owned()))
+}
+
+#[tokio::test]
+async fn status_snapshot_aggregates_user_destinations_so_no_user_name_leaks() -> Result<()> {
+    let b = TestBroker::start_with(|c| {
+        c.auth.jwt.hs256_secret = Some(SECRET.into());
+        c.auth.jwt.leeway_s = 0;
+    })
+    .await;
+    let mut names = Vec::new();
+    for user in ["alice-k2", "bob-k2"] {
+        let mut c = connect_token(&b, &hs256(claims(user, json!({})))).await?;
+        c.subscribe("u", "/user/queue/order-updates", "auto")
+            .await?;
+        names.push((user, c));
+    }
+    let (status, json_text) = b.http_get("/stats.json").await?;
+    ensure!(status == 200, "{status} {json_text}");
+    for (user, _) in &names {
+        ensure!(
+            !json_text.contains(user),
+            "user name {user} in /stats.json: {json_text}"
+        );
+    }
+    let v: Value = serde_json::from_str(&json_text)?;
+    let top = v["top_destinations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        top.iter()
+            .any(|d| d["destination"] == "/user/*/queue/order-updates" && d["subscriptions"] == 2),
+        "{top:?}"
+    );
+    // The live stream carries the same snapshot.
+    let mut watcher = connect_token(&b, &hs256(claims("ops-k2", json!({})))).await?;
+    watcher
+        .subscribe("s", "/topic/broker.stats", "auto")
+        .await?;
+    let m = watcher.message().await?;
+    ensure!(!body_has_any(&m, &["alice-k2", "bob-k2"]), "{}", body(&m));
+    ensure!(
+        body(&m).contains("/user/*/queue/order-updates"),
+        "{}",
+        body(&m)
+    );
+    b.stop().await;
+    Ok(())
+}
+
+fn body_has_any(f: &stomp_codec::Frame, needles: &[&str]) -> bool {
+    let b = body(f);
+    needles.iter().any(|n| b.contains(n))
+}
+
+#[tokio::test]
+async fn status_endpoints_refuse_addresses_outside_the_allow_list() -> Result<()> {
+    let b = TestBroker::start_with(|c| c.status.allow = vec!["10.0.0.0/8".into()]).await;
+    for path in ["/", "/stats.json", "/metrics"] {
+        let (status, _, _) = http_get_with(&b, path, &[]).await?;
+        ensure!(status == 403, "{path}: {status}");
+    }
+    for path in ["/healthz", "/readyz"] {
+        let (status, _, _) = http_get_with(&b, path, &[]).await?;
+        ensure!(status == 200, "{path}: {status}");
+    }
+    b.stop().await;
+    let b = TestBroker::start_with(|c| {
+        c.status.allow = vec!["127.0.0.0/8".into(), "::1/128".into()];
+    })
+    .await;
+    for path in ["/", "/stats.json", "/metrics"] {
+        let (status, _, _) = http_get_with(&b, path, &[]).await?;
+        ensure!(status == 200, "{path}: {status}");
+    }
+    b.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn status_endpoints_require_basic_credentials_when_configured() -> Result<()> {
+    let b = TestBroker::start_with(|c| {
+        c.status.username = Some("ops".into());
+        c.status.password = Some("s3cret".into());
+    })
+    .await;
+    // base64("ops:s3cret"), base64("ops:wrong")
+    let good = ("Authorization", "Basic b3BzOnMzY3JldA==");
+    let bad = ("Authorization", "Basic b3BzOndyb25n");
+    for path in ["/", "/stats.json", "/metrics"] {
+        let (status, head, _) = http_get_with(&b, path, &[]).await?;
+        ensure!(status == 401, "{path}: {status}");
+        ensure!(
+            head.to_ascii_lowercase()
+                .contains("www-authenticate: basic"),
+            "{head}"
+        );
+        let (status, _, _) = http_get_with(&b, path, &[bad]).await?;
+        ensure!(status == 401, "{path} with a wrong password: {status}");
+        let (status, _, body) = http_get_with(&b, path, &[good]).await?;
+        ensure!(status == 200, "{path} with credentials: {status}");
+        ensure!(!body.is_empty());
+    }
+    let (status, _, _) = http_get_with(&b, "/healthz", &[]).await?;
+    ensure!(status == 200);
+    b.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn stats_topic_is_only_for_the_status_user_once_status_is_restricted() -> Result<()> {
+    let b = TestBroker::start_with(|c| {
+        c.auth.jwt.hs256_secret = Some(SECRET.into());
+        c.auth.jwt.leeway_s = 0;
+        c.status.username = Some("ops".into());
+        c.status.password = Some("s3cret".into());
+    })
+    .await;
+    for dest in ["/topic/broker.stats", "/topic/#", "/topic/broker.*"] {
+        let mut alice = connect_token(&b, &hs256(claims("alice", json!({})))).await?;
+        alice
+            .command(
+                Command::Subscribe,
+                &[("id", "s"), ("destination", dest), ("receipt", "r")],
+            )
+            .await?;
+        let e = alice.expect_error_and_close().await?;
+        ensure!(
+            e.header_str("message") == Some("access denied"),
+            "{dest}: {:?}",
+            e.headers
+        );
+    }
+    // Other topics stay open to alice.
+    let mut alice = connect_token(&b, &hs256(claims("alice", json!({})))).await?;
+    alice.subscribe("t", "/topic/order.1", "auto").await?;
+    let mut ops = connect_token(&b, &hs256(claims("ops", json!({})))).await?;
+    ops.subscribe("s", "/topic/broker.stats", "auto").await?;
+    let m = ops.message().await?;
+    ensure!(body(&m).contains("\"connections\""), "{}", body(&m));
+    b.stop().await;
+    Ok(())
+}
