@@ -146,6 +146,15 @@ pub enum RouteError {
     InvalidDestination,
 }
 
+impl RouteError {
+    /// Whether the same publish may succeed later because the broker is
+    /// only full now (the Kafka bridge then pauses the partition and
+    /// retries), as opposed to a destination that will never take it.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, RouteError::QueueFull)
+    }
+}
+
 /// Rejects destinations no client has a reason to use and that could only
 /// confuse matching: control characters, `//`, `/./`, `/../`.
 pub fn validate_destination(dest: &str) -> Result<(), RouteError> {
