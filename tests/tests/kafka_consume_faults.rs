@@ -202,7 +202,7 @@ async fn backlog_is_paced_at_catchup_rate_and_a_steady_subscriber_is_not_disconn
     cfg.catchup_rate = 1_000;
     let b = TestBroker::start_with(move |c| {
         c.kafka = Some(cfg);
-        c.limits.max_pending_bytes_per_connection = 32 * 1024;
+        c.limits.max_pending_bytes_per_connection = 64 * 1024;
     })
     .await;
     let core = b.core.clone();
@@ -215,7 +215,7 @@ async fn backlog_is_paced_at_catchup_rate_and_a_steady_subscriber_is_not_disconn
     sub.subscribe("s", "/topic/feed.all", "auto").await?;
 
     // A backlog: records stamped a minute ago, as if produced during an
-    // outage, 512 bytes each (1 MiB in all, 32 times the budget).
+    // outage, 512 bytes each (1 MiB in all, 16 times the budget).
     let p = producer(&brokers);
     let old = now_ms() - 60_000;
     let pad = "p".repeat(500);
@@ -302,12 +302,17 @@ async fn node_sigkilled_before_its_first_auto_commit_resumes_every_partition() -
     let c = committed_offsets(&brokers, &group, &topic, PARTITIONS).await?;
     ensure!(c == vec![Some(0); 3], "committed at ready: {c:?}");
     let mut sub1 = Client::ws(&b1.ws_url()).await?;
-    sub1.connect_default().await?;
-    sub1.subscribe("s", "/topic/r.*", "auto").await?;
+    sub1.connect_default().await.context("CONNECT")?;
+    sub1.subscribe("s", "/topic/r.*", "auto")
+        .await
+        .context("SUBSCRIBE")?;
     let p = producer(&brokers);
     let first = e2e_tests::kafka::produce_at(&p, &topic, "k", now_ms(), b"first").await?;
     let _ = first;
-    let f = sub1.recv_within(Duration::from_secs(30)).await?;
+    let f = sub1
+        .recv_within(Duration::from_secs(30))
+        .await
+        .with_context(|| format!("the first record; log:\n{}", b1.log_text()))?;
     ensure!(f.command == Command::Message);
     b1.kill()?;
 
@@ -325,8 +330,12 @@ async fn node_sigkilled_before_its_first_auto_commit_resumes_every_partition() -
     }
     let b2 = BrokerProcess::start(&bin, &dir, &args).await?;
     let mut sub2 = Client::ws(&b2.ws_url()).await?;
-    sub2.connect_default().await?;
-    sub2.subscribe("s", "/topic/r.*", "auto").await?;
+    sub2.connect_default()
+        .await
+        .context("CONNECT to the restarted broker")?;
+    sub2.subscribe("s", "/topic/r.*", "auto")
+        .await
+        .with_context(|| format!("SUBSCRIBE to the restarted broker; log:\n{}", b2.log_text()))?;
     let mut got = HashSet::new();
     while !want.is_subset(&got) {
         let f = sub2
