@@ -40,8 +40,11 @@ async fn authenticated_sessions_from_one_address_pass_the_unauthenticated_cap() 
     // Sockets that never authenticate are capped: 50 are admitted (they
     // get no answer while they wait for CONNECT), the 51st is refused.
     let mut idle = Vec::new();
-    for _ in 0..50 {
+    for k in 1..=50 {
         idle.push(TcpStream::connect(b.stomp).await?);
+        // Admitted in the connection's own task: wait for it, so that the
+        // one over the cap below is the one refused.
+        e2e_tests::wait_until(|| b.core.metrics.connections.load(Relaxed) == 200 + k).await?;
     }
     let mut over = Client::tcp(b.stomp).await?;
     let e = over.expect_error_and_close().await?;
