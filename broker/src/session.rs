@@ -885,7 +885,7 @@ impl Session {
         if !is_queue {
             // Late subscriber: what was retained here comes right after the
             // RECEIPT, before anything published later.
-            let msgs = self.core.retained.replay(destination);
+            let msgs = self.core.replay_for(destination, &self.conn, &id);
             if !msgs.is_empty() {
                 self.replay = Some((id, msgs));
             }
