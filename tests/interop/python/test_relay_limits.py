@@ -19,8 +19,9 @@ UNAUTH_CAP = 5
 RATE = 50
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def relay_broker():
+    """A broker per test: sockets a test closed may still hold their slots for a moment."""
     with tempfile.TemporaryDirectory(prefix="stomp-relay-py-") as d:
         config = Path(d) / "broker.toml"
         config.write_text(
