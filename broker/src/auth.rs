@@ -13,12 +13,14 @@
 //!
 //! Password checks (argon2, ~19 MiB and ~15 ms each) are bounded three ways:
 //! at most `max_concurrent_hashes` run at once (a FIFO semaphore); an
-//! address has at most one check running or queued for it at a time, and
-//! only while failures are left in its budget (`max_failures_per_address`),
-//! so attempts are counted *before* hashing, one address cannot fill the
-//! queue in front of others, and the rest wait or are refused without a
-//! hash; and an unknown user is checked against a dummy hash with the same
-//! parameters, so the time taken does not tell which user names exist.
+//! address has at most as many checks running or queued for it as it has
+//! failures left in its budget (`max_failures_per_address`): attempts are
+//! counted *before* hashing, so the budget is never overshot, one address
+//! holds at most that many places in the queue in front of others, the rest
+//! wait or are refused without a hash, and a clean address (a Spring relay
+//! reconnecting its sessions) is checked in parallel; and an unknown user
+//! is checked against a dummy hash with the same parameters, so the time
+//! taken does not tell which user names exist.
 
 use std::{
     collections::HashMap,
@@ -497,9 +499,10 @@ impl Authenticator {
     }
 
     /// Takes `peer`'s turn for a check about to run: refused when the
-    /// failures in the window already reach the limit; waits while another
-    /// check of the same address is in flight (its outcome may spend the
-    /// budget, and one address must not fill the hash queue).
+    /// failures in the window already reach the limit; waits while the
+    /// checks of the same address in flight would spend what is left of the
+    /// budget if they all failed (so one address has at most
+    /// `max_failures_per_address` checks queued or running).
     async fn begin_attempt(&self, peer: IpAddr) -> Result<Attempt, AuthError> {
         if self.max_failures == 0 {
             return Ok(Attempt {
@@ -528,7 +531,12 @@ impl Authenticator {
                     self.metrics.auth_throttled.fetch_add(1, Relaxed);
                     return Err(AuthError::RateLimited);
                 }
-                if s.in_flight == 0 {
+                // Checks in flight count against the budget before they
+                // run, so an address may have as many in flight as it has
+                // failures left: the budget is never overshot, and a clean
+                // address (a Spring relay reconnecting its sessions) is not
+                // serialised. At one failure left, one check at a time.
+                if failures.saturating_add(s.in_flight) < self.max_failures {
                     s.in_flight += 1;
                     return Ok(Attempt {
                         entry: Some(entry.clone()),
@@ -921,6 +929,47 @@ mod tests {
         );
         assert_eq!(a.metrics.auth_hashes_in_flight.load(Relaxed), 0);
         assert_eq!(a.metrics.auth_waiting.load(Relaxed), 0);
+    }
+
+    /// A Spring broker relay reconnects every browser session after a
+    /// broker restart, each CONNECT with the same `clientLogin`/`clientPasscode`
+    /// from one address: while that address has no failures, its checks run
+    /// in parallel (up to its failure budget), not one at a time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_relays_connects_from_one_clean_address_are_checked_in_parallel() {
+        let a = Arc::new(with_alice("relay", |c| {
+            c.max_failures_per_address = 10;
+            c.max_concurrent_hashes = 2;
+        }));
+        let relay = IpAddr::from([10, 0, 0, 9]);
+        let started = Instant::now();
+        let n = 40;
+        let sessions: Vec<_> = (0..n)
+            .map(|_| {
+                let a = a.clone();
+                tokio::spawn(async move {
+                    a.authenticate_async(
+                        relay,
+                        Some("alice".into()),
+                        Some("s3cret".into()),
+                        None,
+                        None,
+                    )
+                    .await
+                })
+            })
+            .collect();
+        for s in sessions {
+            assert_eq!(s.await.unwrap().unwrap().user.as_deref(), Some("alice"));
+        }
+        eprintln!("{n} relay CONNECTs checked in {:?}", started.elapsed());
+        assert_eq!(a.metrics.auth_hashes.load(Relaxed), n);
+        assert_eq!(
+            a.peak_concurrent_hashes(),
+            2,
+            "one address's checks were serialised"
+        );
+        assert_eq!(a.metrics.auth_throttled.load(Relaxed), 0);
     }
 
     #[test]

@@ -151,8 +151,22 @@ pub struct LimitsConfig {
     /// Frames per second one connection may send (token bucket, burst of
     /// one second); 0 disables.
     pub max_frames_per_second: u32,
-    /// Connections open at once from one IP address; 0 disables.
+    /// Connections open at once from one IP address, authenticated or not
+    /// (`system_logins` sessions excepted); 0 disables. Off by default: a
+    /// Spring broker relay opens one connection per browser session from
+    /// one address; `max_unauthenticated_per_address` is the per-address
+    /// protection.
     pub max_connections_per_address: usize,
+    /// Sockets open at once from one IP address that have not (yet)
+    /// authenticated: HTTP sockets, connections before their CONNECT is
+    /// accepted, anonymous sessions; 0 disables. Authenticated sessions
+    /// count only against `max_connections`.
+    pub max_unauthenticated_per_address: usize,
+    /// Logins (authenticated users) exempt from `max_frames_per_second` and
+    /// the per-address limits: e.g. the `systemLogin` of a Spring broker
+    /// relay, whose one connection carries every message the application
+    /// sends.
+    pub system_logins: Vec<String>,
     /// Time an HTTP request's headers may take to arrive once its first byte
     /// did, ms (slowloris on the HTTP port); 0 disables.
     pub http_header_timeout_ms: u64,
@@ -344,7 +358,9 @@ impl Default for LimitsConfig {
             max_transactions_per_connection: 16,
             max_frames_per_transaction: 1_000,
             max_frames_per_second: 100_000,
-            max_connections_per_address: 10_000,
+            max_connections_per_address: 0,
+            max_unauthenticated_per_address: 1_000,
+            system_logins: Vec::new(),
             http_header_timeout_ms: 10_000,
             http_idle_timeout_ms: 60_000,
             memory_budget_bytes: 0,

@@ -238,6 +238,8 @@ async fn run<T: Transport>(
                                     // appends a field on every `record`.
                                     if let Some(login) = session.login() {
                                         tracing::Span::current().record("login", login);
+                                        // No longer counted as unauthenticated.
+                                        info.admission.authenticated(login);
                                     }
                                 }
                                 Err(e) => break Some(End::Error(e, CloseKind::ProtocolError)),

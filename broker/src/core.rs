@@ -4,10 +4,10 @@
 use std::{
     net::IpAddr,
     sync::{
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed},
         Arc, Mutex, OnceLock, Weak,
     },
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
 use bytes::Bytes;
@@ -21,7 +21,7 @@ use crate::{
     auth::Authenticator,
     config::Config,
     conn::{ConnShared, DeliveryKind, Outbound},
-    metrics::Metrics,
+    metrics::{ConnRefusal, Metrics},
     retain::{RetainPolicy, RetainStore},
     router::{Message, RouteError, Router, SubscriptionHandle},
 };
@@ -53,7 +53,8 @@ pub struct BrokerCore {
     pub acl: Acl,
     bridge: OnceLock<kafka_bridge::BridgeHandle>,
     rebuild: Mutex<RebuildGate>,
-    per_address: DashMap<IpAddr, usize>,
+    per_address: DashMap<IpAddr, AddrSlots>,
+    refusal_log: RefusalLog,
     /// Admission slots held ([`AdmitGuard`]s): STOMP connections and HTTP
     /// sockets, counted from accept.
     admitted: AtomicUsize,
@@ -98,6 +99,7 @@ impl BrokerCore {
             bridge: OnceLock::new(),
             rebuild: Mutex::new(RebuildGate::default()),
             per_address: DashMap::new(),
+            refusal_log: RefusalLog::new(),
             admitted: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
             next_msg: AtomicU64::new(1),
@@ -213,30 +215,82 @@ impl BrokerCore {
     }
 
     /// Admits a new connection (a STOMP connection, or an HTTP socket from
-    /// accept on) from `peer` if the total and per-address limits allow;
-    /// the guard releases the slot when dropped.
+    /// accept on) from `peer` if the limits allow; the guard releases the
+    /// slot when dropped. A new slot is *unauthenticated*: it counts against
+    /// `max_unauthenticated_per_address` until [`AdmitGuard::authenticated`]
+    /// moves it (a Spring relay's thousands of authenticated sessions from
+    /// one address then count only against `max_connections`).
+    /// `max_connections_per_address` (0 = off) counts every slot of the
+    /// address except those of `system_logins`. Each refusal is counted in
+    /// `stomp_connections_rejected_total{reason}` and logged (rate-limited).
     pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<AdmitGuard, &'static str> {
         if self.draining.load(Relaxed) {
             return Err("server shutting down");
         }
-        if self.admitted.fetch_add(1, Relaxed) >= self.config.limits.max_connections {
+        let limits = &self.config.limits;
+        if self.admitted.fetch_add(1, Relaxed) >= limits.max_connections {
             self.admitted.fetch_sub(1, Relaxed);
-            self.metrics.connections_rejected.fetch_add(1, Relaxed);
-            return Err("too many connections");
+            return Err(self.refuse(peer, ConnRefusal::MaxConnections));
         }
-        let per = self.config.limits.max_connections_per_address;
-        let mut n = self.per_address.entry(peer).or_insert(0);
-        if per > 0 && *n >= per {
-            drop(n);
+        let refusal = {
+            let mut n = self.per_address.entry(peer).or_default();
+            let unauth = limits.max_unauthenticated_per_address;
+            let per = limits.max_connections_per_address;
+            if unauth > 0 && n.unauthenticated >= unauth {
+                Some(ConnRefusal::UnauthenticatedPerAddress)
+            } else if per > 0 && n.unauthenticated + n.authenticated >= per {
+                Some(ConnRefusal::PerAddress)
+            } else {
+                n.unauthenticated += 1;
+                None
+            }
+        };
+        if let Some(why) = refusal {
             self.admitted.fetch_sub(1, Relaxed);
-            self.metrics.connections_rejected.fetch_add(1, Relaxed);
-            return Err("too many connections from this address");
+            self.forget_address_if_idle(peer);
+            return Err(self.refuse(peer, why));
         }
-        *n += 1;
         Ok(AdmitGuard {
             core: self.clone(),
             peer,
+            state: AtomicU8::new(UNAUTHENTICATED),
         })
+    }
+
+    /// Counts and logs one refused connection; the client-facing reason.
+    fn refuse(&self, peer: IpAddr, why: ConnRefusal) -> &'static str {
+        self.metrics.connection_refused(why);
+        if let Some(also) = self.refusal_log.note(why, Instant::now()) {
+            let limits = &self.config.limits;
+            let limit = match why {
+                ConnRefusal::MaxConnections => limits.max_connections,
+                ConnRefusal::PerAddress => limits.max_connections_per_address,
+                ConnRefusal::UnauthenticatedPerAddress => limits.max_unauthenticated_per_address,
+            };
+            tracing::warn!(
+                %peer,
+                reason = why.as_str(),
+                limit,
+                refused_since_last_line = also,
+                "connection refused: {}",
+                why.message()
+            );
+        }
+        why.message()
+    }
+
+    /// Whether `login` is one of `limits.system_logins` (exempt from the
+    /// per-address limits and the frame-rate limit).
+    pub fn is_system_login(&self, login: &str) -> bool {
+        self.config
+            .limits
+            .system_logins
+            .iter()
+            .any(|l| l.as_str() == login)
+    }
+
+    fn forget_address_if_idle(&self, peer: IpAddr) {
+        self.per_address.remove_if(&peer, |_, n| n.is_idle());
     }
 
     /// A new connection handle and the receiver its task drains.
@@ -412,11 +466,61 @@ impl Drop for LocalSubscription {
     }
 }
 
+/// What one address holds (see [`BrokerCore::admit`]).
+#[derive(Debug, Default)]
+struct AddrSlots {
+    /// Sockets that have not (yet) authenticated: HTTP sockets, STOMP
+    /// connections before CONNECT, anonymous sessions.
+    unauthenticated: usize,
+    /// Authenticated sessions other than `system_logins`.
+    authenticated: usize,
+}
+
+impl AddrSlots {
+    fn is_idle(&self) -> bool {
+        self.unauthenticated == 0 && self.authenticated == 0
+    }
+}
+
+const UNAUTHENTICATED: u8 = 0;
+const AUTHENTICATED: u8 = 1;
+/// A `system_logins` session: counted only against `max_connections`.
+const SYSTEM: u8 = 2;
+
 /// Holds one connection slot of a peer address (see [`BrokerCore::admit`]).
 #[derive(Debug)]
 pub struct AdmitGuard {
     core: Arc<BrokerCore>,
     peer: IpAddr,
+    state: AtomicU8,
+}
+
+impl AdmitGuard {
+    /// The session authenticated as `login`: its slot stops counting against
+    /// `max_unauthenticated_per_address`, and against
+    /// `max_connections_per_address` too when `login` is a system login.
+    /// Once per guard; later calls do nothing.
+    pub fn authenticated(&self, login: &str) {
+        let to = if self.core.is_system_login(login) {
+            SYSTEM
+        } else {
+            AUTHENTICATED
+        };
+        if self
+            .state
+            .compare_exchange(UNAUTHENTICATED, to, Relaxed, Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        if let Some(mut n) = self.core.per_address.get_mut(&self.peer) {
+            n.unauthenticated = n.unauthenticated.saturating_sub(1);
+            if to == AUTHENTICATED {
+                n.authenticated += 1;
+            }
+        }
+        self.core.forget_address_if_idle(self.peer);
+    }
 }
 
 impl Drop for AdmitGuard {
@@ -424,14 +528,59 @@ impl Drop for AdmitGuard {
         self.core.admitted.fetch_sub(1, Relaxed);
         let gone = match self.core.per_address.get_mut(&self.peer) {
             Some(mut n) => {
-                *n = n.saturating_sub(1);
-                *n == 0
+                match self.state.load(Relaxed) {
+                    UNAUTHENTICATED => n.unauthenticated = n.unauthenticated.saturating_sub(1),
+                    AUTHENTICATED => n.authenticated = n.authenticated.saturating_sub(1),
+                    _ => {}
+                }
+                n.is_idle()
             }
             None => false,
         };
         if gone {
-            self.core.per_address.remove_if(&self.peer, |_, n| *n == 0);
+            self.core.forget_address_if_idle(self.peer);
         }
+    }
+}
+
+/// Rate-limits the refusal log: per reason, at most one line a second; the
+/// line says how many refusals of that reason it stands for since the last.
+#[derive(Debug)]
+struct RefusalLog {
+    start: Instant,
+    /// Per reason: ms since `start` of the last line, plus one (0 = never).
+    last: [AtomicU64; ConnRefusal::ALL.len()],
+    /// Per reason: refusals not logged since the last line.
+    unlogged: [AtomicU64; ConnRefusal::ALL.len()],
+}
+
+impl RefusalLog {
+    fn new() -> RefusalLog {
+        RefusalLog {
+            start: Instant::now(),
+            last: Default::default(),
+            unlogged: Default::default(),
+        }
+    }
+
+    /// Notes one refusal at `now`. `Some(n)`: write a line now, for this
+    /// refusal and `n` earlier ones that were not logged; `None`: counted
+    /// for the next line.
+    fn note(&self, why: ConnRefusal, now: Instant) -> Option<u64> {
+        let i = why as usize;
+        let ms = u64::try_from(now.saturating_duration_since(self.start).as_millis())
+            .unwrap_or(u64::MAX - 1)
+            + 1;
+        let last = self.last[i].load(Relaxed);
+        if (last == 0 || ms >= last.saturating_add(1000))
+            && self.last[i]
+                .compare_exchange(last, ms, Relaxed, Relaxed)
+                .is_ok()
+        {
+            return Some(self.unlogged[i].swap(0, Relaxed));
+        }
+        self.unlogged[i].fetch_add(1, Relaxed);
+        None
     }
 }
 
@@ -472,6 +621,87 @@ mod tests {
         assert_eq!(replay.len(), 1);
         assert_eq!(&*replay[0].message_id, "t-0-7");
         assert_eq!(&replay[0].template.body()[..], b"filled");
+    }
+
+    fn core_with(tweak: impl FnOnce(&mut Config)) -> Arc<BrokerCore> {
+        let mut c = Config::default();
+        tweak(&mut c);
+        BrokerCore::new(c, CancellationToken::new()).expect("core")
+    }
+
+    const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7));
+
+    #[test]
+    fn authenticated_sessions_do_not_count_against_the_unauthenticated_cap() {
+        let core = core_with(|c| c.limits.max_unauthenticated_per_address = 2);
+        let a = core.admit(PEER).expect("a");
+        let _b = core.admit(PEER).expect("b");
+        assert_eq!(
+            core.admit(PEER).err(),
+            Some("too many unauthenticated connections from this address")
+        );
+        a.authenticated("alice");
+        let c = core.admit(PEER).expect("c, once a authenticated");
+        c.authenticated("alice");
+        let _d = core.admit(PEER).expect("d");
+        // Another address has its own cap.
+        let _e = core
+            .admit(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+            .expect("e");
+        assert_eq!(
+            core.metrics
+                .connections_refused_of(ConnRefusal::UnauthenticatedPerAddress),
+            1
+        );
+        drop((a, c));
+        assert_eq!(
+            core.per_address.get(&PEER).map(|n| n.authenticated),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn system_logins_are_exempt_from_the_per_address_limit() {
+        let core = core_with(|c| {
+            c.limits.max_connections_per_address = 2;
+            c.limits.system_logins = vec!["relay-system".into()];
+        });
+        let sys = core.admit(PEER).expect("system");
+        sys.authenticated("relay-system");
+        let a = core.admit(PEER).expect("a");
+        a.authenticated("alice");
+        let _b = core.admit(PEER).expect("b");
+        assert_eq!(
+            core.admit(PEER).err(),
+            Some("too many connections from this address")
+        );
+        assert_eq!(
+            core.metrics.connections_refused_of(ConnRefusal::PerAddress),
+            1
+        );
+        drop((sys, a, _b));
+        assert!(core.per_address.is_empty(), "address entry not forgotten");
+        assert_eq!(core.admitted.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn refusal_log_writes_at_most_one_line_a_second_per_reason_with_a_count() {
+        let log = RefusalLog::new();
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert_eq!(log.note(ConnRefusal::MaxConnections, at(0)), Some(0));
+        for ms in 1..=500 {
+            assert_eq!(log.note(ConnRefusal::MaxConnections, at(ms)), None);
+        }
+        // Another reason has its own line.
+        assert_eq!(
+            log.note(ConnRefusal::UnauthenticatedPerAddress, at(600)),
+            Some(0)
+        );
+        assert_eq!(log.note(ConnRefusal::MaxConnections, at(900)), None);
+        // A second later: one line standing for the 501 refusals not logged.
+        assert_eq!(log.note(ConnRefusal::MaxConnections, at(1_001)), Some(501));
+        assert_eq!(log.note(ConnRefusal::MaxConnections, at(1_002)), None);
     }
 
     #[test]

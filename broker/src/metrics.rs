@@ -49,6 +49,47 @@ impl Refusal {
     }
 }
 
+/// Why a connection (or an HTTP socket) was refused at admission, the
+/// label of `stomp_connections_rejected_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnRefusal {
+    /// `limits.max_connections` (all listeners together) was reached.
+    MaxConnections,
+    /// `limits.max_connections_per_address` was reached.
+    PerAddress,
+    /// `limits.max_unauthenticated_per_address` was reached.
+    UnauthenticatedPerAddress,
+}
+
+impl ConnRefusal {
+    /// Every reason, in label order.
+    pub const ALL: [ConnRefusal; 3] = [
+        ConnRefusal::MaxConnections,
+        ConnRefusal::PerAddress,
+        ConnRefusal::UnauthenticatedPerAddress,
+    ];
+
+    /// The metric label (the setting's name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnRefusal::MaxConnections => "max_connections",
+            ConnRefusal::PerAddress => "max_connections_per_address",
+            ConnRefusal::UnauthenticatedPerAddress => "max_unauthenticated_per_address",
+        }
+    }
+
+    /// What the client is told (ERROR `message`, HTTP 503 body).
+    pub fn message(self) -> &'static str {
+        match self {
+            ConnRefusal::MaxConnections => "too many connections",
+            ConnRefusal::PerAddress => "too many connections from this address",
+            ConnRefusal::UnauthenticatedPerAddress => {
+                "too many unauthenticated connections from this address"
+            }
+        }
+    }
+}
+
 /// All broker counters. Cheap to update from any thread.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -69,8 +110,8 @@ pub struct Metrics {
     pub connections: AtomicI64,
     /// Connections accepted since start.
     pub connections_total: AtomicU64,
-    /// Connections refused because `max_connections` was reached.
-    pub connections_rejected: AtomicU64,
+    /// Connections refused at admission, by reason.
+    connections_rejected: [AtomicU64; 3],
     /// Active subscriptions.
     pub subscriptions: AtomicI64,
     frames_in: [AtomicU64; 15],
@@ -127,6 +168,16 @@ impl Metrics {
         self.errors.entry(kind).or_default().fetch_add(1, Relaxed);
     }
 
+    /// Counts one connection refused at admission.
+    pub fn connection_refused(&self, why: ConnRefusal) {
+        self.connections_rejected[why as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Connections refused at admission for `why`.
+    pub fn connections_refused_of(&self, why: ConnRefusal) -> u64 {
+        self.connections_rejected[why as usize].load(Relaxed)
+    }
+
     /// Counts one refused publish.
     pub fn refused(&self, why: Refusal) {
         self.publish_refused[why as usize].fetch_add(1, Relaxed);
@@ -165,12 +216,18 @@ impl Metrics {
             "Connections accepted.",
             self.connections_total.load(Relaxed),
         );
-        counter(
+        let _ = writeln!(
             out,
-            "stomp_connections_rejected_total",
-            "Connections refused at max_connections.",
-            self.connections_rejected.load(Relaxed),
+            "# HELP stomp_connections_rejected_total Connections and HTTP sockets refused at admission, by reason (the limit reached).\n# TYPE stomp_connections_rejected_total counter"
         );
+        for r in ConnRefusal::ALL {
+            let _ = writeln!(
+                out,
+                "stomp_connections_rejected_total{{reason=\"{}\"}} {}",
+                r.as_str(),
+                self.connections_refused_of(r)
+            );
+        }
         gauge(
             out,
             "stomp_subscriptions",

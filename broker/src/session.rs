@@ -361,6 +361,11 @@ impl Session {
             self.connect(&c, identity)
         })();
         result.map_err(|e| e.with_receipt(receipt.as_deref()))?;
+        // A system login (a Spring relay's "system" connection carries every
+        // message the application sends) is not frame-rate limited.
+        if self.login().is_some_and(|l| self.core.is_system_login(l)) {
+            self.rate.per_sec = 0.0;
+        }
         self.receipt(receipt.as_deref());
         Ok(Flow::Continue)
     }
