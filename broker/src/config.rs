@@ -111,7 +111,9 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Largest STOMP frame in bytes (headers and body).
+    /// Largest STOMP frame in bytes (command, headers, body). Keep it above
+    /// `max_body_bytes` so a body of exactly `max_body_bytes` still fits with
+    /// its headers (the default leaves 64 KiB for them).
     pub max_frame_bytes: usize,
     /// Largest body in bytes.
     pub max_body_bytes: usize,
@@ -161,15 +163,32 @@ pub struct LimitsConfig {
 }
 
 /// Heart-beat settings.
+///
+/// The server follows the client: it sends as often as the client asks
+/// and expects to hear from it as often as the client says it can send,
+/// each clamped to `[min_ms, max_ms]` (see
+/// [`crate::session::negotiate_heart_beats`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HeartbeatConfig {
-    /// The server's offer `sx,sy` in ms: how often it can send, how often it
-    /// wants to receive. `0,0` disables heart-beats.
+    /// `sx,sy`: which directions the server heart-beats. A `0` turns that
+    /// direction off (`0,0`: no heart-beats at all; `sx,0`: silent clients
+    /// are never closed); any other number turns it on. The numbers no
+    /// longer set the interval: `min_ms`/`max_ms` bound what the client asks.
     pub server: String,
-    /// A silent client is closed after `interval * tolerance + grace_ms`.
+    /// Shortest interval in ms the server sends heart-beats at or expects
+    /// them at, whatever the client asks (protects the server from clients
+    /// asking for a beat every millisecond).
+    pub min_ms: u64,
+    /// Longest interval in ms the server stays silent when the client wants
+    /// heart-beats. A client that can only send less often is still
+    /// accepted and judged by its own interval (STOMP's `max(cx, sy)`).
+    pub max_ms: u64,
+    /// A silent client is closed after `interval * tolerance + grace`.
     pub tolerance: f64,
-    /// Added to the tolerated silence, ms (background tabs throttle timers).
+    /// Added to the tolerated silence, ms (background tabs throttle
+    /// timers), but never more than half the interval, so a client asking
+    /// for 1 s heart-beats is closed within about 2.5 s of going silent.
     pub grace_ms: u64,
 }
 
@@ -298,10 +317,14 @@ impl Default for ListenConfig {
     }
 }
 
+/// Room the default frame limit leaves for the command and headers on top
+/// of the largest body.
+pub const HEADER_ROOM: usize = 64 * 1024;
+
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
-            max_frame_bytes: 1024 * 1024,
+            max_frame_bytes: 1024 * 1024 + HEADER_ROOM,
             max_body_bytes: 1024 * 1024,
             max_headers: 64,
             max_header_line: 8 * 1024,
@@ -327,6 +350,8 @@ impl Default for HeartbeatConfig {
     fn default() -> Self {
         HeartbeatConfig {
             server: "10000,10000".into(),
+            min_ms: 1_000,
+            max_ms: 60_000,
             tolerance: 2.0,
             grace_ms: 5_000,
         }
@@ -397,6 +422,13 @@ impl Config {
         }
         if self.heartbeat.tolerance.is_nan() || self.heartbeat.tolerance < 1.0 {
             anyhow::bail!("heartbeat.tolerance must be >= 1.0");
+        }
+        let hb = &self.heartbeat;
+        if hb.min_ms == 0 || hb.min_ms > hb.max_ms || hb.max_ms > u64::from(u32::MAX) {
+            anyhow::bail!(
+                "heartbeat.min_ms and heartbeat.max_ms: need 1 <= min_ms <= max_ms <= {}",
+                u32::MAX
+            );
         }
         for net in &self.status.allow {
             crate::status::parse_cidr(net)
@@ -475,10 +507,16 @@ pub struct Args {
     /// Tolerated client silence factor [default: 2.0].
     #[arg(long, env = "STOMP_BROKER_HEART_BEAT_TOLERANCE")]
     pub heart_beat_tolerance: Option<f64>,
-    /// Extra tolerated client silence in ms [default: 5000].
+    /// Extra tolerated client silence in ms, at most half the interval [default: 5000].
     #[arg(long, env = "STOMP_BROKER_HEART_BEAT_GRACE_MS")]
     pub heart_beat_grace_ms: Option<u64>,
-    /// Largest frame in bytes [default: 1048576].
+    /// Shortest heart-beat interval in ms, whatever the client asks [default: 1000].
+    #[arg(long, env = "STOMP_BROKER_HEART_BEAT_MIN_MS")]
+    pub heart_beat_min_ms: Option<u64>,
+    /// Longest heart-beat interval in ms the server stays silent [default: 60000].
+    #[arg(long, env = "STOMP_BROKER_HEART_BEAT_MAX_MS")]
+    pub heart_beat_max_ms: Option<u64>,
+    /// Largest frame in bytes; the body limit is lowered to leave 64 KiB of it (at most half) for headers [default: 1114112].
     #[arg(long, env = "STOMP_BROKER_MAX_FRAME_BYTES")]
     pub max_frame_bytes: Option<usize>,
     /// Most connections at once [default: 100000].
@@ -564,9 +602,13 @@ impl Args {
         set!(self.heart_beat => cfg.heartbeat.server);
         set!(self.heart_beat_tolerance => cfg.heartbeat.tolerance);
         set!(self.heart_beat_grace_ms => cfg.heartbeat.grace_ms);
+        set!(self.heart_beat_min_ms => cfg.heartbeat.min_ms);
+        set!(self.heart_beat_max_ms => cfg.heartbeat.max_ms);
         if let Some(v) = self.max_frame_bytes {
             cfg.limits.max_frame_bytes = v;
-            cfg.limits.max_body_bytes = cfg.limits.max_body_bytes.min(v);
+            // A body of the body limit must still fit with its headers.
+            let room = HEADER_ROOM.min(v / 2);
+            cfg.limits.max_body_bytes = cfg.limits.max_body_bytes.min(v - room);
         }
         set!(self.max_connections => cfg.limits.max_connections);
         set!(self.max_subscriptions => cfg.limits.max_subscriptions_per_connection);

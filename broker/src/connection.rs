@@ -123,9 +123,9 @@ async fn run<T: Transport>(
 
     let end = loop {
         let hb = session.heart_beats();
-        let read_deadline = match (session.version(), hb.recv) {
+        let read_deadline = match (session.version(), hb.tolerated_silence(tolerance, grace)) {
             (None, _) => Some(connect_deadline),
-            (Some(_), Some(every)) => Some(last_read + every.mul_f64(tolerance) + grace),
+            (Some(_), Some(silence)) => Some(last_read + silence),
             (Some(_), None) => None,
         };
         let write_deadline = hb.send.map(|every| last_write + every);
