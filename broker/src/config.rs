@@ -501,7 +501,7 @@ pub struct Args {
     /// Write the bound addresses as JSON to this file once listening.
     #[arg(long, env = "STOMP_BROKER_PORT_FILE")]
     pub port_file: Option<PathBuf>,
-    /// Server heart-beat offer `sx,sy` in ms [default: 10000,10000].
+    /// Heart-beat directions `sx,sy`: 0 turns one off, "0,0" both; intervals follow the client [default: 10000,10000].
     #[arg(long, env = "STOMP_BROKER_HEART_BEAT")]
     pub heart_beat: Option<String>,
     /// Tolerated client silence factor [default: 2.0].
@@ -736,6 +736,39 @@ mod tests {
         assert_eq!(Config::default().listen.backlog, 1024);
         assert!(Config::from_toml("[listen]\nbacklog = 0\n").is_err());
         assert!(Config::from_toml("[listen]\nbacklog = 4096\n").is_ok());
+    }
+
+    #[test]
+    fn default_frame_limit_leaves_room_for_headers_of_the_largest_body() {
+        let l = Config::default().limits;
+        assert_eq!(l.max_frame_bytes, l.max_body_bytes + HEADER_ROOM);
+        // --max-frame-bytes lowers the body limit to keep that room.
+        let small = Args {
+            max_frame_bytes: Some(65_536),
+            ..Args::default()
+        };
+        let cfg = small.into_config().unwrap();
+        assert_eq!(cfg.limits.max_body_bytes, 32_768);
+        let big = Args {
+            max_frame_bytes: Some(4 * 1024 * 1024),
+            ..Args::default()
+        };
+        let cfg = big.into_config().unwrap();
+        assert_eq!(cfg.limits.max_body_bytes, 1024 * 1024);
+    }
+
+    #[test]
+    fn heartbeat_bounds_are_checked() {
+        let hb = &Config::default().heartbeat;
+        assert_eq!((hb.min_ms, hb.max_ms), (1000, 60_000));
+        assert!(Config::from_toml("[heartbeat]\nmin_ms = 200\nmax_ms = 200\n").is_ok());
+        for bad in [
+            "[heartbeat]\nmin_ms = 0\n",
+            "[heartbeat]\nmin_ms = 5000\nmax_ms = 4000\n",
+            "[heartbeat]\nmax_ms = 5000000000\n",
+        ] {
+            assert!(Config::from_toml(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
