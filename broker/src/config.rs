@@ -10,6 +10,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::{acl::AclRule, auth::AuthConfig};
 
+/// Largest accepted `heartbeat.tolerance`: a client may stay silent for a
+/// hundred intervals, more is a typo.
+pub const MAX_HEARTBEAT_TOLERANCE: f64 = 100.0;
+
+/// Largest accepted duration setting (`*_ms`): one day.
+pub const MAX_DURATION_MS: u64 = 86_400_000;
+
 /// The whole broker configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -121,6 +128,8 @@ pub struct LimitsConfig {
     pub max_headers: usize,
     /// Longest command or header line in bytes.
     pub max_header_line: usize,
+    /// Largest header section (command, header lines, blank line) in bytes.
+    pub max_header_bytes: usize,
     /// Most subscriptions one connection may hold.
     pub max_subscriptions_per_connection: usize,
     /// Most connections open at once (both listeners together).
@@ -328,6 +337,7 @@ impl Default for LimitsConfig {
             max_body_bytes: 1024 * 1024,
             max_headers: 64,
             max_header_line: 8 * 1024,
+            max_header_bytes: 64 * 1024,
             max_subscriptions_per_connection: 1024,
             max_connections: 100_000,
             connect_timeout_ms: 10_000,
@@ -414,20 +424,48 @@ impl Config {
         if !self.listen.ws_path.starts_with('/') {
             anyhow::bail!("listen.ws_path must start with '/'");
         }
-        if self.limits.max_frame_bytes == 0 || self.limits.max_pending_bytes_per_connection == 0 {
+        if self.limits.max_frame_bytes == 0
+            || self.limits.max_header_bytes == 0
+            || self.limits.max_pending_bytes_per_connection == 0
+        {
             anyhow::bail!("limits must be positive");
         }
         if self.listen.backlog == 0 || self.listen.backlog > i32::MAX as u32 {
             anyhow::bail!("listen.backlog must be between 1 and {}", i32::MAX);
         }
-        if self.heartbeat.tolerance.is_nan() || self.heartbeat.tolerance < 1.0 {
-            anyhow::bail!("heartbeat.tolerance must be >= 1.0");
+        let tolerance = self.heartbeat.tolerance;
+        // `!(a..=b).contains` is also true for NaN; infinity is out of range.
+        if !(1.0..=MAX_HEARTBEAT_TOLERANCE).contains(&tolerance) {
+            anyhow::bail!(
+                "heartbeat.tolerance must be a number from 1.0 to {MAX_HEARTBEAT_TOLERANCE}, not {tolerance}"
+            );
+        }
+        for (name, ms) in [
+            ("heartbeat.grace_ms", self.heartbeat.grace_ms),
+            ("heartbeat.min_ms", self.heartbeat.min_ms),
+            ("heartbeat.max_ms", self.heartbeat.max_ms),
+            ("limits.connect_timeout_ms", self.limits.connect_timeout_ms),
+            ("limits.frame_timeout_ms", self.limits.frame_timeout_ms),
+            (
+                "limits.http_header_timeout_ms",
+                self.limits.http_header_timeout_ms,
+            ),
+            (
+                "limits.http_idle_timeout_ms",
+                self.limits.http_idle_timeout_ms,
+            ),
+            ("shutdown_timeout_ms", self.shutdown_timeout_ms),
+        ] {
+            if ms > MAX_DURATION_MS {
+                anyhow::bail!("{name} must be at most {MAX_DURATION_MS} (one day), not {ms}");
+            }
         }
         let hb = &self.heartbeat;
-        if hb.min_ms == 0 || hb.min_ms > hb.max_ms || hb.max_ms > u64::from(u32::MAX) {
+        if hb.min_ms == 0 || hb.min_ms > hb.max_ms {
             anyhow::bail!(
-                "heartbeat.min_ms and heartbeat.max_ms: need 1 <= min_ms <= max_ms <= {}",
-                u32::MAX
+                "heartbeat.min_ms and heartbeat.max_ms: need 1 <= min_ms <= max_ms, not {} and {}",
+                hb.min_ms,
+                hb.max_ms
             );
         }
         for net in &self.status.allow {
@@ -457,6 +495,7 @@ impl Config {
         l.max_body = self.limits.max_body_bytes;
         l.max_headers = self.limits.max_headers;
         l.max_header_line = self.limits.max_header_line;
+        l.max_header_bytes = self.limits.max_header_bytes;
         l
     }
 
@@ -710,6 +749,67 @@ mod tests {
                 readme.contains(&format!("`{key}`")),
                 "{key} missing from README.md"
             );
+        }
+    }
+
+    #[test]
+    fn heartbeat_tolerance_must_be_finite_and_sensible() {
+        for bad in ["inf", "-inf", "nan", "0.5", "-1.0", "100.5", "1e300"] {
+            let err = Config::from_toml(&format!("[heartbeat]\ntolerance = {bad}\n"))
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("heartbeat.tolerance"), "{bad}: {err}");
+        }
+        for good in ["1.0", "2.5", "100.0"] {
+            assert!(Config::from_toml(&format!("[heartbeat]\ntolerance = {good}\n")).is_ok());
+        }
+    }
+
+    #[test]
+    fn absurd_durations_are_rejected() {
+        for key in [
+            "heartbeat.grace_ms",
+            "limits.connect_timeout_ms",
+            "limits.frame_timeout_ms",
+            "limits.http_header_timeout_ms",
+            "limits.http_idle_timeout_ms",
+            "shutdown_timeout_ms",
+        ] {
+            let (table, field) = key.rsplit_once('.').unwrap_or(("", key));
+            let header = if table.is_empty() {
+                String::new()
+            } else {
+                format!("[{table}]\n")
+            };
+            let text = format!("{field} = {}\n", i64::MAX);
+            let err = Config::from_toml(&format!("{header}{text}"))
+                .expect_err(key)
+                .to_string();
+            assert!(err.contains(key), "{key}: {err}");
+            let ok = format!("{header}{field} = {MAX_DURATION_MS}\n");
+            assert!(Config::from_toml(&ok).is_ok(), "{key}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Validation never panics and accepts a tolerance only when the
+        /// heart-beat arithmetic can use it.
+        #[test]
+        fn validate_never_panics_on_any_timing(
+            tolerance in proptest::num::f64::ANY,
+            grace_ms in proptest::num::u64::ANY,
+            frame_ms in proptest::num::u64::ANY,
+        ) {
+            let mut cfg = Config::default();
+            cfg.heartbeat.tolerance = tolerance;
+            cfg.heartbeat.grace_ms = grace_ms;
+            cfg.limits.frame_timeout_ms = frame_ms;
+            if cfg.validate().is_ok() {
+                proptest::prop_assert!(tolerance.is_finite() && tolerance >= 1.0);
+                proptest::prop_assert!(grace_ms <= MAX_DURATION_MS && frame_ms <= MAX_DURATION_MS);
+                let every = Duration::from_millis(u64::from(u32::MAX));
+                let _ = every.mul_f64(tolerance) + Duration::from_millis(grace_ms);
+            }
         }
     }
 

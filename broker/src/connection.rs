@@ -24,6 +24,8 @@ const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365);
 enum Event {
     Read(std::io::Result<usize>),
     Out(Option<Outbound>),
+    /// The deadline timer fired; which deadline is worked out after.
+    Timer,
     ReadTimeout,
     FrameTimeout,
     HeartBeat,
@@ -97,7 +99,7 @@ async fn run<T: Transport>(
 ) {
     let mut decoder = Decoder::new(core.limits);
     let mut rbuf = BytesMut::new();
-    let connect_deadline = Instant::now() + core.config.connect_timeout();
+    let connect_deadline = deadline_after(Instant::now(), core.config.connect_timeout());
     let mut last_read = Instant::now();
     let mut last_write = Instant::now();
     let tolerance = core.config.heartbeat.tolerance;
@@ -120,21 +122,23 @@ async fn run<T: Transport>(
     let timer = sleep_until(Instant::now() + FAR_FUTURE);
     tokio::pin!(timer);
     let mut armed: Option<Instant> = None;
+    // Whether the socket read is polled before the outbound queue this turn.
+    let mut read_first = false;
 
     let end = loop {
         let hb = session.heart_beats();
-        let read_deadline = match (session.version(), hb.tolerated_silence(tolerance, grace)) {
+        let read_deadline = match (session.version(), hb.recv) {
             (None, _) => Some(connect_deadline),
-            (Some(_), Some(silence)) => Some(last_read + silence),
+            (Some(_), Some(every)) => Some(deadline_after(
+                last_read,
+                silence_allowed(every, tolerance, grace),
+            )),
             (Some(_), None) => None,
         };
-        let write_deadline = hb.send.map(|every| last_write + every);
-        let expiry = session.expires_at().map(|at| {
-            let left = at
-                .duration_since(std::time::SystemTime::now())
-                .unwrap_or(Duration::ZERO);
-            Instant::now() + left
-        });
+        let write_deadline = hb.send.map(|every| deadline_after(last_write, every));
+        let expiry = session
+            .expires_at()
+            .map(|at| expiry_deadline(at, std::time::SystemTime::now(), Instant::now()));
         let next = [read_deadline, write_deadline, expiry, frame_deadline]
             .into_iter()
             .flatten()
@@ -145,32 +149,52 @@ async fn run<T: Transport>(
                 armed = Some(n);
             }
         }
+        // Fairness: the socket and the outbound queue take turns at
+        // priority, and each turn does bounded work (one read, or one batch
+        // of at most MAX_BATCH_BYTES), so a flood of messages to this client
+        // cannot leave its own ACK, DISCONNECT or heart-beats unread, and a
+        // client that floods us cannot starve its own deliveries. The timer
+        // goes first: it is ready only when a deadline is due, and a flood
+        // must not postpone a heart-beat or token-expiry deadline either.
+        read_first = !read_first;
         let event = if core.shutdown.is_cancelled() {
             Event::Shutdown
+        } else if read_first {
+            tokio::select! {
+                biased;
+                _ = &mut timer, if armed.is_some() => Event::Timer,
+                r = transport.read(&mut rbuf) => Event::Read(r),
+                out = rx.recv() => Event::Out(out),
+                _ = &mut shutdown => Event::Shutdown,
+            }
         } else {
             tokio::select! {
                 biased;
+                _ = &mut timer, if armed.is_some() => Event::Timer,
                 out = rx.recv() => Event::Out(out),
                 r = transport.read(&mut rbuf) => Event::Read(r),
-                _ = &mut timer, if armed.is_some() => {
-                    armed = None;
-                    let now = Instant::now();
-                    let due = |d: Option<Instant>| d.is_some_and(|d| d <= now);
-                    if due(read_deadline) {
-                        Event::ReadTimeout
-                    } else if due(frame_deadline) {
-                        Event::FrameTimeout
-                    } else if due(expiry) {
-                        Event::TokenExpired
-                    } else if due(write_deadline) {
-                        Event::HeartBeat
-                    } else {
-                        // Fired for a deadline that has since moved.
-                        continue;
-                    }
-                }
                 _ = &mut shutdown => Event::Shutdown,
             }
+        };
+        let event = match event {
+            Event::Timer => {
+                armed = None;
+                let now = Instant::now();
+                let due = |d: Option<Instant>| d.is_some_and(|d| d <= now);
+                if due(read_deadline) {
+                    Event::ReadTimeout
+                } else if due(frame_deadline) {
+                    Event::FrameTimeout
+                } else if due(expiry) {
+                    Event::TokenExpired
+                } else if due(write_deadline) {
+                    Event::HeartBeat
+                } else {
+                    // Fired for a deadline that has since moved.
+                    continue;
+                }
+            }
+            other => other,
         };
         let mut ended = None;
         match event {
@@ -227,7 +251,7 @@ async fn run<T: Transport>(
                 frame_deadline = match (rbuf.is_empty(), frame_deadline) {
                     (true, _) => None,
                     (false, None) if !frame_timeout.is_zero() => {
-                        Some(Instant::now() + frame_timeout)
+                        Some(deadline_after(Instant::now(), frame_timeout))
                     }
                     (false, d) => d,
                 };
@@ -273,6 +297,8 @@ async fn run<T: Transport>(
                 ));
             }
             Event::HeartBeat => session.push_heartbeat(),
+            // Resolved into one of the deadline events above.
+            Event::Timer => {}
             Event::TokenExpired => {
                 ended = Some(End::Error(
                     StompError::new(
@@ -360,6 +386,42 @@ async fn run<T: Transport>(
         core.router.requeue(unsent, None);
     }
     tracing::debug!("connection closed");
+}
+
+/// `at + after`, saturating at [`FAR_FUTURE`] from `at`: no setting or
+/// token can make a deadline overflow (`Instant + Duration` panics).
+fn deadline_after(at: Instant, after: Duration) -> Instant {
+    let after = after.min(FAR_FUTURE);
+    at.checked_add(after).unwrap_or(at)
+}
+
+/// How long a client that promised a heart-beat `every` may stay silent:
+/// `every × tolerance + grace`, the grace capped at half the interval (so a
+/// client asking for 1 s is closed within about 2.5 s, while 10 s still gets
+/// the whole 5 s), saturating (a tolerance that is not a finite number ≥ 1
+/// counts as 1; validation rejects those anyway).
+fn silence_allowed(every: Duration, tolerance: f64, grace: Duration) -> Duration {
+    let grace = grace.min(every / 2);
+    let tolerance = if tolerance.is_finite() {
+        tolerance.max(1.0)
+    } else {
+        1.0
+    };
+    Duration::try_from_secs_f64(every.as_secs_f64() * tolerance)
+        .unwrap_or(Duration::MAX)
+        .saturating_add(grace)
+}
+
+/// The instant a token valid until `expires` (wall clock) runs out, given
+/// the wall clock `now` and monotonic `now_instant`; an expiry in the past
+/// is due now, one absurdly far away saturates.
+fn expiry_deadline(
+    expires: std::time::SystemTime,
+    now: std::time::SystemTime,
+    now_instant: Instant,
+) -> Instant {
+    let left = expires.duration_since(now).unwrap_or(Duration::ZERO);
+    deadline_after(now_instant, left)
 }
 
 fn process_input(decoder: &mut Decoder, rbuf: &mut BytesMut, session: &mut Session) -> Step {
@@ -460,6 +522,218 @@ async fn condemned(conn: &crate::conn::ConnShared) {
         tokio::time::sleep(Duration::from_millis(50)).await;
         if conn.is_slow() {
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    #[test]
+    fn deadline_after_saturates_instead_of_panicking() {
+        let now = Instant::now();
+        assert_eq!(deadline_after(now, Duration::MAX), now + FAR_FUTURE);
+        assert_eq!(
+            deadline_after(now, Duration::from_secs(3)),
+            now + Duration::from_secs(3)
+        );
+    }
+
+    #[test]
+    fn silent_client_is_detected_within_about_twice_its_interval() {
+        let grace = Duration::from_millis(5000);
+        // 1 s: 2 s + 0.5 s (grace capped at half the interval), under 3 s.
+        let one = Duration::from_secs(1);
+        assert_eq!(
+            silence_allowed(one, 2.0, grace),
+            Duration::from_millis(2500)
+        );
+        // 10 s: 20 s + the full 5 s grace, as before.
+        let ten = Duration::from_secs(10);
+        assert_eq!(silence_allowed(ten, 2.0, grace), Duration::from_secs(25));
+        // A small grace is kept whole.
+        let small = Duration::from_millis(100);
+        assert_eq!(
+            silence_allowed(one, 2.0, small),
+            Duration::from_millis(2100)
+        );
+    }
+
+    #[test]
+    fn infinite_tolerance_does_not_panic() {
+        let every = Duration::from_secs(10);
+        let grace = Duration::from_secs(5);
+        assert_eq!(silence_allowed(every, 2.0, grace), Duration::from_secs(25));
+        for t in [f64::INFINITY, f64::NEG_INFINITY, f64::NAN, -3.0, 0.0] {
+            assert_eq!(silence_allowed(every, t, grace), Duration::from_secs(15));
+        }
+        assert_eq!(silence_allowed(every, 1e300, grace), Duration::MAX);
+    }
+
+    #[test]
+    fn far_future_token_expiry_saturates() {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        // The largest expiry a SystemTime can hold from a JWT `exp`.
+        let far = UNIX_EPOCH
+            .checked_add(Duration::from_secs(i64::MAX as u64 / 2))
+            .unwrap_or(wall);
+        assert_eq!(expiry_deadline(far, wall, now), now + FAR_FUTURE);
+        let past = wall - Duration::from_secs(1);
+        assert_eq!(expiry_deadline(past, wall, now), now);
+    }
+
+    /// A transport that plays a script of client input and, on every write,
+    /// queues more outbound items for the connection: a flood that never
+    /// lets the outbound queue run dry.
+    struct FloodedTransport {
+        script: std::collections::VecDeque<&'static [u8]>,
+        conn: Arc<crate::conn::ConnShared>,
+        log: Arc<std::sync::Mutex<WriteLog>>,
+    }
+
+    #[derive(Default)]
+    struct WriteLog {
+        written: Vec<u8>,
+        writes: usize,
+        writes_at_receipt: Option<usize>,
+    }
+
+    fn filler() -> Outbound {
+        Outbound::Frame(Box::new(
+            Frame::new(stomp_codec::Command::Receipt).with_header("receipt-id", "flood"),
+        ))
+    }
+
+    impl Transport for FloodedTransport {
+        async fn read(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+            match self.script.pop_front() {
+                Some(b) => {
+                    buf.extend_from_slice(b);
+                    Ok(b.len())
+                }
+                None => std::future::pending().await,
+            }
+        }
+
+        async fn write_batch(&mut self, batch: &crate::output::Batch) -> std::io::Result<()> {
+            {
+                let mut log = self.log.lock().expect("log");
+                log.writes += 1;
+                log.written.extend_from_slice(&batch.bytes);
+                if log.writes_at_receipt.is_none()
+                    && log.written.windows(15).any(|w| w == b"receipt-id:bye\n")
+                {
+                    log.writes_at_receipt = Some(log.writes);
+                }
+            }
+            for _ in 0..10 {
+                self.conn.send_control(filler());
+            }
+            Ok(())
+        }
+
+        async fn close(&mut self, _kind: CloseKind) {}
+    }
+
+    /// Runs a connection that plays `script` under a never-ending flood of
+    /// outbound items; returns what it wrote, or `None` if it did not end
+    /// within 10 s.
+    async fn run_flooded(
+        tweak: impl FnOnce(&mut crate::Config),
+        script: &[&'static [u8]],
+    ) -> Option<WriteLog> {
+        let mut config = crate::Config::default();
+        tweak(&mut config);
+        let core =
+            BrokerCore::new(config, tokio_util::sync::CancellationToken::new()).expect("core");
+        let (conn, rx) = core.new_conn();
+        for _ in 0..100 {
+            conn.send_control(filler());
+        }
+        let log = Arc::new(std::sync::Mutex::new(WriteLog::default()));
+        let transport = FloodedTransport {
+            script: script.iter().copied().collect(),
+            conn: conn.clone(),
+            log: log.clone(),
+        };
+        let peer: SocketAddr = "127.0.0.1:5000".parse().expect("addr");
+        let info = ConnInfo {
+            peer,
+            transport: "tcp",
+            url_token: None,
+            admission: core.admit(peer.ip()).expect("admitted"),
+        };
+        let session = Session::new(core.clone(), conn);
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            run(core.clone(), transport, session, rx, &info),
+        )
+        .await
+        .ok()?;
+        let log = std::mem::take(&mut *log.lock().expect("log"));
+        Some(log)
+    }
+
+    #[tokio::test]
+    async fn a_flooded_connection_still_reads_connect_and_disconnect() {
+        // The outbound queue is never empty: before the fix the socket was
+        // never read and this never ended.
+        let log = run_flooded(
+            |c| c.heartbeat.server = "0,0".into(),
+            &[
+                b"CONNECT\naccept-version:1.2\nhost:/\n\n\0",
+                b"DISCONNECT\nreceipt:bye\n\n\0",
+            ],
+        )
+        .await
+        .expect("the connection read its CONNECT and DISCONNECT despite the flood");
+        let text = String::from_utf8_lossy(&log.written);
+        assert!(text.contains("CONNECTED"), "{text:.200}");
+        // Bounded work per turn: the DISCONNECT was read within a few turns.
+        let at = log.writes_at_receipt.expect("RECEIPT bye written");
+        assert!(at <= 4, "receipt after {at} writes");
+    }
+
+    #[tokio::test]
+    async fn a_flooded_connection_still_checks_its_heart_beat_deadline() {
+        // The client promises a heart-beat every 100 ms, then stays silent
+        // while the flood goes on: the read deadline must still fire.
+        let log = run_flooded(
+            |c| {
+                c.heartbeat.server = "0,100".into();
+                c.heartbeat.min_ms = 100;
+                c.heartbeat.tolerance = 1.0;
+                c.heartbeat.grace_ms = 0;
+            },
+            &[b"CONNECT\naccept-version:1.2\nhost:/\nheart-beat:100,0\n\n\0"],
+        )
+        .await
+        .expect("the heart-beat deadline fired despite the flood");
+        let text = String::from_utf8_lossy(&log.written);
+        assert!(text.contains("message:heart-beat timeout"), "{text:.200}");
+    }
+
+    proptest! {
+        #[test]
+        fn deadline_helpers_never_panic(
+            every_ms in any::<u64>(),
+            tolerance in proptest::num::f64::ANY,
+            grace_ms in any::<u64>(),
+            exp_secs in any::<u64>(),
+        ) {
+            let now = Instant::now();
+            let every = Duration::from_millis(every_ms);
+            let silence = silence_allowed(every, tolerance, Duration::from_millis(grace_ms));
+            let d = deadline_after(now, silence);
+            prop_assert!(d >= now && d <= now + FAR_FUTURE);
+            if let Some(exp) = UNIX_EPOCH.checked_add(Duration::from_secs(exp_secs)) {
+                let e = expiry_deadline(exp, SystemTime::now(), now);
+                prop_assert!(e >= now && e <= now + FAR_FUTURE);
+            }
         }
     }
 }

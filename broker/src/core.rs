@@ -5,7 +5,7 @@ use std::{
     net::IpAddr,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
-        Arc, OnceLock,
+        Arc, Mutex, OnceLock, Weak,
     },
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -20,7 +20,7 @@ use crate::{
     acl::Acl,
     auth::Authenticator,
     config::Config,
-    conn::{ConnShared, Outbound},
+    conn::{ConnShared, DeliveryKind, Outbound},
     metrics::Metrics,
     retain::{RetainPolicy, RetainStore},
     router::{Message, RouteError, Router, SubscriptionHandle},
@@ -53,6 +53,7 @@ pub struct BrokerCore {
     /// Authorization rules.
     pub acl: Acl,
     bridge: OnceLock<kafka_bridge::BridgeHandle>,
+    rebuild: Mutex<RebuildGate>,
     per_address: DashMap<IpAddr, usize>,
     /// Admission slots held ([`AdmitGuard`]s): STOMP connections and HTTP
     /// sockets, counted from accept.
@@ -96,6 +97,7 @@ impl BrokerCore {
             auth,
             acl: Acl::new(config.acl.clone()),
             bridge: OnceLock::new(),
+            rebuild: Mutex::new(RebuildGate::default()),
             per_address: DashMap::new(),
             admitted: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
@@ -113,6 +115,102 @@ impl BrokerCore {
     /// Installs the Kafka bridge (once, at start).
     pub fn set_bridge(&self, bridge: kafka_bridge::BridgeHandle) {
         let _ = self.bridge.set(bridge);
+    }
+
+    /// Retained messages for a new subscription `sub` of `conn` to
+    /// `destination`, to replay right after the SUBSCRIBE is answered.
+    /// While the Kafka bridge rebuilds the retained store (from start until
+    /// the first rebuild is over, and during later ones) the store is
+    /// incomplete: the replay is deferred instead (empty now) and sent by
+    /// [`BrokerCore::rebuild_finished`], before any live record that
+    /// follows the rebuild. At most [`MAX_DEFERRED_REPLAYS`] wait; beyond
+    /// that a subscription gets what is there now.
+    pub fn replay_for(
+        &self,
+        destination: &str,
+        conn: &Arc<ConnShared>,
+        sub: &Arc<str>,
+    ) -> Vec<Arc<Message>> {
+        {
+            let mut gate = self.rebuild.lock().unwrap_or_else(|e| e.into_inner());
+            if gate.active {
+                if gate.deferred.len() < MAX_DEFERRED_REPLAYS {
+                    gate.deferred.push(DeferredReplay {
+                        conn: Arc::downgrade(conn),
+                        sub: sub.clone(),
+                        destination: Arc::from(destination),
+                    });
+                    return Vec::new();
+                }
+                if !gate.overflow_logged {
+                    gate.overflow_logged = true;
+                    tracing::warn!(
+                        max = MAX_DEFERRED_REPLAYS,
+                        "too many subscriptions waiting for the retained-store rebuild; replaying what is there"
+                    );
+                }
+            }
+        }
+        self.retained.replay(destination)
+    }
+
+    /// The Kafka bridge starts rebuilding the retained store: defer replays.
+    pub fn rebuild_started(&self) {
+        let mut gate = self.rebuild.lock().unwrap_or_else(|e| e.into_inner());
+        gate.active = true;
+    }
+
+    /// The rebuild is over: replay the retained messages to every
+    /// subscription that came meanwhile (`replayed:true`, as usual).
+    pub fn rebuild_finished(&self) {
+        let deferred = {
+            let mut gate = self.rebuild.lock().unwrap_or_else(|e| e.into_inner());
+            gate.active = false;
+            gate.overflow_logged = false;
+            std::mem::take(&mut gate.deferred)
+        };
+        let n = deferred.len();
+        for d in deferred {
+            let Some(conn) = d.conn.upgrade() else {
+                continue;
+            };
+            // Like a replay right after the SUBSCRIBE: within the
+            // connection's byte budget, the newest messages that fit
+            // (oldest of them first); the rest skipped and counted.
+            let msgs = self.retained.replay(&d.destination);
+            let fit = msgs
+                .iter()
+                .rev()
+                .take_while(|m| conn.try_add_pending(m.cost))
+                .count();
+            let skipped = msgs.len() - fit;
+            if skipped > 0 {
+                self.metrics
+                    .replay_skipped
+                    .fetch_add(skipped as u64, Relaxed);
+            }
+            let mut rest = msgs.into_iter().skip(skipped);
+            while let Some(msg) = rest.next() {
+                let cost = msg.cost;
+                let out = Outbound::Message {
+                    msg,
+                    sub: d.sub.clone(),
+                    kind: DeliveryKind::Replayed,
+                };
+                if !conn.send_control(out) {
+                    // Closed meanwhile: give back what was accounted.
+                    conn.written(cost);
+                    rest.for_each(|m| conn.written(m.cost));
+                    break;
+                }
+            }
+        }
+        if n > 0 {
+            tracing::info!(
+                subscriptions = n,
+                "retained store rebuilt: deferred replays sent"
+            );
+        }
     }
 
     /// Admits a new connection (a STOMP connection, or an HTTP socket from
@@ -177,7 +275,9 @@ impl BrokerCore {
     }
 
     /// Like [`BrokerCore::publish`], and keeps the message for replay to
-    /// late subscribers under `retain` (see [`crate::retain`]).
+    /// late subscribers under `retain` (see [`crate::retain`]). An error
+    /// for which [`RouteError::is_retryable`] holds means "not now": the
+    /// caller (the Kafka bridge) offers the same message again later.
     pub fn publish_retained(
         &self,
         destination: &str,
@@ -261,6 +361,24 @@ impl BrokerCore {
             handle,
         })
     }
+}
+
+/// Most subscriptions whose replay waits for a rebuild of the retained store.
+pub const MAX_DEFERRED_REPLAYS: usize = 100_000;
+
+/// Replays held back while the Kafka bridge rebuilds the retained store.
+#[derive(Debug, Default)]
+struct RebuildGate {
+    active: bool,
+    overflow_logged: bool,
+    deferred: Vec<DeferredReplay>,
+}
+
+#[derive(Debug)]
+struct DeferredReplay {
+    conn: Weak<ConnShared>,
+    sub: Arc<str>,
+    destination: Arc<str>,
 }
 
 /// An in-process subscription (see [`BrokerCore::subscribe_local`]).
@@ -355,6 +473,43 @@ mod tests {
         assert_eq!(replay.len(), 1);
         assert_eq!(&*replay[0].message_id, "t-0-7");
         assert_eq!(&replay[0].template.body()[..], b"filled");
+    }
+
+    #[test]
+    fn replay_during_a_rebuild_is_deferred_until_it_finished() {
+        let core = core();
+        let (conn, mut rx) = core.new_conn();
+        let sub: Arc<str> = Arc::from("s1");
+        core.rebuild_started();
+        // A subscriber arriving before or during the rebuild gets nothing now...
+        assert!(core.replay_for("/topic/order.1", &conn, &sub).is_empty());
+        core.retain_only(
+            "/topic/order.1",
+            bridge_headers("t-0-7"),
+            Bytes::from_static(b"filled"),
+            POLICY,
+        )
+        .expect("retained");
+        assert!(
+            rx.try_recv().is_err(),
+            "replayed before the rebuild finished"
+        );
+        // ... and everything rebuilt once it is over, marked replayed, once.
+        core.rebuild_finished();
+        match rx.try_recv() {
+            Ok(Outbound::Message { msg, sub, kind }) => {
+                assert_eq!(&*msg.message_id, "t-0-7");
+                assert_eq!(&*sub, "s1");
+                assert_eq!(kind, DeliveryKind::Replayed);
+                assert_eq!(conn.pending_bytes(), msg.cost);
+            }
+            other => panic!("expected the deferred replay, got {other:?}"),
+        }
+        assert!(rx.try_recv().is_err(), "replayed twice");
+        core.rebuild_finished();
+        assert!(rx.try_recv().is_err(), "replayed again by a later rebuild");
+        // After the rebuild, a subscription replays at once.
+        assert_eq!(core.replay_for("/topic/order.1", &conn, &sub).len(), 1);
     }
 
     #[test]

@@ -340,11 +340,13 @@ fn route(
             if core.draining.load(Relaxed) {
                 return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
             }
-            match core.bridge().map(|b| b.state()) {
-                None | Some(kafka_bridge::BridgeState::Up) => text(StatusCode::OK, "ready\n"),
-                Some(state) => text(
+            // With a Kafka bridge: connected, partitions assigned, their
+            // start positions committed and retained messages rebuilt.
+            match core.bridge().map(|b| b.readiness()) {
+                None | Some(Ok(())) => text(StatusCode::OK, "ready\n"),
+                Some(Err(why)) => text(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    format!("kafka bridge not ready: {state:?}\n"),
+                    format!("kafka bridge not ready: {why}\n"),
                 ),
             }
         }

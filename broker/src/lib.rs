@@ -91,13 +91,15 @@ enum Listener {
 struct CoreSink(std::sync::Weak<BrokerCore>);
 
 impl kafka_bridge::Sink for CoreSink {
+    /// `Err(SinkFull)` — the bridge pauses the partition and does not store
+    /// the offset — while shutting down and when the router says the
+    /// broker is only full now ([`router::RouteError::is_retryable`]: a
+    /// `reject-publish` queue at its limit); any other refusal is final:
+    /// counted, logged, `Ok` (the record is skipped).
     fn publish(&self, msg: kafka_bridge::BridgeMessage) -> Result<(), kafka_bridge::SinkFull> {
         let Some(core) = self.0.upgrade() else {
             return Err(kafka_bridge::SinkFull);
         };
-        // Fan-out is synchronous into byte-bounded per-connection queues, so
-        // the only time the broker cannot take a record is while shutting
-        // down: then the bridge keeps the offset uncommitted.
         if core.draining.load(Relaxed) {
             return Err(kafka_bridge::SinkFull);
         }
@@ -109,11 +111,34 @@ impl kafka_bridge::Sink for CoreSink {
             last_n: r.last_n,
             ttl: r.ttl,
         });
-        if let Err(e) = core.publish_retained(&msg.destination, headers, msg.body, retain) {
-            core.metrics.messages_dropped.fetch_add(1, Relaxed);
-            tracing::warn!(destination = %msg.destination, error = %e, "bridge message not routable");
+        match core.publish_retained(&msg.destination, headers, msg.body, retain) {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_retryable() => Err(kafka_bridge::SinkFull),
+            Err(e) => {
+                core.metrics.messages_dropped.fetch_add(1, Relaxed);
+                tracing::warn!(destination = %msg.destination, error = %e, "bridge message not routable");
+                Ok(())
+            }
         }
-        Ok(())
+    }
+
+    /// The frame and body limits a client's SEND is held to.
+    fn max_message_bytes(&self) -> Option<usize> {
+        let core = self.0.upgrade()?;
+        let l = &core.config.limits;
+        Some(l.max_frame_bytes.min(l.max_body_bytes))
+    }
+
+    fn rebuild_started(&self) {
+        if let Some(core) = self.0.upgrade() {
+            core.rebuild_started();
+        }
+    }
+
+    fn rebuild_finished(&self) {
+        if let Some(core) = self.0.upgrade() {
+            core.rebuild_finished();
+        }
     }
 
     fn retain_only(&self, msg: kafka_bridge::BridgeMessage) {

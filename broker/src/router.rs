@@ -161,10 +161,14 @@ pub enum RouteError {
 
 impl RouteError {
     /// Whether the same publish may succeed later without change (a full
-    /// queue drains, the memory budget frees up): the Kafka bridge pauses
+    /// queue drains, the memory budget frees up, empty queues are removed
+    /// and make room under `queues.max_queues`): the Kafka bridge pauses
     /// and retries instead of dropping the record.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, RouteError::QueueFull | RouteError::OverBudget)
+        matches!(
+            self,
+            RouteError::QueueFull | RouteError::OverBudget | RouteError::TooManyQueues
+        )
     }
 }
 
@@ -820,10 +824,12 @@ mod tests {
     }
 
     #[test]
-    fn only_full_queues_and_a_spent_budget_are_retryable() {
+    fn only_a_full_broker_is_retryable() {
         assert!(RouteError::QueueFull.is_retryable());
         assert!(RouteError::OverBudget.is_retryable());
-        assert!(!RouteError::TooManyQueues.is_retryable());
+        assert!(RouteError::TooManyQueues.is_retryable());
+        assert!(!RouteError::WildcardNotAllowed.is_retryable());
+        assert!(!RouteError::UnknownDestination.is_retryable());
         assert!(!RouteError::InvalidDestination.is_retryable());
         assert_eq!(
             RouteError::OverBudget.to_string(),

@@ -131,16 +131,6 @@ pub struct HeartBeats {
     pub recv: Option<Duration>,
 }
 
-impl HeartBeats {
-    /// How long the client may stay silent before it is closed:
-    /// `recv * tolerance + grace`, the grace capped at half the interval so
-    /// short intervals are detected within about `tolerance` intervals.
-    pub fn tolerated_silence(&self, tolerance: f64, grace: Duration) -> Option<Duration> {
-        self.recv
-            .map(|every| every.mul_f64(tolerance) + grace.min(every / 2))
-    }
-}
-
 /// The server's side of heart-beating (`[heartbeat]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeartBeatPolicy {
@@ -943,7 +933,7 @@ impl Session {
         if !is_queue {
             // Late subscriber: what was retained here comes right after the
             // RECEIPT, before anything published later.
-            let msgs = self.core.retained.replay(destination);
+            let msgs = self.core.replay_for(destination, &self.conn, &id);
             if !msgs.is_empty() {
                 self.replay = Some((id, msgs));
             }
@@ -1286,20 +1276,6 @@ mod tests {
         let (offer, hb) = negotiate_heart_beats((1000, 1000), &send_only);
         assert_eq!(offer, (1000, 0));
         assert_eq!((hb.send, hb.recv), (secs(1.0), None));
-    }
-
-    #[test]
-    fn silent_client_is_detected_within_about_twice_its_interval() {
-        let grace = Duration::from_millis(5000);
-        let hb = |ms: u64| HeartBeats {
-            send: None,
-            recv: Some(Duration::from_millis(ms)),
-        };
-        // 1 s: 2 s + 0.5 s (grace capped at half the interval), under 3 s.
-        assert_eq!(hb(1000).tolerated_silence(2.0, grace), secs(2.5));
-        // 10 s: 20 s + the full 5 s grace, as before.
-        assert_eq!(hb(10_000).tolerated_silence(2.0, grace), secs(25.0));
-        assert_eq!(HeartBeats::default().tolerated_silence(2.0, grace), None);
     }
 
     fn frame(command: Command, headers: &[(&'static str, &'static str)]) -> Frame {

@@ -51,6 +51,19 @@ pub struct BridgeConfig {
     /// `0` disables it. Default 60 s.
     #[serde(with = "duration")]
     pub rebuild_timeout: Duration,
+    /// Where records too large for the broker go: a record whose MESSAGE
+    /// would exceed the broker's frame or body limit is never delivered;
+    /// it is counted as unroutable, logged, and — when this is set —
+    /// produced to this topic (original key, value and headers plus
+    /// `dead-letter-*` headers) before its offset is stored. Default none
+    /// (the record is skipped).
+    pub dead_letter_topic: Option<String>,
+    /// Records per second handed to the broker while the consumer is
+    /// catching up (records older than 2 s: a backlog after an outage or a
+    /// restart), so the recovery does not flood subscribers that keep up
+    /// with the normal rate; set it above the normal peak rate. `0` =
+    /// unlimited. Default 5000.
+    pub catchup_rate: u32,
     /// Extra librdkafka properties applied to both the consumer and the
     /// producer, after the bridge's own settings (so they override them).
     pub client: BTreeMap<String, String>,
@@ -68,6 +81,8 @@ impl Default for BridgeConfig {
             produce_timeout: Duration::from_secs(10),
             stats_interval: Duration::from_secs(5),
             rebuild_timeout: Duration::from_secs(60),
+            dead_letter_topic: None,
+            catchup_rate: 5000,
             client: BTreeMap::new(),
         }
     }
@@ -289,6 +304,8 @@ mod tests {
         assert_eq!(c.produce_timeout, Duration::from_secs(10));
         assert_eq!(c.auto_offset_reset, OffsetReset::Latest);
         assert_eq!(c.rebuild_timeout, Duration::from_secs(60));
+        assert_eq!(c.dead_letter_topic, None);
+        assert_eq!(c.catchup_rate, 5000);
         assert!(c.group_id.is_none());
         assert!(c.effective_group_id().starts_with("stomp-broker-"));
     }

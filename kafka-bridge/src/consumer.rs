@@ -10,27 +10,40 @@
 //! [`Sink::retain_only`]. Only then is the poll's record handled, so the
 //! store fills oldest first and live records land after the rebuilt ones.
 //! The group consumer's position and offsets are never touched by it.
+//!
+//! Before that, every newly assigned partition that has no committed offset
+//! gets one: its start position (`auto_offset_reset`) is resolved and
+//! committed synchronously, so a
+//! node that stops — gracefully or not — before it consumed a record there
+//! still resumes from that position instead of from `latest` again.
+//!
+//! Records older than [`CATCHUP_AGE`] (a backlog) are handed to the sink at
+//! most `catchup_rate` per second; records whose message exceeds the
+//! broker's limit are skipped (optionally dead-lettered).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future;
 use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll, Wake};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::mapping::{map_record, CompiledRoute, RecordView};
 use crate::{
-    BridgeConfig, BridgeMessage, BridgeState, Retain, RouteConfig, Shared, Sink, SinkFull,
+    BridgeConfig, BridgeMessage, BridgeState, OffsetReset, Retain, RouteConfig, Shared, Sink,
+    SinkFull,
 };
 
 /// First and largest wait before offering a refused message again.
@@ -40,6 +53,9 @@ const BACKOFF_MAX: Duration = Duration::from_millis(500);
 const POLL_MAX: Duration = Duration::from_millis(100);
 /// Longest wait for the group's committed offsets or `offsets_for_times`.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// A record older than this is part of a backlog: handed to the sink at
+/// most `catchup_rate` per second.
+pub(crate) const CATCHUP_AGE: Duration = Duration::from_secs(2);
 
 /// librdkafka properties of the group consumer alone: a `client` override of
 /// one of them is not applied to the rebuild reader, which is in no group,
@@ -79,6 +95,97 @@ impl Rebuild {
             timeout: config.rebuild_timeout,
             windows: rebuild_windows(&config.routes),
         }
+    }
+
+    /// Whether an assignment can lead to a rebuild at all.
+    pub(crate) fn enabled(&self) -> bool {
+        !self.timeout.is_zero() && !self.windows.is_empty()
+    }
+}
+
+/// Settings of the consumer loop besides routes and rebuild.
+pub(crate) struct Options {
+    pub(crate) auto_offset_reset: OffsetReset,
+    pub(crate) catchup_rate: u32,
+    pub(crate) dead_letter: Option<DeadLetterSink>,
+}
+
+/// Where records too large for the broker are produced to.
+pub(crate) struct DeadLetterSink {
+    pub(crate) topic: String,
+    pub(crate) producer: FutureProducer<BridgeContext>,
+}
+
+/// A record over the broker's message limit, copied for the dead-letter
+/// topic.
+#[derive(Debug, Clone)]
+struct DeadLetter {
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// One step of handling a record: a message for the sink, or the record
+/// for the dead-letter topic.
+#[derive(Debug, Clone)]
+enum Step {
+    Publish(BridgeMessage),
+    DeadLetter(Box<DeadLetter>),
+}
+
+/// Token bucket for catch-up pacing: `rate` records per second with a
+/// burst of a hundredth of a second (small: the burst lands in
+/// subscribers' pending-bytes budgets at once); a record taken without a
+/// token is owed and paid for by waiting.
+pub(crate) struct Pacer {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Pacer {
+    pub(crate) fn new(rate: u32, now: Instant) -> Self {
+        let rate = f64::from(rate.max(1));
+        let burst = (rate / 100.0).max(1.0);
+        Self {
+            rate,
+            burst,
+            tokens: burst,
+            last: now,
+        }
+    }
+
+    /// Takes one token at `now`; returns how long to wait before handing
+    /// the record on (zero when a token was there).
+    pub(crate) fn take(&mut self, now: Instant) -> Duration {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = self.last.max(now);
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst) - 1.0;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+}
+
+/// Runs a future to completion on this (non-async) thread.
+fn block_on<F: Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
     }
 }
 
@@ -253,7 +360,7 @@ impl ConsumerContext for BridgeContext {
 /// paused until they are.
 struct Pending {
     offset: i64,
-    messages: VecDeque<BridgeMessage>,
+    messages: VecDeque<Step>,
     next_try: Instant,
     backoff: Duration,
 }
@@ -271,6 +378,10 @@ struct State {
     /// rebuilt only from there.
     had: HashMap<PartitionKey, i64>,
     rebuild: Rebuild,
+    reset: OffsetReset,
+    /// Catch-up pacing; `None` = unlimited.
+    pacer: Option<Pacer>,
+    dead_letter: Option<DeadLetterSink>,
 }
 
 pub(crate) struct Runner {
@@ -294,6 +405,7 @@ impl Runner {
         producer: FutureProducer<BridgeContext>,
         produce_timeout: Duration,
         rebuild: Rebuild,
+        options: Options,
     ) -> Self {
         let mut by_topic: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, r) in routes.iter().enumerate() {
@@ -314,6 +426,10 @@ impl Runner {
                 pending: HashMap::new(),
                 had: HashMap::new(),
                 rebuild,
+                reset: options.auto_offset_reset,
+                pacer: (options.catchup_rate > 0)
+                    .then(|| Pacer::new(options.catchup_rate, Instant::now())),
+                dead_letter: options.dead_letter,
             },
             shutdown,
             closed,
@@ -327,9 +443,10 @@ impl Runner {
             while !self.shutdown.is_cancelled() {
                 self.state.retry_pending(&consumer);
                 let polled = consumer.poll(self.state.poll_timeout());
-                // Partitions assigned during that poll: rebuild their
-                // retained messages before any of their records is handled.
-                self.state.rebuild_assigned(&consumer, &self.shutdown);
+                // Partitions assigned during that poll: commit their start
+                // positions and rebuild their retained messages before any
+                // of their records is handled.
+                self.state.settle_assigned(&consumer, &self.shutdown);
                 match polled {
                     None => {}
                     Some(Ok(msg)) => self.state.handle(&consumer, &msg),
@@ -372,7 +489,8 @@ impl State {
     }
 
     fn handle(&mut self, consumer: &BaseConsumer<BridgeContext>, msg: &BorrowedMessage<'_>) {
-        let metrics = &self.shared.metrics;
+        let shared = self.shared.clone();
+        let metrics = &shared.metrics;
         metrics.records_consumed.fetch_add(1, Ordering::Relaxed);
         let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
         let key: PartitionKey = (topic.to_owned(), partition);
@@ -382,8 +500,11 @@ impl State {
             metrics.records_consumed.fetch_sub(1, Ordering::Relaxed);
             return;
         }
+        self.pace(msg);
         let headers = record_headers(msg);
         let mut out = VecDeque::new();
+        let limit = self.sink.max_message_bytes();
+        let mut oversize = None;
         let route_ids = self
             .by_topic
             .get(topic)
@@ -405,7 +526,26 @@ impl State {
                         continue;
                     };
                     match map_record(route, &view) {
-                        Ok(m) => out.push_back(m),
+                        Ok(m) if limit.is_some_and(|l| m.size() > l) => {
+                            // Never deliver what the broker's own limits
+                            // refuse: it would be a frame no client could
+                            // have sent, and it would eat a subscriber's
+                            // whole pending-bytes budget.
+                            metrics.unroutable.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(
+                                topic,
+                                partition,
+                                offset,
+                                route = route.template().as_str(),
+                                size = m.size(),
+                                limit,
+                                dead_letter_topic =
+                                    self.dead_letter.as_ref().map(|d| d.topic.as_str()),
+                                "kafka record larger than the broker's message limit skipped"
+                            );
+                            oversize = Some(m.size());
+                        }
+                        Ok(m) => out.push_back(Step::Publish(m)),
                         Err(e) => {
                             metrics.unroutable.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(topic, partition, offset, route = route.template().as_str(), error = %e, "unroutable kafka record skipped");
@@ -425,7 +565,78 @@ impl State {
                 );
             }
         }
+        if let (Some(size), Some(_)) = (oversize, &self.dead_letter) {
+            let headers = record_headers(msg).unwrap_or_default();
+            let mut h: Vec<(String, Option<Vec<u8>>)> = headers
+                .into_iter()
+                .map(|(n, v)| (n.to_owned(), v.map(<[u8]>::to_vec)))
+                .collect();
+            for (n, v) in [
+                (
+                    "dead-letter-reason",
+                    format!(
+                        "message of {size} bytes exceeds the broker's limit of {} bytes",
+                        limit.unwrap_or(0)
+                    ),
+                ),
+                ("dead-letter-topic", topic.to_owned()),
+                ("dead-letter-partition", partition.to_string()),
+                ("dead-letter-offset", offset.to_string()),
+            ] {
+                h.push((n.to_owned(), Some(v.into_bytes())));
+            }
+            out.push_front(Step::DeadLetter(Box::new(DeadLetter {
+                key: msg.key().map(<[u8]>::to_vec),
+                value: msg.payload().map(<[u8]>::to_vec),
+                headers: h,
+            })));
+        }
         self.deliver(consumer, key, offset, out, None);
+    }
+
+    /// Catch-up pacing: a record older than [`CATCHUP_AGE`] waits for a
+    /// token of the `catchup_rate` bucket.
+    fn pace(&mut self, msg: &BorrowedMessage<'_>) {
+        let Some(pacer) = self.pacer.as_mut() else {
+            return;
+        };
+        let Some(ts) = msg.timestamp().to_millis() else {
+            return;
+        };
+        if now_ms().saturating_sub(ts) < CATCHUP_AGE.as_millis() as i64 {
+            return;
+        }
+        let wait = pacer.take(Instant::now());
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+    }
+
+    /// Produces a record to the dead-letter topic and waits for the ack.
+    fn dead_letter(&self, d: &DeadLetter) -> Result<(), KafkaError> {
+        let Some(dl) = &self.dead_letter else {
+            return Ok(());
+        };
+        let mut headers = OwnedHeaders::new_with_capacity(d.headers.len());
+        for (n, v) in &d.headers {
+            headers = headers.insert(Header {
+                key: n.as_str(),
+                value: v.as_deref(),
+            });
+        }
+        let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&dl.topic).headers(headers);
+        if let Some(k) = &d.key {
+            rec = rec.key(k.as_slice());
+        }
+        if let Some(v) = &d.value {
+            rec = rec.payload(v.as_slice());
+        }
+        let f = dl.producer.send_result(rec).map_err(|(e, _)| e)?;
+        match block_on(f) {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((e, _))) => Err(e),
+            Err(_canceled) => Err(KafkaError::Canceled),
+        }
     }
 
     /// Offers `messages` to the sink in order; on `SinkFull` pauses the
@@ -436,40 +647,58 @@ impl State {
         consumer: &BaseConsumer<BridgeContext>,
         key: PartitionKey,
         offset: i64,
-        mut messages: VecDeque<BridgeMessage>,
+        mut messages: VecDeque<Step>,
         prev: Option<Duration>,
     ) {
         let metrics = &self.shared.metrics;
         while let Some(m) = messages.pop_front() {
-            match self.sink.publish(m.clone()) {
-                Ok(()) => {
-                    metrics.routed.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(SinkFull) => {
-                    metrics.sink_full.fetch_add(1, Ordering::Relaxed);
-                    messages.push_front(m);
-                    let backoff = prev.map_or(BACKOFF_MIN, |b| (b * 2).min(BACKOFF_MAX));
-                    if prev.is_none() {
-                        pause(consumer, &key, true);
-                        metrics.paused_partitions.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(
-                            topic = key.0,
-                            partition = key.1,
-                            offset,
-                            "broker queue full: partition paused"
-                        );
+            let accepted = match &m {
+                Step::Publish(msg) => match self.sink.publish(msg.clone()) {
+                    Ok(()) => {
+                        metrics.routed.fetch_add(1, Ordering::Relaxed);
+                        true
                     }
-                    self.pending.insert(
-                        key,
-                        Pending {
-                            offset,
-                            messages,
-                            next_try: Instant::now() + backoff,
-                            backoff,
-                        },
+                    Err(SinkFull) => {
+                        metrics.sink_full.fetch_add(1, Ordering::Relaxed);
+                        false
+                    }
+                },
+                Step::DeadLetter(d) => match self.dead_letter(d) {
+                    Ok(()) => {
+                        metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                        true
+                    }
+                    Err(e) => {
+                        if prev.is_none() {
+                            tracing::warn!(topic = key.0, partition = key.1, offset, error = %e, "dead-letter produce failed; partition paused, retrying");
+                        }
+                        false
+                    }
+                },
+            };
+            if !accepted {
+                messages.push_front(m);
+                let backoff = prev.map_or(BACKOFF_MIN, |b| (b * 2).min(BACKOFF_MAX));
+                if prev.is_none() {
+                    pause(consumer, &key, true);
+                    metrics.paused_partitions.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(
+                        topic = key.0,
+                        partition = key.1,
+                        offset,
+                        "broker not accepting: partition paused, offset not stored"
                     );
-                    return;
                 }
+                self.pending.insert(
+                    key,
+                    Pending {
+                        offset,
+                        messages,
+                        next_try: Instant::now() + backoff,
+                        backoff,
+                    },
+                );
+                return;
             }
         }
         if let Err(e) = consumer.store_offset(&key.0, key.1, offset) {
@@ -555,17 +784,111 @@ impl State {
 
 /// The rebuild of the retained store (see the module docs).
 impl State {
-    /// Rebuilds the retained messages of the partitions assigned since the
-    /// last call, topic by topic, within `rebuild.timeout` in all.
-    fn rebuild_assigned(
+    /// Settles the partitions assigned since the last call: commits the
+    /// start position of those without a committed offset, then rebuilds
+    /// the retained messages, topic by topic, within `rebuild.timeout` in
+    /// all. Readiness waits for it.
+    fn settle_assigned(
         &mut self,
         consumer: &BaseConsumer<BridgeContext>,
         shutdown: &CancellationToken,
     ) {
-        let assigned = self.shared.take_assigned();
-        if assigned.is_empty() || self.rebuild.timeout.is_zero() {
+        let Some(assigned) = self.shared.take_assigned() else {
             return;
+        };
+        let rebuild = self.rebuild.enabled();
+        if rebuild {
+            self.sink.rebuild_started();
         }
+        let committed = self.commit_start_positions(consumer, &assigned);
+        if rebuild {
+            if let Some(committed) = committed {
+                self.rebuild_assigned(assigned, &committed, shutdown);
+            }
+            self.sink.rebuild_finished();
+        }
+        self.shared.settled();
+    }
+
+    /// Asks the group coordinator for the committed offsets of `assigned`;
+    /// for every partition without one, resolves its start position
+    /// (`auto_offset_reset`: the high watermark for `latest`, the low one
+    /// for `earliest`) and commits it synchronously. Returns the committed offsets as they were before
+    /// (what the rebuild reads up to), or `None` when the look-up failed.
+    fn commit_start_positions(
+        &mut self,
+        consumer: &BaseConsumer<BridgeContext>,
+        assigned: &[(String, i32)],
+    ) -> Option<HashMap<PartitionKey, Offset>> {
+        if assigned.is_empty() {
+            return Some(HashMap::new());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (t, p) in assigned {
+            tpl.add_partition(t, *p);
+        }
+        let committed = match consumer.committed_offsets(tpl, LOOKUP_TIMEOUT) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "committed offsets look-up failed: start positions not committed, retained store not rebuilt");
+                return None;
+            }
+        };
+        let mut out = HashMap::new();
+        let mut start = TopicPartitionList::new();
+        for (t, p) in assigned {
+            let offset = committed
+                .find_partition(t, *p)
+                .filter(|e| e.error().is_ok())
+                .map_or(Offset::Invalid, |e| e.offset());
+            out.insert((t.clone(), *p), offset);
+            if matches!(offset, Offset::Offset(_)) {
+                continue;
+            }
+            let (low, high) = match consumer.fetch_watermarks(t, *p, LOOKUP_TIMEOUT) {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(topic = t, partition = p, error = %e, "watermark look-up failed: start position not committed");
+                    continue;
+                }
+            };
+            let at = match self.reset {
+                OffsetReset::Latest => high,
+                OffsetReset::Earliest => low,
+            };
+            // The consumer resolves `auto.offset.reset` on its own at about
+            // the same moment. It is not moved there (a seek before its first
+            // fetch can leave the partition without fetches): with `latest`,
+            // a record produced between the two look-ups may be consumed or
+            // not — as for any new node — but from now on the partition has
+            // a committed position, which is what a restart needs.
+            if start
+                .add_partition_offset(t, *p, Offset::Offset(at))
+                .is_err()
+            {
+                continue;
+            }
+        }
+        if start.count() > 0 {
+            match consumer.commit(&start, CommitMode::Sync) {
+                Ok(()) => tracing::info!(
+                    partitions = ?start.to_topic_map(),
+                    "kafka bridge: start positions of partitions without committed offset committed"
+                ),
+                Err(e) => tracing::warn!(error = %e, "committing start positions failed"),
+            }
+        }
+        Some(out)
+    }
+
+    /// Rebuilds the retained messages of `assigned`, topic by topic, within
+    /// `rebuild.timeout` in all.
+    fn rebuild_assigned(
+        &mut self,
+        assigned: Vec<(String, i32)>,
+        committed: &HashMap<PartitionKey, Offset>,
+        shutdown: &CancellationToken,
+    ) {
         let mut by_topic: BTreeMap<String, Vec<i32>> = BTreeMap::new();
         for (topic, partition) in assigned {
             if self.rebuild.windows.contains_key(&topic) {
@@ -580,7 +903,12 @@ impl State {
             if shutdown.is_cancelled() || Instant::now() >= deadline {
                 return;
             }
-            if let Err(e) = self.rebuild_topic(consumer, &topic, &partitions, deadline, shutdown) {
+            let committed: HashMap<i32, Offset> = partitions
+                .iter()
+                .filter_map(|&p| Some((p, *committed.get(&(topic.clone(), p))?)))
+                .collect();
+            if let Err(e) = self.rebuild_topic(&topic, &partitions, &committed, deadline, shutdown)
+            {
                 // Nothing depends on it: live consumption goes on from the
                 // committed offsets either way; only late subscribers miss
                 // what came before the restart.
@@ -591,9 +919,9 @@ impl State {
 
     fn rebuild_topic(
         &mut self,
-        consumer: &BaseConsumer<BridgeContext>,
         topic: &str,
         partitions: &[i32],
+        committed: &HashMap<i32, Offset>,
         deadline: Instant,
         shutdown: &CancellationToken,
     ) -> Result<(), KafkaError> {
@@ -601,23 +929,11 @@ impl State {
             return Ok(());
         };
         let started = Instant::now();
-        let mut tpl = TopicPartitionList::new();
-        for &p in partitions {
-            tpl.add_partition(topic, p);
-        }
         let lookup = || {
             deadline
                 .saturating_duration_since(Instant::now())
                 .min(LOOKUP_TIMEOUT)
         };
-        let committed = consumer.committed_offsets(tpl, lookup())?;
-        let committed: HashMap<i32, Offset> = partitions
-            .iter()
-            .filter_map(|&p| {
-                let e = committed.find_partition(topic, p)?;
-                e.error().is_ok().then(|| (p, e.offset()))
-            })
-            .collect();
         // Only partitions with committed records this process has not put
         // into the store yet (a re-assignment after an eager rebalance has
         // none): no reader at all otherwise.
@@ -801,6 +1117,38 @@ mod tests {
         r.retain_last = retain_last;
         r.retain_ttl = Duration::from_secs(ttl_s);
         r
+    }
+
+    #[test]
+    fn pacer_hands_on_at_most_rate_records_per_second_after_a_small_burst() {
+        let t0 = Instant::now();
+        let mut p = Pacer::new(1000, t0);
+        let mut now = t0;
+        for _ in 0..2000 {
+            now += p.take(now);
+        }
+        // 2,000 records at 1,000/s with a burst of 10: 1.99 s.
+        let took = now - t0;
+        assert!(
+            took >= Duration::from_millis(1985) && took <= Duration::from_millis(1995),
+            "{took:?}"
+        );
+    }
+
+    #[test]
+    fn pacer_refills_while_idle_but_only_up_to_the_burst() {
+        let t0 = Instant::now();
+        let mut p = Pacer::new(1000, t0);
+        for _ in 0..10 {
+            assert_eq!(p.take(t0), Duration::ZERO);
+        }
+        assert!(p.take(t0) > Duration::ZERO, "burst is rate/100 = 10");
+        let later = t0 + Duration::from_secs(60);
+        let mut free = 0;
+        while p.take(later).is_zero() {
+            free += 1;
+        }
+        assert_eq!(free, 10, "an idle minute does not buy a minute of records");
     }
 
     #[test]

@@ -37,7 +37,7 @@ mod mapping;
 mod metrics;
 mod template;
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -63,10 +63,36 @@ use consumer::BridgeContext;
 /// Implemented by the broker: accept a message for fan-out without waiting.
 pub trait Sink: Send + Sync + 'static {
     /// Takes the message for delivery to the destination's subscribers.
-    /// `Err(SinkFull)` means the broker's queue is full: the bridge pauses the
-    /// record's partition and offers the same message again later (with
-    /// backoff), so the sink must not keep a message it refused.
+    /// `Ok` means the broker is done with it — delivered, or refused for
+    /// good (e.g. an invalid destination; the sink counts and logs that) —
+    /// and the bridge stores the record's offset. `Err(SinkFull)` means the
+    /// broker cannot take more **now** (a full `reject-publish` queue, its
+    /// memory budget, shutdown): the bridge pauses the record's partition,
+    /// does not store its offset and offers the same message again later
+    /// (with backoff), so the sink must not keep a message it refused.
     fn publish(&self, msg: BridgeMessage) -> Result<(), SinkFull>;
+
+    /// The largest MESSAGE the broker delivers, in bytes of body plus
+    /// headers (see [`BridgeMessage::size`]); `None` = no limit (the
+    /// default). A record whose message is larger is never handed to
+    /// [`Sink::publish`]: it is counted as unroutable, logged with
+    /// topic/partition/offset and skipped, or first produced to
+    /// [`BridgeConfig::dead_letter_topic`] when one is set.
+    fn max_message_bytes(&self) -> Option<usize> {
+        None
+    }
+
+    /// The bridge is about to rebuild the retained store (see
+    /// [`Sink::retain_only`]): called once when the bridge starts with a
+    /// rebuild configured, and whenever partitions are assigned. Until
+    /// [`Sink::rebuild_finished`], the store is incomplete: the broker
+    /// defers the replay of new subscriptions rather than replay part of it.
+    fn rebuild_started(&self) {}
+
+    /// The rebuild for the latest assignment is over (done, cut short by
+    /// `rebuild_timeout`, or nothing to do): called before any record of
+    /// the newly assigned partitions goes to [`Sink::publish`].
+    fn rebuild_finished(&self) {}
 
     /// Keeps `msg` in the retained store under `msg.retain` **without**
     /// delivering it to anyone: the bridge calls this while rebuilding the
@@ -95,6 +121,19 @@ pub struct BridgeMessage {
     pub retain: Option<Retain>,
 }
 
+impl BridgeMessage {
+    /// The size the broker's frame limits see: body plus every header
+    /// (`name:value\n`, the destination included).
+    pub fn size(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len() + 2)
+            .sum();
+        self.body.len() + headers + "destination:\n".len() + self.destination.len()
+    }
+}
+
 /// Per-route replay policy: the broker keeps the last `last_n` messages of each
 /// destination for `ttl` and replays them to new subscribers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,7 +144,8 @@ pub struct Retain {
     pub ttl: Duration,
 }
 
-/// Returned by [`Sink::publish`] when the broker cannot take the message now.
+/// Returned by [`Sink::publish`] when the broker cannot take the message now
+/// (not accepting: full, over budget or closing); the bridge retries it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SinkFull;
 
@@ -177,9 +217,17 @@ pub(crate) struct Shared {
     state: Mutex<BridgeState>,
     pub(crate) metrics: BridgeMetrics,
     /// Partitions the group assigned since the consumer loop last looked
-    /// (filled by the rebalance callback, drained by the loop to rebuild the
-    /// retained store before their first record is handled).
-    assigned: Mutex<Vec<(String, i32)>>,
+    /// (filled by the rebalance callback, drained by the loop to commit
+    /// start positions and rebuild the retained store before their first
+    /// record is handled). `Some` (possibly empty) once an assignment came.
+    assigned: Mutex<Option<Vec<(String, i32)>>>,
+    /// Whether this bridge consumes at all (routes configured).
+    consumes: bool,
+    /// An assignment arrived at least once.
+    has_assignment: AtomicBool,
+    /// The latest assignment is not settled yet: start positions being
+    /// committed or the retained store being rebuilt.
+    settling: AtomicBool,
 }
 
 impl Shared {
@@ -200,23 +248,55 @@ impl Shared {
     }
 
     pub(crate) fn on_assigned(&self, partitions: impl Iterator<Item = (String, i32)>) {
+        self.settling.store(true, Ordering::SeqCst);
         if let Ok(mut a) = self.assigned.lock() {
-            a.extend(partitions);
+            a.get_or_insert_with(Vec::new).extend(partitions);
         }
+        self.has_assignment.store(true, Ordering::SeqCst);
         self.set_state(BridgeState::Up);
     }
 
-    pub(crate) fn take_assigned(&self) -> Vec<(String, i32)> {
-        self.assigned
-            .lock()
-            .map(|mut a| std::mem::take(&mut *a))
-            .unwrap_or_default()
+    /// The partitions assigned since the last call; `None` when no
+    /// assignment came meanwhile (`Some(empty)` for an empty one).
+    pub(crate) fn take_assigned(&self) -> Option<Vec<(String, i32)>> {
+        self.assigned.lock().ok().and_then(|mut a| a.take())
     }
 
-    /// Ready means connected to Kafka. Waiting for a partition assignment
-    /// (a routed topic that does not exist yet, or a group still held by a
-    /// crashed predecessor) does not make the broker unready: records flow
-    /// once the assignment comes.
+    /// The assignment taken by the last [`Shared::take_assigned`] is settled
+    /// (start positions committed, retained store rebuilt), unless another
+    /// one came in meanwhile.
+    pub(crate) fn settled(&self) {
+        let more = self.assigned.lock().map(|a| a.is_some()).unwrap_or(false);
+        if !more {
+            self.settling.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// `/readyz`: connected to Kafka and, when consuming, the group has
+    /// assigned this node its partitions (possibly none, e.g. a routed
+    /// topic that does not exist yet), each one's start position is
+    /// committed and its retained messages are rebuilt.
+    pub(crate) fn readiness(&self) -> Result<(), String> {
+        match self.state() {
+            BridgeState::Up => {}
+            other => return Err(format!("{other:?}")),
+        }
+        if !self.consumes {
+            return Ok(());
+        }
+        if !self.has_assignment.load(Ordering::SeqCst) {
+            return Err("waiting for the consumer group to assign partitions".into());
+        }
+        if self.settling.load(Ordering::SeqCst) {
+            return Err(
+                "committing start positions and rebuilding retained messages of assigned partitions"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Connection state from librdkafka's view of the brokers.
     pub(crate) fn on_broker_status(&self, any_up: bool) {
         if any_up {
             self.set_state(BridgeState::Up);
@@ -271,10 +351,22 @@ impl Bridge {
             ));
         }
         let group_id = config.effective_group_id();
+        if config
+            .dead_letter_topic
+            .as_deref()
+            .is_some_and(|t| !is_valid_topic(t))
+        {
+            return Err(BridgeError::InvalidConfig(
+                "dead_letter_topic is not a valid Kafka topic name".into(),
+            ));
+        }
         let shared = Arc::new(Shared {
             state: Mutex::new(BridgeState::Connecting),
             metrics: BridgeMetrics::default(),
-            assigned: Mutex::new(Vec::new()),
+            assigned: Mutex::new(None),
+            consumes: !routes.is_empty(),
+            has_assignment: AtomicBool::new(false),
+            settling: AtomicBool::new(false),
         });
         let stats_ms = config
             .stats_interval
@@ -349,6 +441,48 @@ impl Bridge {
             Some(consumer)
         };
 
+        // Dead letters: a producer of its own, because the records it
+        // carries are the ones over the broker's limits (larger than the
+        // 1 MB librdkafka allows a producer by default).
+        let dead_letter = match (&consumer, &config.dead_letter_topic) {
+            (Some(_), Some(topic)) => {
+                let mut dcfg = ClientConfig::new();
+                dcfg.set("bootstrap.servers", &config.brokers)
+                    .set("client.id", format!("{group_id}-dead-letter"))
+                    .set("acks", "all")
+                    .set("enable.idempotence", "true")
+                    .set("message.max.bytes", "104857600")
+                    .set(
+                        "message.timeout.ms",
+                        config
+                            .produce_timeout
+                            .as_millis()
+                            .clamp(1, i32::MAX as u128)
+                            .to_string(),
+                    );
+                for (k, v) in &config.client {
+                    dcfg.set(k, v);
+                }
+                let producer: FutureProducer<BridgeContext> =
+                    dcfg.create_with_context(BridgeContext {
+                        shared: shared.clone(),
+                        drives_state: false,
+                        role: "dead-letter",
+                    })?;
+                Some(consumer::DeadLetterSink {
+                    topic: topic.clone(),
+                    producer,
+                })
+            }
+            _ => None,
+        };
+        let rebuild = consumer::Rebuild::new(&config, &group_id);
+        if consumer.is_some() && rebuild.enabled() {
+            // No retained message of the routed topics is there yet: the
+            // broker defers new subscriptions' replays until the first
+            // rebuild is over.
+            sink.rebuild_started();
+        }
         let closed = CancellationToken::new();
         let runner = consumer::Runner::new(
             consumer,
@@ -359,7 +493,12 @@ impl Bridge {
             closed.clone(),
             producer.clone(),
             config.produce_timeout,
-            consumer::Rebuild::new(&config, &group_id),
+            rebuild,
+            consumer::Options {
+                auto_offset_reset: config.auto_offset_reset,
+                catchup_rate: config.catchup_rate,
+                dead_letter,
+            },
         );
         std::thread::Builder::new()
             .name("kafka-bridge".into())
@@ -476,9 +615,17 @@ pub fn is_stamp_header(name: &str) -> bool {
 }
 
 impl BridgeHandle {
-    /// Current connection state (for `/readyz`: ready only when `Up`).
+    /// Current connection state.
     pub fn state(&self) -> BridgeState {
         self.inner.shared.state()
+    }
+
+    /// For `/readyz`: `Ok` when connected to Kafka and — when consuming —
+    /// the group has assigned this node its partitions, their start
+    /// positions are committed and their retained messages rebuilt;
+    /// otherwise why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        self.inner.shared.readiness()
     }
 
     /// True when `destination` starts with the app prefix (`/app/` by default),

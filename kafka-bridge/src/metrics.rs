@@ -19,6 +19,7 @@ pub struct BridgeMetrics {
     pub(crate) produce_failures: AtomicU64,
     pub(crate) consumer_errors: AtomicU64,
     pub(crate) retained_rebuilt: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
     /// (topic, partition) → lag in records, from librdkafka statistics.
     pub(crate) lag: Mutex<BTreeMap<(String, i32), i64>>,
 }
@@ -83,9 +84,15 @@ impl BridgeMetrics {
         self.retained_rebuilt.load(Ordering::Relaxed)
     }
 
+    /// Records over the broker's message limit produced to the dead-letter
+    /// topic (they are counted as unroutable too).
+    pub fn dead_lettered(&self) -> u64 {
+        self.dead_lettered.load(Ordering::Relaxed)
+    }
+
     /// Appends the metrics in the Prometheus text exposition format.
     pub fn write_prometheus(&self, out: &mut String) {
-        let counters: [(&str, &str, u64); 8] = [
+        let counters: [(&str, &str, u64); 9] = [
             (
                 "kafka_bridge_records_consumed_total",
                 "Records received from Kafka.",
@@ -98,12 +105,12 @@ impl BridgeMetrics {
             ),
             (
                 "kafka_bridge_unroutable_total",
-                "Record/route pairs skipped as unroutable.",
+                "Record/route pairs skipped as unroutable (no destination, or over the broker's message limit).",
                 self.unroutable(),
             ),
             (
                 "kafka_bridge_sink_full_total",
-                "Times the broker queue was full (partition paused).",
+                "Times the broker did not accept a message (partition paused, offset not stored).",
                 self.sink_full(),
             ),
             (
@@ -125,6 +132,11 @@ impl BridgeMetrics {
                 "kafka_bridge_retained_rebuilt_total",
                 "Messages re-read from Kafka into the retained store after a restart or assignment.",
                 self.retained_rebuilt(),
+            ),
+            (
+                "kafka_bridge_dead_lettered_total",
+                "Records over the broker's message limit produced to the dead-letter topic.",
+                self.dead_lettered(),
             ),
         ];
         for (name, help, v) in counters {

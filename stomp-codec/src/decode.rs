@@ -16,6 +16,9 @@ pub struct Limits {
     pub max_header_line: usize,
     /// Largest body in bytes.
     pub max_body: usize,
+    /// Largest header section (command line, header lines and the blank
+    /// line, EOLs included) in bytes.
+    pub max_header_bytes: usize,
 }
 
 impl Default for Limits {
@@ -25,6 +28,7 @@ impl Default for Limits {
             max_headers: 64,
             max_header_line: 8 * 1024,
             max_body: 1024 * 1024,
+            max_header_bytes: 64 * 1024,
         }
     }
 }
@@ -41,16 +45,59 @@ pub enum Decoded {
 /// A streaming STOMP decoder.
 ///
 /// Feed it a buffer that the caller appends to; each [`Decoder::decode`] call
-/// removes at most one item from the front. The decoder keeps no partial
-/// state between calls, so a frame split over any number of reads decodes the
-/// same as a frame read at once.
+/// removes at most one item from the front. Between calls the decoder
+/// remembers how far it got into an incomplete frame (the header lines
+/// parsed, the end of the header section, how much of the body was searched
+/// for its NUL), so a frame trickled in one byte per read costs time in
+/// proportion to the bytes that arrive, not to the bytes already buffered.
+/// The result is the same however the input is split.
+///
+/// Until an item is returned (or an error), the caller must only append to
+/// the buffer it passes in; [`Decoder::reset`] forgets a partial frame.
 #[derive(Debug, Clone)]
 pub struct Decoder {
     limits: Limits,
     version: Version,
-    /// Scratch space for one call's header spans, reused so decoding a frame
-    /// allocates only its `Headers`. Cleared at the start of every call.
+    /// The header spans of the frame being decoded, kept across calls while
+    /// the frame is incomplete and reused so decoding a frame allocates only
+    /// its `Headers`.
     lines: Vec<LineSpan>,
+    /// How far the frame at the front of the buffer has been parsed.
+    progress: Progress,
+    /// Bytes examined by the header and body scans, to prove in tests that
+    /// input is not re-scanned.
+    #[cfg(test)]
+    scanned: usize,
+}
+
+/// The parse position in an incomplete frame. `Default` is "nothing parsed".
+#[derive(Debug, Clone, Copy, Default)]
+struct Progress {
+    /// Start of the first header line not yet parsed (0: the command line).
+    pos: usize,
+    /// The command, once its line is complete.
+    command: Option<Command>,
+    /// The first `content-length` header's value.
+    content_length: Option<usize>,
+    /// How far the line at `pos` has been scanned, and what was found in it.
+    scan: usize,
+    colon: Option<usize>,
+    bad: Option<usize>,
+    backslash: bool,
+    /// Set once the blank line that ends the header section is parsed.
+    body_start: Option<usize>,
+    /// Bytes of a body without `content-length` already searched for the NUL.
+    body_scanned: usize,
+}
+
+impl Progress {
+    /// The furthest buffer offset the decoder relies on.
+    fn seen(&self) -> usize {
+        match self.body_start {
+            Some(b) => b + self.body_scanned,
+            None => self.scan.max(self.pos),
+        }
+    }
 }
 
 /// Where a header line lies in the buffer: start, colon, end (EOL excluded),
@@ -84,6 +131,9 @@ impl Decoder {
             limits,
             version: Version::V1_2,
             lines: Vec::new(),
+            progress: Progress::default(),
+            #[cfg(test)]
+            scanned: 0,
         }
     }
 
@@ -102,6 +152,13 @@ impl Decoder {
         &self.limits
     }
 
+    /// Forgets any partially parsed frame, for a caller that switches to
+    /// another buffer. Never needed while the same buffer is only appended to.
+    pub fn reset(&mut self) {
+        self.progress = Progress::default();
+        self.lines.clear();
+    }
+
     /// Decodes one item from the front of `buf`.
     ///
     /// Returns `Ok(None)` when more input is needed (never an error for a
@@ -109,125 +166,55 @@ impl Decoder {
     /// bytes from `buf`, or an error as soon as the input is known to be bad
     /// or over a limit. After an error the stream cannot be resynchronised.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, Error> {
-        match buf.first() {
-            None => return Ok(None),
-            Some(b'\n') => {
-                let _ = buf.split_to(1);
-                return Ok(Some(Decoded::HeartBeat));
-            }
-            Some(b'\r') => {
-                return match buf.get(1) {
-                    None => Ok(None),
-                    Some(b'\n') => {
-                        let _ = buf.split_to(2);
-                        Ok(Some(Decoded::HeartBeat))
-                    }
-                    Some(_) => Err(Error::BadEol),
-                };
-            }
-            Some(_) => {}
+        if buf.len() < self.progress.seen() {
+            // Not the buffer we were parsing: start over rather than trust
+            // offsets into it.
+            self.reset();
         }
+        if self.progress.seen() == 0 {
+            match buf.first() {
+                None => return Ok(None),
+                Some(b'\n') => {
+                    let _ = buf.split_to(1);
+                    return Ok(Some(Decoded::HeartBeat));
+                }
+                Some(b'\r') => {
+                    return match buf.get(1) {
+                        None => Ok(None),
+                        Some(b'\n') => {
+                            let _ = buf.split_to(2);
+                            Ok(Some(Decoded::HeartBeat))
+                        }
+                        Some(_) => Err(Error::BadEol),
+                    };
+                }
+                Some(_) => {}
+            }
+        }
+        let result = self.decode_frame(buf);
+        if !matches!(result, Ok(None)) {
+            self.reset();
+        }
+        result
+    }
 
+    /// Continues parsing the frame at the front of `buf` from where the last
+    /// call stopped.
+    fn decode_frame(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, Error> {
         let limits = self.limits;
-        let max_line = limits.max_header_line;
-        // Never look past the first byte that makes the frame too large: every
-        // check below is positional, so the result is the same whether the
-        // stream arrives whole or a byte at a time.
-        let view_len = buf.len().min(limits.max_frame.saturating_add(1));
-        let lines = &mut self.lines;
-        lines.clear();
-        let mut command = None;
-        let mut content_length: Option<usize> = None;
-        let mut pos = 0usize;
-        let body_start = loop {
-            let window_end = view_len.min(pos.saturating_add(max_line).saturating_add(2));
-            // One pass over the line finds its LF, first colon, first NUL or CR
-            // and whether it has a backslash (lines are short: a table beats
-            // several memchr calls).
-            let (mut found, mut colon, mut bad, mut backslash) = (None, None, None, false);
-            for (j, &b) in buf[pos..window_end].iter().enumerate() {
-                match CLASS[usize::from(b)] {
-                    PLAIN => {}
-                    LF => {
-                        found = Some(pos + j);
-                        break;
-                    }
-                    COLON => {
-                        colon = colon.or(Some(pos + j));
-                    }
-                    NUL_OR_CR => {
-                        bad = bad.or(Some(pos + j));
-                    }
-                    _ => backslash = true,
-                }
-            }
-            let Some(nl) = found else {
-                // Incomplete line: decide now whether it can still become valid.
-                let partial = &buf[pos..view_len];
-                if command.is_none() {
-                    check_command_prefix(&buf[pos..window_end])?;
-                } else {
-                    check_partial_line(partial, max_line)?;
-                }
-                if partial.len() > max_line.saturating_add(1) {
-                    return Err(Error::HeaderLineTooLong);
-                }
-                if view_len > limits.max_frame {
-                    return Err(Error::FrameTooLarge);
-                }
-                return Ok(None);
-            };
-            let mut end = nl;
-            if end > pos && buf[end - 1] == b'\r' {
-                end -= 1;
-            }
-            let line = &buf[pos..end];
-            if command.is_none() {
-                command = Some(Command::parse(line).ok_or(Error::UnknownCommand)?);
-            } else if line.is_empty() {
-                break nl + 1;
-            } else if let Some(b) = bad.filter(|&b| b < end) {
-                // No NUL and no bare CR in a header line; a CR at index
-                // `max_line` is left for the length check, which an
-                // incremental reader would have hit first.
-                if buf[b] == 0 {
-                    return Err(Error::NulInHeader);
-                }
-                if b - pos < max_line {
-                    return Err(Error::BadEol);
-                }
-            }
-            if line.len() > max_line {
-                return Err(Error::HeaderLineTooLong);
-            }
-            if nl + 1 > limits.max_frame {
-                return Err(Error::FrameTooLarge);
-            }
-            if pos > 0 {
-                if lines.len() >= limits.max_headers {
-                    return Err(Error::TooManyHeaders);
-                }
-                let colon = match colon {
-                    None => return Err(Error::HeaderWithoutColon),
-                    Some(c) if c == pos => return Err(Error::EmptyHeaderName),
-                    Some(c) => c,
-                };
-                if content_length.is_none() && &buf[pos..colon] == b"content-length" {
-                    let n = parse_content_length(&buf[colon + 1..end])?;
-                    if n > limits.max_body {
-                        return Err(Error::BodyTooLarge);
-                    }
-                    content_length = Some(n);
-                }
-                lines.push((pos, colon, end, backslash));
-            }
-            pos = nl + 1;
+        let body_start = match self.progress.body_start {
+            Some(b) => b,
+            None => match self.parse_header_section(buf)? {
+                Some(b) => b,
+                None => return Ok(None),
+            },
         };
-        let Some(command) = command else {
+        let p = &mut self.progress;
+        let Some(command) = p.command else {
             return Err(Error::UnknownCommand);
         };
 
-        let body_end = match content_length {
+        let body_end = match p.content_length {
             Some(n) => {
                 // Judged from the header alone, before any of the body is buffered.
                 if n > 0 && !command.allows_body() {
@@ -254,20 +241,29 @@ impl Decoder {
                     return Err(Error::FrameTooLarge);
                 };
                 let max_len = limits.max_body.min(room);
-                let avail = &buf[body_start..buf.len().min(body_start + max_len + 1)];
-                match memchr::memchr(0, avail) {
+                let avail_end = buf.len().min(body_start + max_len + 1);
+                // Only the bytes not searched by an earlier call.
+                let from = (body_start + p.body_scanned).min(avail_end);
+                let fresh = buf.get(from..avail_end).unwrap_or_default();
+                #[cfg(test)]
+                {
+                    self.scanned += fresh.len();
+                }
+                match memchr::memchr(0, fresh) {
                     Some(i) => {
-                        if i > 0 && !command.allows_body() {
+                        if from + i > body_start && !command.allows_body() {
                             return Err(Error::BodyNotAllowed);
                         }
-                        body_start + i
+                        from + i
                     }
                     None => {
-                        if !avail.is_empty() && !command.allows_body() {
+                        let avail_len = avail_end - body_start;
+                        p.body_scanned = avail_len;
+                        if avail_len > 0 && !command.allows_body() {
                             return Err(Error::BodyNotAllowed);
                         }
-                        if avail.len() > max_len {
-                            return Err(if avail.len() > limits.max_body {
+                        if avail_len > max_len {
+                            return Err(if avail_len > limits.max_body {
                                 Error::BodyTooLarge
                             } else {
                                 Error::FrameTooLarge
@@ -305,18 +301,144 @@ impl Decoder {
             body: frame_bytes.slice(body_start..body_end),
         })))
     }
-}
 
-/// Checks the bytes of an incomplete header line (no LF yet): a NUL, or a CR
-/// followed by anything, can never become valid. Only the first
-/// `max_line + 1` bytes are judged; past them the line is too long anyway.
-fn check_partial_line(partial: &[u8], max_line: usize) -> Result<(), Error> {
-    let scan = &partial[..partial.len().min(max_line.saturating_add(1))];
-    match memchr::memchr2(0, b'\r', scan) {
-        Some(i) if scan[i] == 0 => Err(Error::NulInHeader),
-        // A CR with a following byte (not LF: there is none in a partial line).
-        Some(i) if i + 1 < scan.len() => Err(Error::BadEol),
-        _ => Ok(()),
+    /// Parses header lines from where the last call stopped. Returns the
+    /// offset of the body once the blank line is parsed, `None` while the
+    /// header section is incomplete.
+    fn parse_header_section(&mut self, buf: &[u8]) -> Result<Option<usize>, Error> {
+        let limits = self.limits;
+        let max_line = limits.max_header_line;
+        let p = &mut self.progress;
+        let lines = &mut self.lines;
+        // Never look past the first byte that makes the frame or its header
+        // section too large: every check below is positional, so the result
+        // is the same whether the stream arrives whole or a byte at a time.
+        let head_cap = limits.max_frame.min(limits.max_header_bytes);
+        let view_len = buf.len().min(head_cap.saturating_add(1));
+        loop {
+            let pos = p.pos;
+            let window_end = view_len.min(pos.saturating_add(max_line).saturating_add(2));
+            // One pass over the line finds its LF, first colon, first NUL or
+            // CR and whether it has a backslash (lines are short: a table
+            // beats several memchr calls). Resumes where the last call
+            // stopped, so no byte is classified twice.
+            let from = p.scan.max(pos).min(window_end);
+            let fresh = buf.get(from..window_end).unwrap_or_default();
+            // Locals, not `p`'s fields, in the per-byte loop: they stay in
+            // registers.
+            let (mut colon, mut bad, mut backslash) = (p.colon, p.bad, p.backslash);
+            let mut found = None;
+            for (j, &b) in fresh.iter().enumerate() {
+                match CLASS[usize::from(b)] {
+                    PLAIN => {}
+                    LF => {
+                        found = Some(from + j);
+                        break;
+                    }
+                    COLON => {
+                        colon = colon.or(Some(from + j));
+                    }
+                    NUL_OR_CR => {
+                        bad = bad.or(Some(from + j));
+                    }
+                    _ => backslash = true,
+                }
+            }
+            #[cfg(test)]
+            {
+                self.scanned += found.map_or(window_end, |nl| nl + 1) - from;
+            }
+            let Some(nl) = found else {
+                (p.colon, p.bad, p.backslash) = (colon, bad, backslash);
+                p.scan = window_end;
+                // Incomplete line: decide now whether it can still become valid.
+                let partial_len = view_len.saturating_sub(pos);
+                if p.command.is_none() {
+                    check_command_prefix(buf.get(pos..window_end).unwrap_or_default())?;
+                } else if let Some(b) = bad {
+                    // A NUL, or a CR followed by anything, can never become
+                    // valid. Only the first `max_line + 1` bytes are judged;
+                    // past them the line is too long anyway.
+                    let judged = partial_len.min(max_line.saturating_add(1));
+                    let at = b - pos;
+                    if at < judged {
+                        if buf.get(b) == Some(&0) {
+                            return Err(Error::NulInHeader);
+                        }
+                        if at + 1 < judged {
+                            return Err(Error::BadEol);
+                        }
+                    }
+                }
+                if partial_len > max_line.saturating_add(1) {
+                    return Err(Error::HeaderLineTooLong);
+                }
+                if view_len > limits.max_frame {
+                    return Err(Error::FrameTooLarge);
+                }
+                if view_len > limits.max_header_bytes {
+                    return Err(Error::HeadersTooLarge);
+                }
+                return Ok(None);
+            };
+            p.colon = None;
+            p.bad = None;
+            p.backslash = false;
+            p.scan = nl + 1;
+            let mut end = nl;
+            if end > pos && buf[end - 1] == b'\r' {
+                end -= 1;
+            }
+            let line = &buf[pos..end];
+            if p.command.is_none() {
+                p.command = Some(Command::parse(line).ok_or(Error::UnknownCommand)?);
+            } else if line.is_empty() {
+                if nl + 1 > limits.max_header_bytes {
+                    return Err(Error::HeadersTooLarge);
+                }
+                p.pos = nl + 1;
+                p.body_start = Some(nl + 1);
+                return Ok(Some(nl + 1));
+            } else if let Some(b) = bad.filter(|&b| b < end) {
+                // No NUL and no bare CR in a header line; a CR at index
+                // `max_line` is left for the length check, which an
+                // incremental reader would have hit first.
+                if buf[b] == 0 {
+                    return Err(Error::NulInHeader);
+                }
+                if b - pos < max_line {
+                    return Err(Error::BadEol);
+                }
+            }
+            if line.len() > max_line {
+                return Err(Error::HeaderLineTooLong);
+            }
+            if nl + 1 > limits.max_frame {
+                return Err(Error::FrameTooLarge);
+            }
+            if nl + 1 > limits.max_header_bytes {
+                return Err(Error::HeadersTooLarge);
+            }
+            if pos > 0 {
+                if lines.len() >= limits.max_headers {
+                    return Err(Error::TooManyHeaders);
+                }
+                let colon = match colon {
+                    None => return Err(Error::HeaderWithoutColon),
+                    Some(c) if c == pos => return Err(Error::EmptyHeaderName),
+                    Some(c) => c,
+                };
+                if p.content_length.is_none() && &buf[pos..colon] == b"content-length" {
+                    let n = parse_content_length(&buf[colon + 1..end])?;
+                    if n > limits.max_body {
+                        return Err(Error::BodyTooLarge);
+                    }
+                    p.content_length = Some(n);
+                }
+                lines.push((pos, colon, end, backslash));
+            }
+            p.pos = nl + 1;
+        }
     }
 }
 
@@ -424,6 +546,129 @@ mod tests {
             parse_content_length(b"99999999999999999999999"),
             Err(Error::InvalidContentLength)
         );
+    }
+
+    /// A header block of `n` lines of `len` bytes each.
+    fn big_headers(n: usize, len: usize) -> Vec<u8> {
+        let mut v = b"SEND\ndestination:/queue/a\n".to_vec();
+        for i in 0..n {
+            let name = format!("h{i:04}:");
+            v.extend_from_slice(name.as_bytes());
+            v.extend(std::iter::repeat_n(b'x', len - name.len()));
+            v.push(b'\n');
+        }
+        v.push(b'\n');
+        v
+    }
+
+    fn roomy() -> Limits {
+        Limits {
+            max_frame: 4 * 1024 * 1024,
+            max_header_bytes: 1024 * 1024,
+            ..Limits::default()
+        }
+    }
+
+    #[test]
+    fn trickled_body_after_a_large_header_block_is_scanned_once() {
+        // ~480 KB of headers, then a body one byte per call: each byte must
+        // be examined once, not the whole header section again per call.
+        let head = big_headers(60, 8000);
+        assert!(head.len() > 480_000);
+        for content_length in [false, true] {
+            let mut dec = Decoder::new(roomy());
+            let mut buf = BytesMut::new();
+            let body_len = 10_000;
+            let mut wire = head.clone();
+            if content_length {
+                let cl = format!("content-length:{body_len}\n\n");
+                wire.truncate(wire.len() - 1);
+                wire.extend_from_slice(cl.as_bytes());
+            }
+            let header_len = wire.len();
+            buf.extend_from_slice(&wire);
+            assert_eq!(dec.decode(&mut buf), Ok(None));
+            for i in 0..body_len {
+                buf.extend_from_slice(&[b'a' + (i % 26) as u8]);
+                assert_eq!(dec.decode(&mut buf), Ok(None));
+            }
+            buf.extend_from_slice(b"\0");
+            let Ok(Some(Decoded::Frame(f))) = dec.decode(&mut buf) else {
+                panic!("frame expected");
+            };
+            assert_eq!(f.body.len(), body_len);
+            assert_eq!(f.headers.len(), 61 + usize::from(content_length));
+            assert!(
+                dec.scanned <= header_len + body_len + 1,
+                "scanned {} bytes of a {}-byte frame (content-length: {content_length})",
+                dec.scanned,
+                header_len + body_len + 1
+            );
+        }
+    }
+
+    #[test]
+    fn trickled_header_line_is_scanned_once() {
+        let mut dec = Decoder::new(Limits::default());
+        let line = big_headers(1, 8000);
+        let mut buf = BytesMut::new();
+        for &b in &line {
+            buf.extend_from_slice(&[b]);
+            assert_eq!(dec.decode(&mut buf), Ok(None));
+        }
+        buf.extend_from_slice(b"\0");
+        assert!(matches!(dec.decode(&mut buf), Ok(Some(Decoded::Frame(_)))));
+        assert!(dec.scanned <= line.len() + 1, "scanned {}", dec.scanned);
+    }
+
+    #[test]
+    fn decode_rejects_header_section_over_limit() {
+        let mut l = Limits {
+            max_header_bytes: 1000,
+            ..Limits::default()
+        };
+        let wire = [big_headers(3, 400), b"\0".to_vec()].concat();
+        assert_eq!(
+            Decoder::new(l).decode(&mut BytesMut::from(&wire[..])),
+            Err(Error::HeadersTooLarge)
+        );
+        // The same error, as early, however the input is split.
+        let mut dec = Decoder::new(l);
+        let mut buf = BytesMut::new();
+        let mut fed = 0;
+        let err = wire.iter().find_map(|&b| {
+            buf.extend_from_slice(&[b]);
+            fed += 1;
+            dec.decode(&mut buf).err()
+        });
+        assert_eq!(err, Some(Error::HeadersTooLarge));
+        assert_eq!(fed, 1001);
+        // Exactly at the limit is fine.
+        let fits = big_headers(2, 400);
+        l.max_header_bytes = fits.len();
+        let mut buf = BytesMut::from(&[fits, b"\0".to_vec()].concat()[..]);
+        assert!(matches!(
+            Decoder::new(l).decode(&mut buf),
+            Ok(Some(Decoded::Frame(_)))
+        ));
+        // The default allows the default line limit several times over.
+        let d = Limits::default();
+        assert!(d.max_header_bytes >= 4 * d.max_header_line);
+    }
+
+    #[test]
+    fn a_new_shorter_buffer_starts_a_new_frame() {
+        let mut dec = Decoder::new(Limits::default());
+        let mut buf = BytesMut::from(&b"SEND\ndestination:/a\n"[..]);
+        assert_eq!(dec.decode(&mut buf), Ok(None));
+        let mut other = BytesMut::from(&b"ACK\nid:1\n\n\0"[..]);
+        let Ok(Some(Decoded::Frame(f))) = dec.decode(&mut other) else {
+            panic!("frame expected");
+        };
+        assert_eq!(f.command, Command::Ack);
+        dec.reset();
+        let mut buf = BytesMut::from(&b"SEND\ndestination:/a\n\nx\0"[..]);
+        assert!(matches!(dec.decode(&mut buf), Ok(Some(Decoded::Frame(_)))));
     }
 
     #[test]

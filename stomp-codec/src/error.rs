@@ -18,6 +18,9 @@ pub enum Error {
     /// A command or header line is longer than [`crate::Limits::max_header_line`].
     #[error("header line too long")]
     HeaderLineTooLong,
+    /// The header section is longer than [`crate::Limits::max_header_bytes`].
+    #[error("header section too large")]
+    HeadersTooLarge,
     /// More headers than [`crate::Limits::max_headers`].
     #[error("too many headers")]
     TooManyHeaders,

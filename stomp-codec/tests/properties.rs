@@ -240,14 +240,17 @@ fn fuzzish_bytes() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn small_limits() -> impl Strategy<Value = Limits> {
-    (1usize..200, 0usize..6, 1usize..40, 0usize..60).prop_map(|(frame, headers, line, body)| {
-        let mut l = Limits::default();
-        l.max_frame = frame;
-        l.max_headers = headers;
-        l.max_header_line = line;
-        l.max_body = body;
-        l
-    })
+    (1usize..200, 0usize..6, 1usize..40, 0usize..60, 1usize..250).prop_map(
+        |(frame, headers, line, body, header_bytes)| {
+            let mut l = Limits::default();
+            l.max_frame = frame;
+            l.max_headers = headers;
+            l.max_header_line = line;
+            l.max_body = body;
+            l.max_header_bytes = header_bytes;
+            l
+        },
+    )
 }
 
 proptest! {

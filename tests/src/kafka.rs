@@ -106,6 +106,39 @@ pub async fn create_topic(brokers: &str, name: &str, partitions: i32) -> Result<
     Ok(())
 }
 
+/// Creates `name` with `partitions` partitions and topic configs `configs`
+/// (e.g. `max.message.bytes` for records over Kafka's 1 MB default).
+pub async fn create_topic_with(
+    brokers: &str,
+    name: &str,
+    partitions: i32,
+    configs: &[(&str, &str)],
+) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    for (k, v) in configs {
+        topic = topic.set(k, v);
+    }
+    for r in admin.create_topics(&[topic], &opts).await? {
+        r.map_err(|(t, e)| anyhow!("create topic {t}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Like [`producer`], allowed records of up to 8 MiB.
+pub fn big_producer(brokers: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("message.timeout.ms", "120000")
+        .set("message.max.bytes", "8388608")
+        .set("linger.ms", "0")
+        .create()
+        .expect("producer")
+}
+
 /// A test producer: no batching delay, generous delivery timeout (records
 /// produced while Kafka is down wait for it).
 pub fn producer(brokers: &str) -> FutureProducer {

@@ -2,8 +2,9 @@
 //! committed order results, and restarted with the same consumer group: the
 //! retained store is rebuilt from Kafka, so a late subscriber still gets the
 //! results (`replayed:true`, the last `retain_last` per destination, none
-//! older than `retain_ttl`), and subscribers of the new process are not sent
-//! the rebuilt records again.
+//! older than `retain_ttl`), a subscriber of the new process that came
+//! before the rebuild gets them replayed once it is over (not live), and
+//! `/readyz` says ready only after the rebuild.
 
 use std::{collections::HashSet, time::Duration};
 
@@ -53,7 +54,8 @@ async fn replayed(c: &mut Client, id: &str, destination: &str) -> Result<Vec<Fra
 }
 
 /// The expected committed offset per partition once every landed record
-/// was consumed: one past the last record, `None` for an empty partition.
+/// was consumed: one past the last record, `0` for an empty partition
+/// (its start position, committed when it was assigned).
 fn ends(landed: &[Landed]) -> Vec<Option<i64>> {
     (0..PARTITIONS)
         .map(|p| {
@@ -62,6 +64,7 @@ fn ends(landed: &[Landed]) -> Vec<Option<i64>> {
                 .filter(|l| l.partition == p)
                 .map(|l| l.offset + 1)
                 .max()
+                .or(Some(0))
         })
         .collect()
 }
@@ -184,13 +187,27 @@ async fn broker_sigkilled_after_commit_replays_results_to_late_subscribers_after
         "the live subscription must predate the rebuild for this test; log:\n{}",
         b2.log_text()
     );
+    // Ready only once the partitions are assigned and the store rebuilt.
+    wait_for("second broker ready", Duration::from_secs(60), || async {
+        readyz(b2.http).await == 200
+    })
+    .await
+    .with_context(|| b2.log_text())?;
+    ensure!(
+        b2.log_text().contains("retained messages rebuilt"),
+        "/readyz 200 before the retained store was rebuilt; log:\n{}",
+        b2.log_text()
+    );
     let d = produce_at(&p, &topic, "D", now_ms(), br#"{"orderId":"D"}"#)
         .await?
         .message_id(&topic);
-    // It gets exactly E and D, live: the rebuilt records (delivered before
-    // the crash) are not sent again. The rebuild precedes live records, so
-    // once D is here it is over.
+    // It gets E and D live, and — as it subscribed before the rebuild —
+    // the retained results replayed (once, marked replayed) when the
+    // rebuild is over, before E and D; the rebuilt records are not sent
+    // live again.
+    let rebuilt: HashSet<String> = [&ids[2], &ids[3], &ids[4]].into_iter().cloned().collect();
     let mut got = HashSet::new();
+    let mut got_replayed = HashSet::new();
     while !(got.contains(&e) && got.contains(&d)) {
         let f = live
             .recv_within(Duration::from_secs(60))
@@ -198,12 +215,24 @@ async fn broker_sigkilled_after_commit_replays_results_to_late_subscribers_after
             .with_context(|| format!("live records after the restart; log:\n{}", b2.log_text()))?;
         ensure!(f.command == Command::Message, "{:?}", f.command);
         let (id, replayed, body) = describe(&f);
+        if replayed.as_deref() == Some("true") {
+            ensure!(
+                got.is_empty() && rebuilt.contains(&id),
+                "replayed {id} {body}: want only {rebuilt:?}, before any live record"
+            );
+            ensure!(got_replayed.insert(id.clone()), "{id} replayed twice");
+            continue;
+        }
         ensure!(
             replayed.is_none() && (id == e || id == d),
             "live subscriber got {id} (replayed {replayed:?}) {body}; only {e} and {d} are new"
         );
         ensure!(got.insert(id.clone()), "{id} delivered twice");
     }
+    ensure!(
+        got_replayed == rebuilt,
+        "a subscriber from before the rebuild got {got_replayed:?} replayed, want {rebuilt:?}"
+    );
     // A late subscriber gets the pre-crash results replayed: the last two
     // of A, B's, none of the old record; and E's, retained live.
     let mut late = Client::ws(&b2.ws_url()).await?;

@@ -1,6 +1,7 @@
 //! The same bytes split at a fuzzer-chosen point must decode exactly as they do whole:
 //! same items, same error (or none), same bytes left over. Byte 0 picks the version,
-//! bytes 1-2 the split point, byte 3 whether to use small limits.
+//! bytes 1-2 the split point, byte 3 whether to use small limits (bit 0) and a
+//! small header-section limit (bit 1).
 #![no_main]
 
 use bytes::BytesMut;
@@ -21,6 +22,9 @@ fuzz_target!(|data: &[u8]| {
         limits.max_headers = 4;
         limits.max_header_line = 32;
         limits.max_body = 64;
+    }
+    if data[3] & 2 == 2 {
+        limits.max_header_bytes = 100;
     }
     let input = &data[4..];
     let split = split % (input.len() + 1);
