@@ -327,7 +327,8 @@ impl Default for ListenConfig {
 }
 
 /// Room the default frame limit leaves for the command and headers on top
-/// of the largest body.
+/// of the largest body (as large as the default `limits.max_header_bytes`,
+/// less the frame's closing NUL).
 pub const HEADER_ROOM: usize = 64 * 1024;
 
 impl Default for LimitsConfig {
