@@ -118,7 +118,9 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Largest STOMP frame in bytes (headers and body).
+    /// Largest STOMP frame in bytes (command, headers, body). Keep it above
+    /// `max_body_bytes` so a body of exactly `max_body_bytes` still fits with
+    /// its headers (the default leaves 64 KiB for them).
     pub max_frame_bytes: usize,
     /// Largest body in bytes.
     pub max_body_bytes: usize,
@@ -184,15 +186,32 @@ pub struct LimitsConfig {
 }
 
 /// Heart-beat settings.
+///
+/// The server follows the client: it sends as often as the client asks
+/// and expects to hear from it as often as the client says it can send,
+/// each clamped to `[min_ms, max_ms]` (see
+/// [`crate::session::negotiate_heart_beats`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HeartbeatConfig {
-    /// The server's offer `sx,sy` in ms: how often it can send, how often it
-    /// wants to receive. `0,0` disables heart-beats.
+    /// `sx,sy`: which directions the server heart-beats. A `0` turns that
+    /// direction off (`0,0`: no heart-beats at all; `sx,0`: silent clients
+    /// are never closed); any other number turns it on. The numbers no
+    /// longer set the interval: `min_ms`/`max_ms` bound what the client asks.
     pub server: String,
-    /// A silent client is closed after `interval * tolerance + grace_ms`.
+    /// Shortest interval in ms the server sends heart-beats at or expects
+    /// them at, whatever the client asks (protects the server from clients
+    /// asking for a beat every millisecond).
+    pub min_ms: u64,
+    /// Longest interval in ms the server stays silent when the client wants
+    /// heart-beats. A client that can only send less often is still
+    /// accepted and judged by its own interval (STOMP's `max(cx, sy)`).
+    pub max_ms: u64,
+    /// A silent client is closed after `interval * tolerance + grace`.
     pub tolerance: f64,
-    /// Added to the tolerated silence, ms (background tabs throttle timers).
+    /// Added to the tolerated silence, ms (background tabs throttle
+    /// timers), but never more than half the interval, so a client asking
+    /// for 1 s heart-beats is closed within about 2.5 s of going silent.
     pub grace_ms: u64,
 }
 
@@ -341,10 +360,15 @@ impl Default for ListenConfig {
     }
 }
 
+/// Room the default frame limit leaves for the command and headers on top
+/// of the largest body (as large as the default `limits.max_header_bytes`,
+/// less the frame's closing NUL).
+pub const HEADER_ROOM: usize = 64 * 1024;
+
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
-            max_frame_bytes: 1024 * 1024,
+            max_frame_bytes: 1024 * 1024 + HEADER_ROOM,
             max_body_bytes: 1024 * 1024,
             max_headers: 64,
             max_header_line: 8 * 1024,
@@ -373,6 +397,8 @@ impl Default for HeartbeatConfig {
     fn default() -> Self {
         HeartbeatConfig {
             server: "10000,10000".into(),
+            min_ms: 1_000,
+            max_ms: 60_000,
             tolerance: 2.0,
             grace_ms: 5_000,
         }
@@ -455,6 +481,8 @@ impl Config {
         }
         for (name, ms) in [
             ("heartbeat.grace_ms", self.heartbeat.grace_ms),
+            ("heartbeat.min_ms", self.heartbeat.min_ms),
+            ("heartbeat.max_ms", self.heartbeat.max_ms),
             ("limits.connect_timeout_ms", self.limits.connect_timeout_ms),
             ("limits.frame_timeout_ms", self.limits.frame_timeout_ms),
             (
@@ -470,6 +498,14 @@ impl Config {
             if ms > MAX_DURATION_MS {
                 anyhow::bail!("{name} must be at most {MAX_DURATION_MS} (one day), not {ms}");
             }
+        }
+        let hb = &self.heartbeat;
+        if hb.min_ms == 0 || hb.min_ms > hb.max_ms {
+            anyhow::bail!(
+                "heartbeat.min_ms and heartbeat.max_ms: need 1 <= min_ms <= max_ms, not {} and {}",
+                hb.min_ms,
+                hb.max_ms
+            );
         }
         for net in &self.status.allow {
             crate::status::parse_cidr(net)
@@ -543,16 +579,22 @@ pub struct Args {
     /// Write the bound addresses as JSON to this file once listening.
     #[arg(long, env = "STOMP_BROKER_PORT_FILE")]
     pub port_file: Option<PathBuf>,
-    /// Server heart-beat offer `sx,sy` in ms [default: 10000,10000].
+    /// Heart-beat directions `sx,sy`: 0 turns one off, "0,0" both; intervals follow the client [default: 10000,10000].
     #[arg(long, env = "STOMP_BROKER_HEART_BEAT")]
     pub heart_beat: Option<String>,
     /// Tolerated client silence factor [default: 2.0].
     #[arg(long, env = "STOMP_BROKER_HEART_BEAT_TOLERANCE")]
     pub heart_beat_tolerance: Option<f64>,
-    /// Extra tolerated client silence in ms [default: 5000].
+    /// Extra tolerated client silence in ms, at most half the interval [default: 5000].
     #[arg(long, env = "STOMP_BROKER_HEART_BEAT_GRACE_MS")]
     pub heart_beat_grace_ms: Option<u64>,
-    /// Largest frame in bytes [default: 1048576].
+    /// Shortest heart-beat interval in ms, whatever the client asks [default: 1000].
+    #[arg(long, env = "STOMP_BROKER_HEART_BEAT_MIN_MS")]
+    pub heart_beat_min_ms: Option<u64>,
+    /// Longest heart-beat interval in ms the server stays silent [default: 60000].
+    #[arg(long, env = "STOMP_BROKER_HEART_BEAT_MAX_MS")]
+    pub heart_beat_max_ms: Option<u64>,
+    /// Largest frame in bytes; the body limit is lowered to leave 64 KiB of it (at most half) for headers [default: 1114112].
     #[arg(long, env = "STOMP_BROKER_MAX_FRAME_BYTES")]
     pub max_frame_bytes: Option<usize>,
     /// Most connections at once [default: 100000].
@@ -641,9 +683,13 @@ impl Args {
         set!(self.heart_beat => cfg.heartbeat.server);
         set!(self.heart_beat_tolerance => cfg.heartbeat.tolerance);
         set!(self.heart_beat_grace_ms => cfg.heartbeat.grace_ms);
+        set!(self.heart_beat_min_ms => cfg.heartbeat.min_ms);
+        set!(self.heart_beat_max_ms => cfg.heartbeat.max_ms);
         if let Some(v) = self.max_frame_bytes {
             cfg.limits.max_frame_bytes = v;
-            cfg.limits.max_body_bytes = cfg.limits.max_body_bytes.min(v);
+            // A body of the body limit must still fit with its headers.
+            let room = HEADER_ROOM.min(v / 2);
+            cfg.limits.max_body_bytes = cfg.limits.max_body_bytes.min(v - room);
         }
         set!(self.max_connections => cfg.limits.max_connections);
         set!(self.max_subscriptions => cfg.limits.max_subscriptions_per_connection);
@@ -849,6 +895,39 @@ mod tests {
             args.into_config().unwrap().queues.mode,
             QueueMode::Broadcast
         );
+    }
+
+    #[test]
+    fn default_frame_limit_leaves_room_for_headers_of_the_largest_body() {
+        let l = Config::default().limits;
+        assert_eq!(l.max_frame_bytes, l.max_body_bytes + HEADER_ROOM);
+        // --max-frame-bytes lowers the body limit to keep that room.
+        let small = Args {
+            max_frame_bytes: Some(65_536),
+            ..Args::default()
+        };
+        let cfg = small.into_config().unwrap();
+        assert_eq!(cfg.limits.max_body_bytes, 32_768);
+        let big = Args {
+            max_frame_bytes: Some(4 * 1024 * 1024),
+            ..Args::default()
+        };
+        let cfg = big.into_config().unwrap();
+        assert_eq!(cfg.limits.max_body_bytes, 1024 * 1024);
+    }
+
+    #[test]
+    fn heartbeat_bounds_are_checked() {
+        let hb = &Config::default().heartbeat;
+        assert_eq!((hb.min_ms, hb.max_ms), (1000, 60_000));
+        assert!(Config::from_toml("[heartbeat]\nmin_ms = 200\nmax_ms = 200\n").is_ok());
+        for bad in [
+            "[heartbeat]\nmin_ms = 0\n",
+            "[heartbeat]\nmin_ms = 5000\nmax_ms = 4000\n",
+            "[heartbeat]\nmax_ms = 5000000000\n",
+        ] {
+            assert!(Config::from_toml(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

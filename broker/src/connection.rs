@@ -398,9 +398,12 @@ fn deadline_after(at: Instant, after: Duration) -> Instant {
 }
 
 /// How long a client that promised a heart-beat `every` may stay silent:
-/// `every × tolerance + grace`, saturating (a tolerance that is not a
-/// finite number ≥ 1 counts as 1; validation rejects those anyway).
+/// `every × tolerance + grace`, the grace capped at half the interval (so a
+/// client asking for 1 s is closed within about 2.5 s, while 10 s still gets
+/// the whole 5 s), saturating (a tolerance that is not a finite number ≥ 1
+/// counts as 1; validation rejects those anyway).
 fn silence_allowed(every: Duration, tolerance: f64, grace: Duration) -> Duration {
+    let grace = grace.min(every / 2);
     let tolerance = if tolerance.is_finite() {
         tolerance.max(1.0)
     } else {
@@ -538,6 +541,26 @@ mod tests {
         assert_eq!(
             deadline_after(now, Duration::from_secs(3)),
             now + Duration::from_secs(3)
+        );
+    }
+
+    #[test]
+    fn silent_client_is_detected_within_about_twice_its_interval() {
+        let grace = Duration::from_millis(5000);
+        // 1 s: 2 s + 0.5 s (grace capped at half the interval), under 3 s.
+        let one = Duration::from_secs(1);
+        assert_eq!(
+            silence_allowed(one, 2.0, grace),
+            Duration::from_millis(2500)
+        );
+        // 10 s: 20 s + the full 5 s grace, as before.
+        let ten = Duration::from_secs(10);
+        assert_eq!(silence_allowed(ten, 2.0, grace), Duration::from_secs(25));
+        // A small grace is kept whole.
+        let small = Duration::from_millis(100);
+        assert_eq!(
+            silence_allowed(one, 2.0, small),
+            Duration::from_millis(2100)
         );
     }
 
@@ -684,6 +707,7 @@ mod tests {
         let log = run_flooded(
             |c| {
                 c.heartbeat.server = "0,100".into();
+                c.heartbeat.min_ms = 100;
                 c.heartbeat.tolerance = 1.0;
                 c.heartbeat.grace_ms = 0;
             },

@@ -33,7 +33,8 @@ pub struct BrokerCore {
     pub config: Config,
     /// Codec limits derived from the configuration.
     pub limits: Limits,
-    /// The server's heart-beat offer `(sx, sy)`.
+    /// `heartbeat.server` `(sx, sy)`: a 0 turns that heart-beat direction
+    /// off; the intervals follow the client (`session::negotiate_heart_beats`).
     pub server_heart_beat: (u32, u32),
     /// Routing table.
     pub router: Router,

@@ -134,17 +134,64 @@ pub struct HeartBeats {
     pub recv: Option<Duration>,
 }
 
-/// Heart-beat arithmetic from the specification: each direction is 0 when
-/// either side says 0, else the larger of the two.
-pub fn negotiate_heart_beats(client: (u32, u32), server: (u32, u32)) -> HeartBeats {
-    let (cx, cy) = client;
-    let (sx, sy) = server;
-    let ms =
-        |a: u32, b: u32| (a != 0 && b != 0).then(|| Duration::from_millis(u64::from(a.max(b))));
-    HeartBeats {
-        send: ms(sx, cy),
-        recv: ms(cx, sy),
+/// The server's side of heart-beating (`[heartbeat]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeartBeatPolicy {
+    /// The server sends heart-beats to clients that want them
+    /// (`heartbeat.server` `sx` non-zero).
+    pub send: bool,
+    /// The server expects heart-beats from clients that offer them
+    /// (`heartbeat.server` `sy` non-zero).
+    pub recv: bool,
+    /// `heartbeat.min_ms`.
+    pub min_ms: u32,
+    /// `heartbeat.max_ms`.
+    pub max_ms: u32,
+}
+
+impl HeartBeatPolicy {
+    /// The policy configured in `[heartbeat]`.
+    pub fn from_config(server: (u32, u32), cfg: &crate::config::HeartbeatConfig) -> Self {
+        let ms = |v: u64| u32::try_from(v).unwrap_or(u32::MAX).max(1);
+        let min_ms = ms(cfg.min_ms);
+        HeartBeatPolicy {
+            send: server.0 != 0,
+            recv: server.1 != 0,
+            min_ms,
+            max_ms: ms(cfg.max_ms).max(min_ms),
+        }
     }
+}
+
+/// Heart-beat negotiation: returns the server's `heart-beat` answer
+/// `(sx, sy)` and the intervals both sides then use.
+///
+/// The server follows the client: `sx` is the client's `cy` and `sy` its
+/// `cx`, each clamped to `[min_ms, max_ms]` (0 where the client or the
+/// policy says 0). The specification's arithmetic then applies: each
+/// direction is 0 when either side says 0, else the larger of the two. The
+/// server sends every `sx` (at least as often as the client asked: `sx` is
+/// below `max(sx, cy)` only when `cy` is over `max_ms`) and expects the
+/// client every `max(cx, sy)`.
+pub fn negotiate_heart_beats(
+    client: (u32, u32),
+    policy: &HeartBeatPolicy,
+) -> ((u32, u32), HeartBeats) {
+    let (cx, cy) = client;
+    let clamp = |on: bool, v: u32| {
+        if on && v != 0 {
+            v.clamp(policy.min_ms, policy.max_ms)
+        } else {
+            0
+        }
+    };
+    let (sx, sy) = (clamp(policy.send, cy), clamp(policy.recv, cx));
+    let ms = |v: u32| Duration::from_millis(u64::from(v));
+    let beats = HeartBeats {
+        send: (sx != 0 && cy != 0).then(|| ms(sx)),
+        recv: (cx != 0 && sy != 0).then(|| ms(cx.max(sy))),
+    };
+    ((sx, sy), beats)
 }
 
 /// Per-connection frame-rate limiter: a token bucket holding one second of
@@ -512,7 +559,8 @@ impl Session {
         if !frame.command.is_client() {
             return Err(stomp_codec::Error::CommandNotAllowed.into());
         }
-        let parsed = ClientFrame::parse(&frame, version)?;
+        let mut scratch = None;
+        let parsed = parse_client_frame(&frame, version, &mut scratch)?;
         match parsed {
             ClientFrame::Connect(_) => {
                 return Err(StompError::new(
@@ -568,8 +616,9 @@ impl Session {
                             self.send(&f, &dest, None)?;
                         }
                         TxOp::Ack(f) => {
+                            let mut scratch = None;
                             if let ClientFrame::Ack(a) | ClientFrame::Nack(a) =
-                                ClientFrame::parse(&f, version)?
+                                parse_client_frame(&f, version, &mut scratch)?
                             {
                                 self.ack(&a, f.command == Command::Nack)?;
                             }
@@ -649,15 +698,19 @@ impl Session {
         };
         self.version = Some(version);
         self.identity = identity;
-        let server_hb = if version == Version::V1_0 {
+        // STOMP 1.0 has no heart-beats.
+        let client_hb = if version == Version::V1_0 {
             (0, 0)
         } else {
-            self.core.server_heart_beat
+            c.heart_beat
         };
-        self.heart_beats = negotiate_heart_beats(c.heart_beat, server_hb);
+        let policy =
+            HeartBeatPolicy::from_config(self.core.server_heart_beat, &self.core.config.heartbeat);
+        let (offer, beats) = negotiate_heart_beats(client_hb, &policy);
+        self.heart_beats = beats;
         let mut f = Frame::new(Command::Connected)
             .with_header("version", version.as_str())
-            .with_header("heart-beat", format!("{},{}", server_hb.0, server_hb.1))
+            .with_header("heart-beat", format!("{},{}", offer.0, offer.1))
             .with_header(
                 "server",
                 concat!("stomp-broker/", env!("CARGO_PKG_VERSION")),
@@ -1090,16 +1143,22 @@ impl Session {
                         })
                     })
             }
+            // 1.0/1.1: the named subscription first; when the message is
+            // not there (a client that got the `subscription` header wrong),
+            // by `message-id` alone, as RabbitMQ does.
             _ => a.message_id.and_then(|mid| {
-                self.subs
-                    .iter()
-                    .filter(|(k, _)| a.subscription.is_none_or(|s| &***k == s))
-                    .find_map(|(k, s)| {
-                        s.unacked
-                            .iter()
-                            .position(|u| &*u.msg.message_id == mid)
-                            .map(|pos| (k.clone(), pos))
-                    })
+                let find = |named: bool| {
+                    self.subs
+                        .iter()
+                        .filter(|(k, _)| !named || a.subscription.is_none_or(|s| &***k == s))
+                        .find_map(|(k, s)| {
+                            s.unacked
+                                .iter()
+                                .position(|u| &*u.msg.message_id == mid)
+                                .map(|pos| (k.clone(), pos))
+                        })
+                };
+                find(true).or_else(|| find(false))
             }),
         };
         let Some((key, pos)) = found else {
@@ -1249,6 +1308,41 @@ fn unguessable_token() -> String {
     s
 }
 
+/// Parses a client frame of `version`, lenient where RabbitMQ is: a STOMP
+/// 1.0 client may send NACK and subscribe with `ack:client-individual`
+/// (1.1 features that stomp.py and Ruby clients use with 1.0). `scratch`
+/// holds the rewritten copy the codec's strict parser is given then.
+fn parse_client_frame<'a>(
+    frame: &'a Frame,
+    version: Version,
+    scratch: &'a mut Option<Frame>,
+) -> Result<ClientFrame<'a>, stomp_codec::Error> {
+    if version == Version::V1_0 {
+        match frame.command {
+            Command::Nack => {
+                // Parsed as the 1.0 ACK it mirrors (`message-id` required).
+                let mut f = frame.clone();
+                f.command = Command::Ack;
+                if let ClientFrame::Ack(a) = ClientFrame::parse(scratch.insert(f), version)? {
+                    return Ok(ClientFrame::Nack(a));
+                }
+            }
+            Command::Subscribe if frame.header("ack") == Some(b"client-individual") => {
+                let mut f = frame.clone();
+                f.headers.remove("ack");
+                if let ClientFrame::Subscribe(mut sub) =
+                    ClientFrame::parse(scratch.insert(f), version)?
+                {
+                    sub.ack = AckMode::ClientIndividual;
+                    return Ok(ClientFrame::Subscribe(sub));
+                }
+            }
+            _ => {}
+        }
+    }
+    ClientFrame::parse(frame, version)
+}
+
 /// A SEND's RECEIPT is deferred when it asked for one.
 fn receipt_is_deferred(frame: &Frame) -> bool {
     frame.header("receipt").is_some()
@@ -1298,6 +1392,99 @@ fn route_error(e: RouteError, destination: &str) -> StompError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn policy() -> HeartBeatPolicy {
+        HeartBeatPolicy::from_config((10_000, 10_000), &Default::default())
+    }
+
+    fn secs(s: f64) -> Option<Duration> {
+        Some(Duration::from_secs_f64(s))
+    }
+
+    #[test]
+    fn heart_beats_follow_the_client_not_the_server_offer() {
+        // stomp.js asking for 1 s gets 1 s both ways, not the old 10 s floor.
+        let (offer, hb) = negotiate_heart_beats((1000, 1000), &policy());
+        assert_eq!(offer, (1000, 1000));
+        assert_eq!((hb.send, hb.recv), (secs(1.0), secs(1.0)));
+        // stomp.js's default.
+        let (offer, hb) = negotiate_heart_beats((10_000, 10_000), &policy());
+        assert_eq!(offer, (10_000, 10_000));
+        assert_eq!((hb.send, hb.recv), (secs(10.0), secs(10.0)));
+        // Asymmetric: each direction follows its own side.
+        let (offer, hb) = negotiate_heart_beats((4000, 2500), &policy());
+        assert_eq!(offer, (2500, 4000));
+        assert_eq!((hb.send, hb.recv), (secs(2.5), secs(4.0)));
+    }
+
+    #[test]
+    fn heart_beats_are_clamped_to_min_and_max() {
+        // Below min_ms: min_ms both ways.
+        let (offer, hb) = negotiate_heart_beats((10, 1), &policy());
+        assert_eq!(offer, (1000, 1000));
+        assert_eq!((hb.send, hb.recv), (secs(1.0), secs(1.0)));
+        // Over max_ms: the server still sends every max_ms (more often than
+        // asked is allowed); the client is judged by what it can do.
+        let (offer, hb) = negotiate_heart_beats((300_000, 300_000), &policy());
+        assert_eq!(offer, (60_000, 60_000));
+        assert_eq!((hb.send, hb.recv), (secs(60.0), secs(300.0)));
+    }
+
+    #[test]
+    fn heart_beats_off_when_either_side_says_zero() {
+        let (offer, hb) = negotiate_heart_beats((0, 0), &policy());
+        assert_eq!(offer, (0, 0));
+        assert_eq!(hb, HeartBeats::default());
+        let (offer, hb) = negotiate_heart_beats((0, 500), &policy());
+        assert_eq!(offer, (1000, 0));
+        assert_eq!((hb.send, hb.recv), (secs(1.0), None));
+        // heartbeat.server "0,0": off whatever the client asks.
+        let off = HeartBeatPolicy::from_config((0, 0), &Default::default());
+        assert_eq!(
+            negotiate_heart_beats((1000, 1000), &off),
+            ((0, 0), HeartBeats::default())
+        );
+        // "10000,0": the server beats but never closes silent clients.
+        let send_only = HeartBeatPolicy::from_config((10_000, 0), &Default::default());
+        let (offer, hb) = negotiate_heart_beats((1000, 1000), &send_only);
+        assert_eq!(offer, (1000, 0));
+        assert_eq!((hb.send, hb.recv), (secs(1.0), None));
+    }
+
+    fn frame(command: Command, headers: &[(&'static str, &'static str)]) -> Frame {
+        let mut f = Frame::new(command);
+        for (n, v) in headers {
+            f.headers.push(*n, *v);
+        }
+        f
+    }
+
+    #[test]
+    fn stomp_1_0_accepts_nack_and_client_individual_like_rabbitmq() {
+        let nack = frame(Command::Nack, &[("message-id", "m-1")]);
+        let mut scratch = None;
+        match parse_client_frame(&nack, Version::V1_0, &mut scratch) {
+            Ok(ClientFrame::Nack(a)) => assert_eq!(a.message_id, Some("m-1")),
+            other => panic!("{other:?}"),
+        }
+        let sub = frame(
+            Command::Subscribe,
+            &[("destination", "/queue/a"), ("ack", "client-individual")],
+        );
+        let mut scratch = None;
+        match parse_client_frame(&sub, Version::V1_0, &mut scratch) {
+            Ok(ClientFrame::Subscribe(s)) => {
+                assert_eq!(s.ack, AckMode::ClientIndividual);
+                assert_eq!((s.id, s.destination), ("/queue/a", "/queue/a"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Still strict where 1.0 itself is: a NACK needs its message-id.
+        let bare = frame(Command::Nack, &[]);
+        assert!(parse_client_frame(&bare, Version::V1_0, &mut None).is_err());
+        let bad = frame(Command::Subscribe, &[("destination", "/q/a"), ("ack", "x")]);
+        assert!(parse_client_frame(&bad, Version::V1_0, &mut None).is_err());
+    }
 
     #[test]
     fn unconfirmed_receipts_are_joined_whole_within_the_bound() {

@@ -184,6 +184,7 @@ async fn flooded_subscriber_that_stops_heart_beating_is_timed_out() -> Result<()
     let _serial = ONE_AT_A_TIME.lock().await;
     let b = flood_broker(|c| {
         c.heartbeat.server = "0,300".into();
+        c.heartbeat.min_ms = 300;
         c.heartbeat.tolerance = 2.0;
         c.heartbeat.grace_ms = 400;
     })
@@ -194,8 +195,8 @@ async fn flooded_subscriber_that_stops_heart_beating_is_timed_out() -> Result<()
     subscribe_many(&mut sub).await?;
     let _flood = Flood::start(&b, 2).await;
     until_flooded(&b, &mut sub, true).await?;
-    // The client stops heart-beating: after 1 s of silence the server
-    // must say so, flood or not.
+    // The client stops heart-beating: after 300 ms × 2 + grace (capped at
+    // half the interval) of silence the server must say so, flood or not.
     let start = Instant::now();
     loop {
         ensure!(
@@ -225,6 +226,7 @@ async fn flooded_subscriber_heart_beats_are_read() -> Result<()> {
     let _serial = ONE_AT_A_TIME.lock().await;
     let b = flood_broker(|c| {
         c.heartbeat.server = "0,300".into();
+        c.heartbeat.min_ms = 300;
         c.heartbeat.tolerance = 2.0;
         c.heartbeat.grace_ms = 400;
     })

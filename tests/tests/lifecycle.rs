@@ -18,12 +18,21 @@ both_transports!(
 );
 
 async fn server_sends_heart_beats_at_negotiated_interval(kind: Kind) -> Result<()> {
-    let b = TestBroker::start_with(|c| c.heartbeat.server = "100,100".into()).await;
+    let b = TestBroker::start_with(|c| {
+        c.heartbeat.server = "100,100".into();
+        c.heartbeat.min_ms = 100;
+    })
+    .await;
     let mut c = b.raw(kind).await;
     let f = c
         .connect_with(&[("accept-version", "1.2"), ("heart-beat", "0,50")])
         .await?;
-    ensure!(f.header_str("heart-beat") == Some("100,100"));
+    // The client's 50 ms clamped to min_ms; it sends none, so none expected.
+    ensure!(
+        f.header_str("heart-beat") == Some("100,0"),
+        "{:?}",
+        f.headers
+    );
     let start = Instant::now();
     let mut beats = 0;
     while beats < 4 {
@@ -32,7 +41,7 @@ async fn server_sends_heart_beats_at_negotiated_interval(kind: Kind) -> Result<(
             other => anyhow::bail!("unexpected {other:?}"),
         }
     }
-    // max(100, 50) = 100 ms between beats: 4 beats take at least ~300 ms.
+    // max(min_ms 100, 50) = 100 ms between beats: 4 beats take at least ~300 ms.
     ensure!(
         start.elapsed() >= Duration::from_millis(300),
         "{:?}",
@@ -44,18 +53,19 @@ async fn server_sends_heart_beats_at_negotiated_interval(kind: Kind) -> Result<(
 async fn silent_client_is_closed_after_heart_beat_timeout(kind: Kind) -> Result<()> {
     let b = TestBroker::start_with(|c| {
         c.heartbeat.server = "0,100".into();
+        c.heartbeat.min_ms = 100;
         c.heartbeat.grace_ms = 100;
     })
     .await;
     let mut c = b.raw(kind).await;
-    c.connect_with(&[("accept-version", "1.2"), ("heart-beat", "100,0")])
+    c.connect_with(&[("accept-version", "1.2"), ("heart-beat", "200,0")])
         .await?;
     let start = Instant::now();
     let e = c.expect_error_and_close().await?;
     ensure!(e.header_str("message") == Some("heart-beat timeout"));
-    // 100 ms * 2.0 + 100 ms grace.
+    // 200 ms * 2.0 + 100 ms grace (at most half the interval).
     ensure!(
-        start.elapsed() >= Duration::from_millis(250),
+        start.elapsed() >= Duration::from_millis(450),
         "{:?}",
         start.elapsed()
     );
@@ -65,6 +75,7 @@ async fn silent_client_is_closed_after_heart_beat_timeout(kind: Kind) -> Result<
 async fn client_that_heart_beats_stays_connected(kind: Kind) -> Result<()> {
     let b = TestBroker::start_with(|c| {
         c.heartbeat.server = "0,100".into();
+        c.heartbeat.min_ms = 100;
         c.heartbeat.grace_ms = 50;
     })
     .await;

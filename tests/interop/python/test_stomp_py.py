@@ -310,3 +310,66 @@ def test_heartbeat_negotiation(broker, version):
         assert conn.is_connected()
     finally:
         conn.disconnect()
+
+
+def test_stomp_1_0_client_individual_and_nack_like_rabbitmq(clients):
+    """stomp.py's Connection10 with ack=client-individual and a NACK frame (1.1 features that
+    RabbitMQ accepts from 1.0 clients): individual acks, and NACK redelivers."""
+    a = clients("1.0")
+    q = f"/queue/{uniq('py10ci')}"
+    a.subscribe(q, "s10", ack="client-individual")
+    a.send(q, "m1")
+    a.send(q, "m2")
+    m1, m2 = a.rec.wait_messages(2, q)
+    assert [m1.body, m2.body] == ["m1", "m2"]
+    a.ack(m2, "s10")  # ACK message-id of m2 only: individual, m1 stays unacked
+    rid = uniq("nack")
+    # stomp.py has no nack() for 1.0; Ruby and stomp.py users send the frame.
+    a.conn.send_frame("NACK", {"message-id": m1.headers["message-id"], "receipt": rid})
+    a.rec.wait_receipt(rid)
+    msgs = a.rec.wait_messages(3, q)
+    assert msgs[2].body == "m1", [m.body for m in msgs]
+    assert msgs[2].headers.get("redelivered") == "true", msgs[2].headers
+    assert msgs[2].headers.get("message-id") == m1.headers["message-id"]
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1"])
+def test_ack_with_mismatched_subscription_is_applied_by_message_id(clients, version):
+    """1.0/1.1 ACK/NACK whose subscription header names another subscription: the message is
+    found by message-id alone (RabbitMQ) instead of ERROR and close."""
+    a = clients(version)
+    q = f"/queue/{uniq('pywrongsub')}"
+    a.subscribe(q, "real", ack="client-individual")
+    a.send(q, "x")
+    [m] = a.rec.wait_messages(1, q)
+    rid = uniq("nack")
+    a.conn.send_frame("NACK", {"message-id": m.headers["message-id"], "subscription": "other",
+                               "receipt": rid})
+    a.rec.wait_receipt(rid)
+    again = a.rec.wait_messages(2, q)[1]
+    assert again.headers.get("redelivered") == "true", again.headers
+    rid = uniq("ack")
+    a.conn.send_frame("ACK", {"message-id": again.headers["message-id"], "subscription": "other",
+                              "receipt": rid})
+    a.rec.wait_receipt(rid)
+    assert a.conn.is_connected()
+    a.close()
+    b = clients(version)
+    b.subscribe(q, "b")
+    b.send(q, "barrier")
+    b.rec.wait(lambda: "barrier" in b.rec.bodies(q), "barrier")
+    assert b.rec.bodies(q) == ["barrier"], "the acknowledged message came back"
+
+
+def test_heartbeats_follow_the_clients_request(broker):
+    """stomp.py asking for 1 s heart-beats gets 1 s (not the old 10 s floor)."""
+    conn = stomp.Connection12([(broker.stomp_host, broker.stomp_port)], heartbeats=(1000, 1000),
+                              reconnect_attempts_max=1)
+    rec = Recorder()
+    conn.set_listener("rec", rec)
+    conn.connect("guest", "guest", wait=True)
+    try:
+        rec.wait(lambda: rec.connected, "CONNECTED")
+        assert rec.connected[0].headers["heart-beat"] == "1000,1000", rec.connected[0].headers
+    finally:
+        conn.disconnect()
