@@ -35,6 +35,9 @@ pub enum Outbound {
     Frame(Box<Frame>),
     /// An ERROR to send before closing (slow consumer, Kafka failure …).
     Fatal(Box<StompError>),
+    /// The Kafka writes a DISCONNECT waited for have all been answered:
+    /// send its RECEIPT and close.
+    Disconnect,
 }
 
 /// How a message reaches a subscription; decides the extra MESSAGE header.

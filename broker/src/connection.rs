@@ -271,6 +271,9 @@ async fn run<T: Transport>(
                     }
                     next = rx.try_recv().ok();
                 }
+                if ended.is_none() && session.disconnect_ready() {
+                    ended = Some(End::Close);
+                }
             }
             Event::ReadTimeout => {
                 let (message, detail, kind) = if session.version().is_none() {

@@ -455,7 +455,7 @@ impl LocalSubscription {
                     return Some(msg);
                 }
                 Outbound::Fatal(_) => return None,
-                Outbound::Frame(_) => {}
+                Outbound::Frame(_) | Outbound::Disconnect => {}
             }
         }
     }

@@ -268,6 +268,9 @@ struct KafkaWrites {
     unconfirmed: Vec<String>,
     /// The ERROR was queued for the connection task.
     fatal_queued: bool,
+    /// A DISCONNECT came while writes were in flight: its RECEIPT waits
+    /// until they are answered ([`Outbound::Disconnect`]).
+    disconnect_waiting: bool,
 }
 
 impl KafkaWrites {
@@ -279,7 +282,8 @@ impl KafkaWrites {
         all
     }
 
-    /// Queues the ERROR once the failure is known and nothing is in flight.
+    /// Once nothing is in flight: queues the ERROR if a write failed, else
+    /// lets a waiting DISCONNECT finish.
     fn finish_if_settled(&mut self, conn: &ConnShared) {
         if self.fatal_queued || !self.inflight.is_empty() {
             return;
@@ -287,6 +291,9 @@ impl KafkaWrites {
         if let Some(err) = &self.failed {
             self.fatal_queued = true;
             conn.send_control(Outbound::Fatal(Box::new(err.clone())));
+        } else if self.disconnect_waiting {
+            self.disconnect_waiting = false;
+            conn.send_control(Outbound::Disconnect);
         }
     }
 }
@@ -321,6 +328,10 @@ pub struct Session {
     out: Output,
     /// A DISCONNECT's receipt, written after what was already queued.
     disconnect_receipt: Option<String>,
+    /// DISCONNECT received; waiting for Kafka writes in flight.
+    disconnecting: bool,
+    /// Those writes are answered: the connection task closes.
+    disconnect_ready: bool,
     /// Retained messages to replay once the SUBSCRIBE is answered.
     replay: Option<(Arc<str>, Vec<Arc<Message>>)>,
     /// Private reply queues: `/temp-queue/<name>` (also the id of their
@@ -353,6 +364,8 @@ impl Session {
             next_ack: 1,
             out: Output::default(),
             disconnect_receipt: None,
+            disconnecting: false,
+            disconnect_ready: false,
             replay: None,
             temp_queues: HashMap::new(),
             temp_bytes: 0,
@@ -444,6 +457,12 @@ impl Session {
         self.out.len()
     }
 
+    /// A DISCONNECT that waited for Kafka writes may now finish
+    /// ([`Session::finish_disconnect`]).
+    pub fn disconnect_ready(&self) -> bool {
+        self.disconnect_ready
+    }
+
     /// After DISCONNECT: the RECEIPT, once messages already queued for this
     /// connection have been added to the output.
     pub fn finish_disconnect(&mut self) {
@@ -500,6 +519,11 @@ impl Session {
     /// Handles one decoded client frame.
     pub fn on_frame(&mut self, frame: Frame) -> Result<Flow, StompError> {
         self.core.metrics.frame_in(frame.command);
+        if self.disconnecting {
+            // After DISCONNECT nothing more is processed (STOMP: the client
+            // sends nothing after it); the RECEIPT is on its way.
+            return Ok(Flow::Continue);
+        }
         let receipt = frame.header_str("receipt").map(str::to_owned);
         if !self.rate.allow() {
             return Err(StompError::new(
@@ -631,7 +655,17 @@ impl Session {
             }
             ClientFrame::Disconnect => {
                 self.disconnect_receipt = receipt.map(str::to_owned);
-                return Ok(Flow::Close);
+                // STOMP: the RECEIPT for DISCONNECT says every earlier frame
+                // was processed, so SENDs to Kafka still in flight get their
+                // RECEIPT (or the ERROR) first. Each settles within the
+                // bridge's produce timeout.
+                let mut w = lock_writes(&self.kafka_writes);
+                if w.inflight.is_empty() {
+                    return Ok(Flow::Close);
+                }
+                w.disconnect_waiting = true;
+                self.disconnecting = true;
+                return Ok(Flow::Continue);
             }
         }
         self.receipt(receipt);
@@ -1207,6 +1241,10 @@ impl Session {
                 Ok(())
             }
             Outbound::Fatal(e) => Err(*e),
+            Outbound::Disconnect => {
+                self.disconnect_ready = true;
+                Ok(())
+            }
         }
     }
 

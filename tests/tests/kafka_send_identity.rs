@@ -244,3 +244,61 @@ async fn writes_in_flight_get_their_receipt_before_the_error_of_a_failed_one() -
     b.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_receipt_comes_after_the_receipts_of_writes_in_flight() -> Result<()> {
+    let brokers = bootstrap();
+    let topic = unique("orders-disconnect");
+    create_topic(&brokers, &topic, 1).await?;
+    let cfg = bridge_config(&brokers, &unique("disc-wait"), &[]);
+    let b = TestBroker::start_with(move |c| c.kafka = Some(cfg)).await;
+    for kind in [Kind::Tcp, Kind::Ws] {
+        let mut c = b.client(kind).await;
+        let dest = format!("/app/{topic}");
+        let ids: Vec<String> = (1..=5).map(|i| format!("{kind:?}-{i}")).collect();
+        for id in &ids {
+            c.send_with(&dest, id.as_bytes(), &[("receipt", id)])
+                .await?;
+        }
+        // DISCONNECT right behind the SENDs, while their writes are in
+        // flight; a SEND after it is ignored (no RECEIPT "after").
+        c.command(Command::Disconnect, &[("receipt", "bye")])
+            .await?;
+        c.send_with(&dest, b"after", &[("receipt", "after")])
+            .await?;
+        let mut got = Vec::new();
+        loop {
+            let f = c
+                .recv_within(Duration::from_secs(30))
+                .await
+                .context("waiting for RECEIPTs")?;
+            ensure!(
+                f.command == Command::Receipt,
+                "{kind:?}: unexpected {:?} {:?} {}",
+                f.command,
+                f.headers,
+                body(&f)
+            );
+            let id = f.header_str("receipt-id").context("receipt-id")?.to_owned();
+            let last = id == "bye";
+            got.push(id);
+            if last {
+                break;
+            }
+        }
+        let mut expected = ids.clone();
+        expected.push("bye".into());
+        let mut sorted = got.clone();
+        sorted[..got.len() - 1].sort();
+        ensure!(
+            sorted == expected,
+            "{kind:?}: every SEND's RECEIPT before DISCONNECT's: {got:?}"
+        );
+        c.expect_closed().await?;
+    }
+    // The five of each transport are in Kafka.
+    let recs = consume(&brokers, &topic, 10, Duration::from_secs(30)).await?;
+    ensure!(recs.len() == 10, "{} records", recs.len());
+    b.stop().await;
+    Ok(())
+}
