@@ -60,6 +60,25 @@ pub use template::{
 
 use consumer::BridgeContext;
 
+/// What the bridge's producers share: acks from all in-sync replicas,
+/// idempotence, and the produce timeout as librdkafka's message timeout.
+fn producer_config(config: &BridgeConfig, client_id: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.brokers)
+        .set("client.id", client_id)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set(
+            "message.timeout.ms",
+            config
+                .produce_timeout
+                .as_millis()
+                .clamp(1, i32::MAX as u128)
+                .to_string(),
+        );
+    c
+}
+
 /// Implemented by the broker: accept a message for fan-out without waiting.
 pub trait Sink: Send + Sync + 'static {
     /// Takes the message for delivery to the destination's subscribers.
@@ -374,22 +393,10 @@ impl Bridge {
             .clamp(100, 3_600_000)
             .to_string();
 
-        let mut pcfg = ClientConfig::new();
-        pcfg.set("bootstrap.servers", &config.brokers)
-            .set("client.id", format!("{group_id}-producer"))
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            // librdkafka leaves Nagle on: small produce requests (one SEND
-            // awaiting its RECEIPT) would wait for the previous ACK.
-            .set("socket.nagle.disable", "true")
-            .set(
-                "message.timeout.ms",
-                config
-                    .produce_timeout
-                    .as_millis()
-                    .clamp(1, i32::MAX as u128)
-                    .to_string(),
-            );
+        let mut pcfg = producer_config(&config, &format!("{group_id}-producer"));
+        // librdkafka leaves Nagle on: small produce requests (one SEND
+        // awaiting its RECEIPT) would wait for the previous ACK.
+        pcfg.set("socket.nagle.disable", "true");
         if routes.is_empty() {
             pcfg.set("statistics.interval.ms", &stats_ms);
         }
@@ -446,20 +453,8 @@ impl Bridge {
         // 1 MB librdkafka allows a producer by default).
         let dead_letter = match (&consumer, &config.dead_letter_topic) {
             (Some(_), Some(topic)) => {
-                let mut dcfg = ClientConfig::new();
-                dcfg.set("bootstrap.servers", &config.brokers)
-                    .set("client.id", format!("{group_id}-dead-letter"))
-                    .set("acks", "all")
-                    .set("enable.idempotence", "true")
-                    .set("message.max.bytes", "104857600")
-                    .set(
-                        "message.timeout.ms",
-                        config
-                            .produce_timeout
-                            .as_millis()
-                            .clamp(1, i32::MAX as u128)
-                            .to_string(),
-                    );
+                let mut dcfg = producer_config(&config, &format!("{group_id}-dead-letter"));
+                dcfg.set("message.max.bytes", "104857600");
                 for (k, v) in &config.client {
                     dcfg.set(k, v);
                 }
