@@ -12,10 +12,13 @@
 //! The group consumer's position and offsets are never touched by it.
 //!
 //! Before that, every newly assigned partition that has no committed offset
-//! gets one: its start position (`auto_offset_reset`) is resolved and
-//! committed synchronously, so a
-//! node that stops — gracefully or not — before it consumed a record there
-//! still resumes from that position instead of from `latest` again.
+//! gets one: the rebalance callback resolves its start position
+//! (`auto_offset_reset`, from the watermarks) and assigns the partition at
+//! that explicit offset, and the loop commits it synchronously before
+//! readiness, so a record produced after `/readyz` said ready is never
+//! skipped, and a node that stops — gracefully or not — before it consumed
+//! a record there still resumes from that position instead of from
+//! `latest` again.
 //!
 //! Records older than [`CATCHUP_AGE`] (a backlog) are handed to the sink at
 //! most `catchup_rate` per second; records whose message exceeds the
@@ -32,11 +35,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
@@ -105,7 +109,6 @@ impl Rebuild {
 
 /// Settings of the consumer loop besides routes and rebuild.
 pub(crate) struct Options {
-    pub(crate) auto_offset_reset: OffsetReset,
     pub(crate) catchup_rate: u32,
     pub(crate) dead_letter: Option<DeadLetterSink>,
 }
@@ -335,25 +338,160 @@ impl ClientContext for BridgeContext {
 }
 
 impl ConsumerContext for BridgeContext {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                tracing::info!(
-                    partitions = tpl.count(),
-                    "kafka bridge: partitions assigned"
-                );
-                self.shared.on_assigned(
-                    tpl.elements()
-                        .iter()
-                        .map(|e| (e.topic().to_owned(), e.partition())),
-                );
+    /// Takes the assignment into our own hands (the default callback just
+    /// assigns): every newly assigned partition without a committed offset
+    /// is assigned at an explicit start offset (`auto_offset_reset`
+    /// resolved here, from the watermarks) instead of librdkafka's lazy
+    /// "latest", which it would resolve only at its first fetch — after
+    /// this node said it was ready, so a record produced in between would
+    /// be skipped. The same offset is committed by the consumer loop before
+    /// readiness ([`State::settle_assigned`]).
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let assigned = resolve_start_positions(consumer, tpl, self.shared.reset);
+                let result = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                match result {
+                    Ok(()) => tracing::info!(
+                        partitions = tpl.count(),
+                        "kafka bridge: partitions assigned"
+                    ),
+                    Err(e) => {
+                        tracing::error!(error = %e, "kafka bridge: assigning partitions failed")
+                    }
+                }
+                self.shared.on_assigned(assigned);
             }
-            Rebalance::Revoke(tpl) => {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 tracing::info!(partitions = tpl.count(), "kafka bridge: partitions revoked");
+                self.unassign(consumer, tpl, cooperative);
             }
-            Rebalance::Error(e) => tracing::warn!(error = %e, "kafka bridge: rebalance error"),
+            other => {
+                let code: RDKafkaErrorCode = other.into();
+                tracing::warn!(error = %code, "kafka bridge: rebalance error");
+                self.unassign(consumer, tpl, cooperative);
+            }
         }
     }
+}
+
+impl BridgeContext {
+    fn unassign(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList, cooperative: bool) {
+        let result = if cooperative {
+            consumer.incremental_unassign(tpl)
+        } else {
+            consumer.unassign()
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "kafka bridge: unassigning partitions failed");
+        }
+    }
+}
+
+/// Partitions the group assigned, as the rebalance callback resolved them,
+/// waiting for the consumer loop to commit their start positions and
+/// rebuild their retained messages.
+#[derive(Debug, Default)]
+pub(crate) struct Assigned {
+    pub(crate) partitions: Vec<PartitionKey>,
+    /// The committed offset of each partition as it was at assignment
+    /// (`Offset::Invalid`: none); partitions whose look-up failed are absent.
+    pub(crate) committed: HashMap<PartitionKey, Offset>,
+    /// Start positions resolved for partitions without a committed offset,
+    /// to be committed before readiness.
+    pub(crate) starts: Vec<(PartitionKey, i64)>,
+}
+
+impl Assigned {
+    pub(crate) fn merge(&mut self, later: Assigned) {
+        for key in later.partitions {
+            if !self.partitions.contains(&key) {
+                self.partitions.push(key);
+            }
+        }
+        self.committed.extend(later.committed);
+        self.starts
+            .retain(|(k, _)| !later.starts.iter().any(|(l, _)| l == k));
+        self.starts.extend(later.starts);
+    }
+}
+
+/// Asks the group coordinator for the committed offsets of `tpl`; for every
+/// partition without one, resolves its start position (`reset`: the high
+/// watermark for `latest`, the low one for `earliest`) and sets it as the
+/// partition's explicit offset in `tpl`. Partitions with a committed offset
+/// are left to librdkafka (it resumes from the committed offset). When a
+/// look-up fails the partition is left as it was (librdkafka resolves it;
+/// a warning says so) and is not rebuilt.
+fn resolve_start_positions(
+    consumer: &BaseConsumer<BridgeContext>,
+    tpl: &mut TopicPartitionList,
+    reset: OffsetReset,
+) -> Assigned {
+    let partitions: Vec<PartitionKey> = tpl
+        .elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect();
+    let mut out = Assigned {
+        partitions,
+        ..Assigned::default()
+    };
+    if out.partitions.is_empty() {
+        return out;
+    }
+    let committed = match retry_until(LOOKUP_TIMEOUT, || {
+        consumer.committed_offsets(tpl.clone(), LOOKUP_TIMEOUT)
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "committed offsets look-up failed: start positions left to librdkafka, retained store not rebuilt");
+            return out;
+        }
+    };
+    for (t, p) in &out.partitions {
+        let offset = committed
+            .find_partition(t, *p)
+            .filter(|e| e.error().is_ok())
+            .map_or(Offset::Invalid, |e| e.offset());
+        out.committed.insert((t.clone(), *p), offset);
+        if matches!(offset, Offset::Offset(_)) {
+            continue;
+        }
+        // A partition of a topic created a moment ago may have no leader
+        // yet: retry until the look-up deadline rather than leave it to
+        // librdkafka's lazy resolution.
+        let (low, high) = match retry_until(LOOKUP_TIMEOUT, || {
+            consumer.fetch_watermarks(t, *p, LOOKUP_TIMEOUT)
+        }) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(topic = t, partition = p, error = %e, "watermark look-up failed: start position left to librdkafka");
+                continue;
+            }
+        };
+        let at = match reset {
+            OffsetReset::Latest => high,
+            OffsetReset::Earliest => low,
+        };
+        if tpl.set_partition_offset(t, *p, Offset::Offset(at)).is_ok() {
+            out.starts.push(((t.clone(), *p), at));
+        }
+    }
+    out
 }
 
 /// A record whose messages the sink has not all accepted yet; its partition is
@@ -378,7 +516,6 @@ struct State {
     /// rebuilt only from there.
     had: HashMap<PartitionKey, i64>,
     rebuild: Rebuild,
-    reset: OffsetReset,
     /// Catch-up pacing; `None` = unlimited.
     pacer: Option<Pacer>,
     dead_letter: Option<DeadLetterSink>,
@@ -426,7 +563,6 @@ impl Runner {
                 pending: HashMap::new(),
                 had: HashMap::new(),
                 rebuild,
-                reset: options.auto_offset_reset,
                 pacer: (options.catchup_rate > 0)
                     .then(|| Pacer::new(options.catchup_rate, Instant::now())),
                 dead_letter: options.dead_letter,
@@ -782,12 +918,54 @@ impl State {
     }
 }
 
+/// Calls `f` until it succeeds or `limit` has passed since the first call
+/// (100 ms between attempts); returns the last result.
+fn retry_until<T>(limit: Duration, mut f: impl FnMut() -> KafkaResult<T>) -> KafkaResult<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(e) => {
+                tracing::debug!(error = %e, "kafka look-up failed; retrying");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// Commits the start positions the rebalance callback assigned explicitly,
+/// synchronously, so a node that stops — gracefully or not — before it
+/// consumed a record there resumes from that position instead of from
+/// `latest` again.
+fn commit_start_positions(consumer: &BaseConsumer<BridgeContext>, starts: &[(PartitionKey, i64)]) {
+    let mut tpl = TopicPartitionList::new();
+    for ((t, p), at) in starts {
+        if tpl
+            .add_partition_offset(t, *p, Offset::Offset(*at))
+            .is_err()
+        {
+            continue;
+        }
+    }
+    if tpl.count() == 0 {
+        return;
+    }
+    match consumer.commit(&tpl, CommitMode::Sync) {
+        Ok(()) => tracing::info!(
+            partitions = ?tpl.to_topic_map(),
+            "kafka bridge: start positions of partitions without committed offset committed"
+        ),
+        Err(e) => tracing::warn!(error = %e, "committing start positions failed"),
+    }
+}
+
 /// The rebuild of the retained store (see the module docs).
 impl State {
     /// Settles the partitions assigned since the last call: commits the
-    /// start position of those without a committed offset, then rebuilds
-    /// the retained messages, topic by topic, within `rebuild.timeout` in
-    /// all. Readiness waits for it.
+    /// start positions the rebalance callback resolved for those without a
+    /// committed offset, then rebuilds the retained messages, topic by
+    /// topic, within `rebuild.timeout` in all. Readiness waits for it.
     fn settle_assigned(
         &mut self,
         consumer: &BaseConsumer<BridgeContext>,
@@ -800,85 +978,12 @@ impl State {
         if rebuild {
             self.sink.rebuild_started();
         }
-        let committed = self.commit_start_positions(consumer, &assigned);
+        commit_start_positions(consumer, &assigned.starts);
         if rebuild {
-            if let Some(committed) = committed {
-                self.rebuild_assigned(assigned, &committed, shutdown);
-            }
+            self.rebuild_assigned(assigned.partitions, &assigned.committed, shutdown);
             self.sink.rebuild_finished();
         }
         self.shared.settled();
-    }
-
-    /// Asks the group coordinator for the committed offsets of `assigned`;
-    /// for every partition without one, resolves its start position
-    /// (`auto_offset_reset`: the high watermark for `latest`, the low one
-    /// for `earliest`) and commits it synchronously. Returns the committed offsets as they were before
-    /// (what the rebuild reads up to), or `None` when the look-up failed.
-    fn commit_start_positions(
-        &mut self,
-        consumer: &BaseConsumer<BridgeContext>,
-        assigned: &[(String, i32)],
-    ) -> Option<HashMap<PartitionKey, Offset>> {
-        if assigned.is_empty() {
-            return Some(HashMap::new());
-        }
-        let mut tpl = TopicPartitionList::new();
-        for (t, p) in assigned {
-            tpl.add_partition(t, *p);
-        }
-        let committed = match consumer.committed_offsets(tpl, LOOKUP_TIMEOUT) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "committed offsets look-up failed: start positions not committed, retained store not rebuilt");
-                return None;
-            }
-        };
-        let mut out = HashMap::new();
-        let mut start = TopicPartitionList::new();
-        for (t, p) in assigned {
-            let offset = committed
-                .find_partition(t, *p)
-                .filter(|e| e.error().is_ok())
-                .map_or(Offset::Invalid, |e| e.offset());
-            out.insert((t.clone(), *p), offset);
-            if matches!(offset, Offset::Offset(_)) {
-                continue;
-            }
-            let (low, high) = match consumer.fetch_watermarks(t, *p, LOOKUP_TIMEOUT) {
-                Ok(w) => w,
-                Err(e) => {
-                    tracing::warn!(topic = t, partition = p, error = %e, "watermark look-up failed: start position not committed");
-                    continue;
-                }
-            };
-            let at = match self.reset {
-                OffsetReset::Latest => high,
-                OffsetReset::Earliest => low,
-            };
-            // The consumer resolves `auto.offset.reset` on its own at about
-            // the same moment. It is not moved there (a seek before its first
-            // fetch can leave the partition without fetches): with `latest`,
-            // a record produced between the two look-ups may be consumed or
-            // not — as for any new node — but from now on the partition has
-            // a committed position, which is what a restart needs.
-            if start
-                .add_partition_offset(t, *p, Offset::Offset(at))
-                .is_err()
-            {
-                continue;
-            }
-        }
-        if start.count() > 0 {
-            match consumer.commit(&start, CommitMode::Sync) {
-                Ok(()) => tracing::info!(
-                    partitions = ?start.to_topic_map(),
-                    "kafka bridge: start positions of partitions without committed offset committed"
-                ),
-                Err(e) => tracing::warn!(error = %e, "committing start positions failed"),
-            }
-        }
-        Some(out)
     }
 
     /// Rebuilds the retained messages of `assigned`, topic by topic, within

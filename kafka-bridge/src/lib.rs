@@ -239,7 +239,9 @@ pub(crate) struct Shared {
     /// (filled by the rebalance callback, drained by the loop to commit
     /// start positions and rebuild the retained store before their first
     /// record is handled). `Some` (possibly empty) once an assignment came.
-    assigned: Mutex<Option<Vec<(String, i32)>>>,
+    assigned: Mutex<Option<consumer::Assigned>>,
+    /// Where a partition without a committed offset starts.
+    pub(crate) reset: OffsetReset,
     /// Whether this bridge consumes at all (routes configured).
     consumes: bool,
     /// An assignment arrived at least once.
@@ -266,10 +268,13 @@ impl Shared {
             .unwrap_or_else(|_| BridgeState::Down("state lock poisoned".into()))
     }
 
-    pub(crate) fn on_assigned(&self, partitions: impl Iterator<Item = (String, i32)>) {
+    pub(crate) fn on_assigned(&self, assigned: consumer::Assigned) {
         self.settling.store(true, Ordering::SeqCst);
         if let Ok(mut a) = self.assigned.lock() {
-            a.get_or_insert_with(Vec::new).extend(partitions);
+            match a.as_mut() {
+                Some(earlier) => earlier.merge(assigned),
+                None => *a = Some(assigned),
+            }
         }
         self.has_assignment.store(true, Ordering::SeqCst);
         self.set_state(BridgeState::Up);
@@ -277,7 +282,7 @@ impl Shared {
 
     /// The partitions assigned since the last call; `None` when no
     /// assignment came meanwhile (`Some(empty)` for an empty one).
-    pub(crate) fn take_assigned(&self) -> Option<Vec<(String, i32)>> {
+    pub(crate) fn take_assigned(&self) -> Option<consumer::Assigned> {
         self.assigned.lock().ok().and_then(|mut a| a.take())
     }
 
@@ -383,6 +388,7 @@ impl Bridge {
             state: Mutex::new(BridgeState::Connecting),
             metrics: BridgeMetrics::default(),
             assigned: Mutex::new(None),
+            reset: config.auto_offset_reset,
             consumes: !routes.is_empty(),
             has_assignment: AtomicBool::new(false),
             settling: AtomicBool::new(false),
@@ -490,7 +496,6 @@ impl Bridge {
             config.produce_timeout,
             rebuild,
             consumer::Options {
-                auto_offset_reset: config.auto_offset_reset,
                 catchup_rate: config.catchup_rate,
                 dead_letter,
             },

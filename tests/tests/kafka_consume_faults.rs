@@ -300,7 +300,11 @@ async fn node_sigkilled_before_its_first_auto_commit_resumes_every_partition() -
     .with_context(|| b1.log_text())?;
     // Ready means every partition has a committed start position.
     let c = committed_offsets(&brokers, &group, &topic, PARTITIONS).await?;
-    ensure!(c == vec![Some(0); 3], "committed at ready: {c:?}");
+    ensure!(
+        c == vec![Some(0); 3],
+        "committed at ready: {c:?}; log:\n{}",
+        b1.log_text()
+    );
     let mut sub1 = Client::ws(&b1.ws_url()).await?;
     sub1.connect_default().await.context("CONNECT")?;
     sub1.subscribe("s", "/topic/r.*", "auto")
