@@ -517,7 +517,9 @@ impl Config {
                 || self.sockjs.heartbeat_ms > MAX_DURATION_MS
                 || self.sockjs.disconnect_delay_ms > MAX_DURATION_MS
             {
-                anyhow::bail!("sockjs.heartbeat_ms and sockjs.disconnect_delay_ms must be 1..=86400000");
+                anyhow::bail!(
+                    "sockjs.heartbeat_ms and sockjs.disconnect_delay_ms must be 1..=86400000"
+                );
             }
             if self.sockjs.max_request_bytes == Some(0) {
                 anyhow::bail!("sockjs.max_request_bytes must be positive");

@@ -562,7 +562,9 @@ pub(crate) fn upgrade(
                             connection::serve(core, t, info).await;
                             metrics.sockjs_sessions.fetch_sub(1, Relaxed);
                         }
-                        Err(e) => tracing::debug!(%peer, error = %e, "SockJS websocket open failed"),
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "SockJS websocket open failed")
+                        }
                     },
                 }
             }

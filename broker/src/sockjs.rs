@@ -464,7 +464,8 @@ fn entropy() -> u32 {
 fn valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_ID_LEN
-        && s.bytes().all(|b| b.is_ascii_graphic() && b != b'.' && b != b'/')
+        && s.bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'.' && b != b'/')
 }
 
 /// Serves one request under `sockjs.path`.
@@ -621,10 +622,8 @@ fn open_session(
     listener: &'static str,
     id: &str,
     kind: &'static str,
-) -> Result<Arc<SjSession>, Response<Body>> {
-    let admission = core
-        .admit(peer.ip())
-        .map_err(|reason| full(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{reason}\n")))?;
+) -> Result<Arc<SjSession>, &'static str> {
+    let admission = core.admit(peer.ip())?;
     let (in_tx, in_rx) = mpsc::channel(INBOUND_DEPTH);
     let (out_tx, out_rx) = mpsc::channel(1);
     let session = Arc::new(SjSession {
@@ -710,17 +709,11 @@ async fn receive<G: Send + 'static>(
     };
     let (session, opened) = match core.sockjs.get(&id) {
         Some(s) => (s, false),
-        None => match open_session(
-            &core,
-            &req,
-            ctx.peer,
-            &ctx.tracker,
-            ctx.listener,
-            &id,
-            kind,
-        ) {
+        None => match open_session(&core, &req, ctx.peer, &ctx.tracker, ctx.listener, &id, kind) {
             Ok(s) => (s, true),
-            Err(r) => return r,
+            Err(reason) => {
+                return full(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{reason}\n"))
+            }
         },
     };
     let heartbeat = Duration::from_millis(core.config.sockjs.heartbeat_ms);
@@ -752,7 +745,10 @@ async fn receive<G: Send + 'static>(
         p.push(b'\n');
         (JS, Bytes::from(p))
     } else {
-        ("text/event-stream; charset=UTF-8", Bytes::from_static(b"\r\n"))
+        (
+            "text/event-stream; charset=UTF-8",
+            Bytes::from_static(b"\r\n"),
+        )
     };
     let wrap = move |frame: &[u8]| -> Bytes {
         let mut out = BytesMut::with_capacity(frame.len() + 10);

@@ -2,7 +2,7 @@
 //! STOMP round trip, xhr_send limits, the Origin check, the session timeout
 //! and a second receiving request.
 
-use std::{net::SocketAddr, sync::atomic::Ordering::Relaxed, time::Duration};
+use std::{net::SocketAddr, sync::atomic::Ordering::Relaxed};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use e2e_tests::{wait_until, TestBroker, WAIT};
@@ -123,7 +123,8 @@ impl Xhr {
 
     async fn open_and_connect(&self) -> Result<()> {
         ensure!(self.poll().await? == "o\n", "open frame expected");
-        self.send("CONNECT\naccept-version:1.2\nhost:x\n\n\0").await?;
+        self.send("CONNECT\naccept-version:1.2\nhost:x\n\n\0")
+            .await?;
         let got = self.frames().await?;
         ensure!(got.starts_with("CONNECTED\n"), "got {got:?}");
         Ok(())
@@ -248,7 +249,14 @@ async fn disallowed_origin_is_refused() -> Result<()> {
         ("GET", "/sockjs/000/evil/eventsource"),
         ("GET", "/sockjs/info"),
     ] {
-        let r = request(b.http, method, path, &[("Origin", "http://evil.example")], b"").await?;
+        let r = request(
+            b.http,
+            method,
+            path,
+            &[("Origin", "http://evil.example")],
+            b"",
+        )
+        .await?;
         assert_eq!(r.status, 403, "{method} {path}");
     }
     assert_eq!(b.core.metrics.sockjs_sessions.load(Relaxed), 0);
@@ -287,7 +295,9 @@ async fn session_timeout_ends_the_stomp_session() -> Result<()> {
             && b.core.metrics.sockjs_sessions.load(Relaxed) == 0
     })
     .await?;
-    let r = x.send_raw(br#"["SEND\ndestination:/topic/idle\n\nx\u0000"]"#).await?;
+    let r = x
+        .send_raw(br#"["SEND\ndestination:/topic/idle\n\nx\u0000"]"#)
+        .await?;
     assert_eq!(r.status, 404);
     b.stop().await;
     Ok(())
@@ -347,6 +357,18 @@ async fn eventsource_carries_frames() -> Result<()> {
         .await?;
     read_until(&mut s, &mut seen, "data: a[\"CONNECTED\\n").await?;
     assert_eq!(b.core.metrics.sockjs_opened_of("eventsource"), 1);
+    b.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn sessions_count_against_max_connections() -> Result<()> {
+    // The request's socket holds one slot, the session a second.
+    let b = TestBroker::start_with(|c| c.limits.max_connections = 2).await;
+    assert_eq!(Xhr::new(b.http, "one").poll().await?, "o\n");
+    let r = request(b.http, "POST", "/sockjs/000/two/xhr", &[], b"").await?;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(b.core.metrics.sockjs_sessions.load(Relaxed), 1);
     b.stop().await;
     Ok(())
 }
