@@ -372,3 +372,55 @@ async fn sessions_count_against_max_connections() -> Result<()> {
     b.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn websocket_transport_frames_and_heartbeats() -> Result<()> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let b = TestBroker::start_with(|c| c.sockjs.heartbeat_ms = 200).await;
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/sockjs/000/w1/websocket", b.http))
+            .await?;
+    async fn next_text(
+        ws: &mut (impl StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin),
+    ) -> Result<String> {
+        loop {
+            match tokio::time::timeout(WAIT, ws.next()).await? {
+                Some(Ok(Message::Text(t))) => return Ok(t.to_string()),
+                Some(Ok(_)) => continue,
+                other => bail!("unexpected {other:?}"),
+            }
+        }
+    }
+    assert_eq!(next_text(&mut ws).await?, "o");
+    // Heart-beats while idle.
+    assert_eq!(next_text(&mut ws).await?, "h");
+    ws.send(Message::text(serde_json::to_string(&[
+        "CONNECT\naccept-version:1.2\nhost:x\n\n\0",
+    ])?))
+    .await?;
+    let mut got = next_text(&mut ws).await?;
+    while got == "h" {
+        got = next_text(&mut ws).await?;
+    }
+    let msgs: Vec<String> = serde_json::from_str(got.strip_prefix('a').context("a frame")?)?;
+    ensure!(msgs.concat().starts_with("CONNECTED\n"), "{msgs:?}");
+    assert_eq!(b.core.metrics.sockjs_opened_of("websocket"), 1);
+    assert_eq!(b.core.metrics.sockjs_sessions.load(Relaxed), 1);
+    // Broken JSON ends the session.
+    ws.send(Message::text("[not json")).await?;
+    let mut closed = false;
+    for _ in 0..20 {
+        match tokio::time::timeout(WAIT, ws.next()).await? {
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => {
+                closed = true;
+                break;
+            }
+            Some(Ok(_)) => {}
+        }
+    }
+    ensure!(closed, "session still open after broken JSON");
+    wait_until(|| b.core.metrics.sockjs_sessions.load(Relaxed) == 0).await?;
+    b.stop().await;
+    Ok(())
+}
