@@ -622,7 +622,7 @@ fn open_session(
     listener: &'static str,
     id: &str,
     kind: &'static str,
-) -> Result<Arc<SjSession>, &'static str> {
+) -> Result<(Arc<SjSession>, bool), &'static str> {
     let admission = core.admit(peer.ip())?;
     let (in_tx, in_rx) = mpsc::channel(INBOUND_DEPTH);
     let (out_tx, out_rx) = mpsc::channel(1);
@@ -640,7 +640,7 @@ fn open_session(
         let mut map = core.sockjs.map();
         if let Some(existing) = map.get(id) {
             // Raced with another request opening the same id.
-            return Ok(existing.clone());
+            return Ok((existing.clone(), false));
         }
         map.insert(id.to_owned(), session.clone());
     }
@@ -663,7 +663,7 @@ fn open_session(
     };
     tracker.spawn(connection::serve(core.clone(), transport, info));
     tokio::spawn(watch(core.clone(), session.clone()));
-    Ok(session)
+    Ok((session, true))
 }
 
 /// Closes and forgets a session once no receiving request has been open
@@ -710,7 +710,7 @@ async fn receive<G: Send + 'static>(
     let (session, opened) = match core.sockjs.get(&id) {
         Some(s) => (s, false),
         None => match open_session(&core, &req, ctx.peer, &ctx.tracker, ctx.listener, &id, kind) {
-            Ok(s) => (s, true),
+            Ok(opened) => opened,
             Err(reason) => {
                 return full(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{reason}\n"))
             }
