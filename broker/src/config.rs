@@ -50,6 +50,46 @@ pub struct Config {
     pub shutdown_timeout_ms: u64,
     /// Logging.
     pub log: LogConfig,
+    /// The SockJS endpoint (`[sockjs]`), for clients without WebSocket.
+    pub sockjs: SockJsConfig,
+}
+
+/// The SockJS endpoint, served on the HTTP and HTTPS listeners.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SockJsConfig {
+    /// Serve SockJS at all.
+    pub enabled: bool,
+    /// The URL prefix, e.g. `/sockjs`.
+    pub path: String,
+    /// Interval of SockJS `h` frames, ms.
+    pub heartbeat_ms: u64,
+    /// A session with no open receiving request for this long is closed, ms.
+    pub disconnect_delay_ms: u64,
+    /// Largest `xhr_send` body; unset means `limits.max_frame_bytes * 2`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_request_bytes: Option<usize>,
+}
+
+impl Default for SockJsConfig {
+    fn default() -> Self {
+        SockJsConfig {
+            enabled: true,
+            path: "/sockjs".into(),
+            heartbeat_ms: 25_000,
+            disconnect_delay_ms: 5_000,
+            max_request_bytes: None,
+        }
+    }
+}
+
+impl Config {
+    /// The effective `sockjs.max_request_bytes`.
+    pub fn sockjs_max_request_bytes(&self) -> usize {
+        self.sockjs
+            .max_request_bytes
+            .unwrap_or_else(|| self.limits.max_frame_bytes.saturating_mul(2))
+    }
 }
 
 /// Listener addresses. An empty string disables a listener.
@@ -331,6 +371,7 @@ impl Default for Config {
             slow_consumer: SlowConsumerPolicy::Disconnect,
             shutdown_timeout_ms: 5_000,
             log: LogConfig::default(),
+            sockjs: SockJsConfig::default(),
         }
     }
 }
@@ -463,6 +504,27 @@ impl Config {
         if !self.listen.ws_path.starts_with('/') {
             anyhow::bail!("listen.ws_path must start with '/'");
         }
+        if self.sockjs.enabled {
+            let p = &self.sockjs.path;
+            if !p.starts_with('/') || p.len() < 2 || p.ends_with('/') {
+                anyhow::bail!("sockjs.path must start with '/', and not be '/' or end with '/'");
+            }
+            if *p == self.listen.ws_path {
+                anyhow::bail!("sockjs.path must differ from listen.ws_path");
+            }
+            if self.sockjs.heartbeat_ms == 0
+                || self.sockjs.disconnect_delay_ms == 0
+                || self.sockjs.heartbeat_ms > MAX_DURATION_MS
+                || self.sockjs.disconnect_delay_ms > MAX_DURATION_MS
+            {
+                anyhow::bail!(
+                    "sockjs.heartbeat_ms and sockjs.disconnect_delay_ms must be 1..=86400000"
+                );
+            }
+            if self.sockjs.max_request_bytes == Some(0) {
+                anyhow::bail!("sockjs.max_request_bytes must be positive");
+            }
+        }
         if self.limits.max_frame_bytes == 0
             || self.limits.max_header_bytes == 0
             || self.limits.max_pending_bytes_per_connection == 0
@@ -576,6 +638,9 @@ pub struct Args {
     /// WebSocket endpoint path [default: /ws].
     #[arg(long, env = "STOMP_BROKER_WS_PATH")]
     pub ws_path: Option<String>,
+    /// SockJS endpoint path prefix (sockjs.path).
+    #[arg(long, env = "STOMP_BROKER_SOCKJS_PATH")]
+    pub sockjs_path: Option<String>,
     /// Write the bound addresses as JSON to this file once listening.
     #[arg(long, env = "STOMP_BROKER_PORT_FILE")]
     pub port_file: Option<PathBuf>,
@@ -677,6 +742,7 @@ impl Args {
         set!(self.stomp_listen => cfg.listen.stomp);
         set!(self.http_listen => cfg.listen.http);
         set!(self.ws_path => cfg.listen.ws_path);
+        set!(self.sockjs_path => cfg.sockjs.path);
         if self.port_file.is_some() {
             cfg.listen.port_file = self.port_file;
         }

@@ -52,6 +52,8 @@ pub struct BrokerCore {
     pub auth: Arc<Authenticator>,
     /// Authorization rules.
     pub acl: Acl,
+    /// Open SockJS sessions of the HTTP transports.
+    pub sockjs: crate::sockjs::Registry,
     bridge: OnceLock<kafka_bridge::BridgeHandle>,
     rebuild: Mutex<RebuildGate>,
     per_address: DashMap<IpAddr, AddrSlots>,
@@ -102,6 +104,7 @@ impl BrokerCore {
             per_address: DashMap::new(),
             refusal_log: RefusalLog::new(),
             admitted: AtomicUsize::new(0),
+            sockjs: crate::sockjs::Registry::default(),
             next_conn: AtomicU64::new(1),
             next_msg: AtomicU64::new(1),
             node: format!("{started:x}"),

@@ -21,7 +21,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::{
     body::Incoming,
     header::{self, HeaderValue},
@@ -42,6 +42,7 @@ use tokio_util::task::TaskTracker;
 use crate::{
     connection::{self, ConnInfo},
     core::{AdmitGuard, BrokerCore},
+    sockjs::{self, SockJsWsTransport},
     transport::WsTransport,
 };
 
@@ -141,6 +142,17 @@ impl HttpClock {
     }
 }
 
+/// Marks the connection idle when dropped (at the end of a SockJS response).
+struct IdleOnDrop(Arc<HttpClock>);
+
+impl Drop for IdleOnDrop {
+    fn drop(&mut self) {
+        if !self.0.upgraded.load(Relaxed) {
+            self.0.set(Phase::Idle(Instant::now()));
+        }
+    }
+}
+
 /// An HTTP socket that tells its [`HttpClock`] when bytes arrive.
 struct Watched<S> {
     inner: S,
@@ -220,16 +232,37 @@ pub async fn serve_http<S>(
     let metrics = core.metrics.clone();
     let svc = {
         let clock = clock.clone();
-        hyper::service::service_fn(move |req| {
+        hyper::service::service_fn(move |req: Request<Incoming>| {
             clock.set(Phase::Busy);
             let slot = admission.clone();
-            let r = route(core.clone(), req, peer, tracker.clone(), transport, slot);
-            clock.set(if r.status() == StatusCode::SWITCHING_PROTOCOLS {
-                Phase::Upgraded
-            } else {
-                Phase::Idle(Instant::now())
-            });
-            async move { Ok::<_, Infallible>(r) }
+            let core = core.clone();
+            let tracker = tracker.clone();
+            let clock = clock.clone();
+            async move {
+                if sockjs::matches(&core, req.uri().path()) {
+                    // The clock stays busy until the response body ends
+                    // (streaming transports hold it open).
+                    let ctx = sockjs::Ctx {
+                        core,
+                        peer,
+                        tracker,
+                        listener: transport,
+                        busy: IdleOnDrop(clock.clone()),
+                    };
+                    let r = sockjs::handle(ctx, req, &slot).await;
+                    if r.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        clock.set(Phase::Upgraded);
+                    }
+                    return Ok::<_, Infallible>(r);
+                }
+                let r = route(core, req, peer, tracker, transport, slot);
+                clock.set(if r.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    Phase::Upgraded
+                } else {
+                    Phase::Idle(Instant::now())
+                });
+                Ok::<_, Infallible>(r.map(BodyExt::boxed_unsync))
+            }
         })
     };
     let io = Watched {
@@ -280,7 +313,7 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 }
 
 /// The socket's admission slot, until a WebSocket session takes it.
-type Slot = Arc<Mutex<Option<AdmitGuard>>>;
+pub(crate) type Slot = Arc<Mutex<Option<AdmitGuard>>>;
 
 fn route(
     core: Arc<BrokerCore>,
@@ -292,7 +325,7 @@ fn route(
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if path == core.config.listen.ws_path {
-        return upgrade(core, req, peer, tracker, transport, slot);
+        return upgrade(core, req, peer, tracker, transport, slot, None);
     }
     let operator = match path {
         "/metrics" => true,
@@ -426,7 +459,7 @@ pub fn origin_allowed(allowed: &[String], origin: &str) -> bool {
 
 /// A token from the URL query (`?access_token=…`), undoing the percent
 /// escapes a JWT may need.
-fn url_token(req: &Request<Incoming>, param: &str) -> Option<String> {
+pub(crate) fn url_token(req: &Request<Incoming>, param: &str) -> Option<String> {
     req.uri().query()?.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=')?;
         (k == param && !v.is_empty()).then(|| {
@@ -437,13 +470,16 @@ fn url_token(req: &Request<Incoming>, param: &str) -> Option<String> {
     })
 }
 
-fn upgrade(
+/// Upgrades to a STOMP WebSocket session, or, with `sockjs_heartbeat`, to a
+/// SockJS `websocket` session sending `h` frames at that interval.
+pub(crate) fn upgrade(
     core: Arc<BrokerCore>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
     tracker: TaskTracker,
     transport: &'static str,
     slot: Slot,
+    sockjs_heartbeat: Option<Duration>,
 ) -> Response<Full<Bytes>> {
     let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
     let is_upgrade = header_has_token(&req, header::CONNECTION, "upgrade")
@@ -505,13 +541,32 @@ fn upgrade(
                     Some(config),
                 )
                 .await;
-                let info = ConnInfo {
+                let mut info = ConnInfo {
                     peer,
                     transport,
                     url_token: token,
                     admission,
                 };
-                connection::serve(core, WsTransport::new(ws), info).await;
+                match sockjs_heartbeat {
+                    None => connection::serve(core, WsTransport::new(ws), info).await,
+                    Some(hb) => match SockJsWsTransport::open(ws, hb).await {
+                        Ok(t) => {
+                            info.transport = if transport == "wss" {
+                                "sockjs-tls"
+                            } else {
+                                "sockjs"
+                            };
+                            let metrics = core.metrics.clone();
+                            metrics.sockjs_sessions.fetch_add(1, Relaxed);
+                            metrics.sockjs_opened("websocket");
+                            connection::serve(core, t, info).await;
+                            metrics.sockjs_sessions.fetch_sub(1, Relaxed);
+                        }
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "SockJS websocket open failed")
+                        }
+                    },
+                }
             }
             Err(e) => tracing::debug!(%peer, error = %e, "websocket upgrade failed"),
         }

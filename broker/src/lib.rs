@@ -22,6 +22,7 @@ pub mod output;
 pub mod retain;
 pub mod router;
 pub mod session;
+pub mod sockjs;
 pub mod status;
 pub mod tls;
 pub mod transport;

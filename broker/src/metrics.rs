@@ -149,10 +149,33 @@ pub struct Metrics {
     pub auth_throttled: AtomicU64,
     /// HTTP connections closed by the header-read or idle keep-alive timeout.
     pub http_timeouts: AtomicU64,
+    /// Open SockJS sessions (also counted in `connections`).
+    pub sockjs_sessions: AtomicI64,
+    /// SockJS sessions opened, by the transport that opened them
+    /// (see [`SOCKJS_TRANSPORTS`]).
+    sockjs_sessions_total: [AtomicU64; 4],
     errors: DashMap<&'static str, AtomicU64>,
 }
 
+/// SockJS transports, as labelled in `stomp_sockjs_sessions_total`.
+pub const SOCKJS_TRANSPORTS: [&str; 4] = ["websocket", "xhr_streaming", "xhr", "eventsource"];
+
 impl Metrics {
+    /// Counts one SockJS session opened by `transport` (one of [`SOCKJS_TRANSPORTS`]).
+    pub fn sockjs_opened(&self, transport: &str) {
+        if let Some(i) = SOCKJS_TRANSPORTS.iter().position(|t| *t == transport) {
+            self.sockjs_sessions_total[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// SockJS sessions opened by `transport`.
+    pub fn sockjs_opened_of(&self, transport: &str) -> u64 {
+        SOCKJS_TRANSPORTS
+            .iter()
+            .position(|t| *t == transport)
+            .map_or(0, |i| self.sockjs_sessions_total[i].load(Relaxed))
+    }
+
     /// Counts one frame received.
     pub fn frame_in(&self, c: Command) {
         self.frames_in[command_index(c)].fetch_add(1, Relaxed);
@@ -226,6 +249,23 @@ impl Metrics {
                 "stomp_connections_rejected_total{{reason=\"{}\"}} {}",
                 r.as_str(),
                 self.connections_refused_of(r)
+            );
+        }
+        gauge(
+            out,
+            "stomp_sockjs_sessions",
+            "Open SockJS sessions.",
+            self.sockjs_sessions.load(Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP stomp_sockjs_sessions_total SockJS sessions opened, by transport.\n# TYPE stomp_sockjs_sessions_total counter"
+        );
+        for t in SOCKJS_TRANSPORTS {
+            let _ = writeln!(
+                out,
+                "stomp_sockjs_sessions_total{{transport=\"{t}\"}} {}",
+                self.sockjs_opened_of(t)
             );
         }
         gauge(
