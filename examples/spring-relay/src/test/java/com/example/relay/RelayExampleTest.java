@@ -6,9 +6,12 @@ import static org.assertj.core.api.Assertions.assertThatThrownBy;
 import com.example.relay.support.BrokerProcess;
 import com.example.relay.support.Frames;
 import com.example.relay.support.Stomp;
+import java.lang.reflect.Type;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.concurrent.BlockingQueue;
+import java.util.concurrent.LinkedBlockingQueue;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.BeforeEach;
@@ -22,6 +25,8 @@ import org.springframework.messaging.simp.broker.AbstractBrokerMessageHandler;
 import org.springframework.messaging.simp.stomp.ReactorNettyTcpStompClient;
 import org.springframework.messaging.simp.stomp.StompHeaders;
 import org.springframework.messaging.simp.stomp.StompSession;
+import org.springframework.messaging.simp.stomp.StompSessionHandlerAdapter;
+import org.springframework.messaging.MessageDeliveryException;
 import org.springframework.test.context.DynamicPropertyRegistry;
 import org.springframework.scheduling.concurrent.ThreadPoolTaskScheduler;
 import org.springframework.test.context.DynamicPropertySource;
@@ -197,13 +202,37 @@ class RelayExampleTest {
 
     @Test
     void brokerRestartIsSurvived() {
+        BlockingQueue<StompHeaders> errors = new LinkedBlockingQueue<>();
+        StompSession before = Stomp.await(browserClient.connectAsync("ws://127.0.0.1:" + port + "/ws",
+                new WebSocketHttpHeaders(), Stomp.connectHeaders("judy"), new StompSessionHandlerAdapter() {
+                    @Override
+                    public Type getPayloadType(StompHeaders headers) {
+                        return byte[].class;
+                    }
+
+                    @Override
+                    public void handleFrame(StompHeaders headers, Object payload) {
+                        errors.add(headers);
+                    }
+                }));
+        sessions.add(before);
+        Stomp.subscribe(before, "/topic/greetings");
+
         int stompPort = broker.stompPort();
         broker.kill();
-        Stomp.waitUntil(Duration.ofSeconds(20), "the relay to notice the broker is gone",
-                () -> !relay.isBrokerAvailable());
-
-        broker.close();
-        broker = BrokerProcess.start(stompPort);
+        try {
+            Stomp.waitUntil(Duration.ofSeconds(20), "the relay to notice the broker is gone",
+                    () -> !relay.isBrokerAvailable());
+            // A browser session of the old broker is told with an ERROR (and must reconnect).
+            Stomp.waitUntil(Stomp.TIMEOUT, "an ERROR to the browser session", () -> !errors.isEmpty());
+            // While the broker is away, the app's sends fail loudly.
+            assertThatThrownBy(() -> template.convertAndSend("/topic/greetings", "lost"))
+                    .isInstanceOf(MessageDeliveryException.class);
+        } finally {
+            // The same STOMP port: the relay's configuration does not change.
+            broker.close();
+            broker = BrokerProcess.start(stompPort);
+        }
         // The relay retries its system connection every 5 s.
         Stomp.waitUntil(Duration.ofSeconds(30), "the relay to reconnect", relay::isBrokerAvailable);
 
