@@ -6,12 +6,9 @@ import static org.assertj.core.api.Assertions.assertThatThrownBy;
 import com.example.relay.support.BrokerProcess;
 import com.example.relay.support.Frames;
 import com.example.relay.support.Stomp;
-import java.lang.reflect.Type;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
-import java.util.concurrent.BlockingQueue;
-import java.util.concurrent.LinkedBlockingQueue;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.BeforeEach;
@@ -25,7 +22,6 @@ import org.springframework.messaging.simp.broker.AbstractBrokerMessageHandler;
 import org.springframework.messaging.simp.stomp.ReactorNettyTcpStompClient;
 import org.springframework.messaging.simp.stomp.StompHeaders;
 import org.springframework.messaging.simp.stomp.StompSession;
-import org.springframework.messaging.simp.stomp.StompSessionHandlerAdapter;
 import org.springframework.messaging.MessageDeliveryException;
 import org.springframework.test.context.DynamicPropertyRegistry;
 import org.springframework.scheduling.concurrent.ThreadPoolTaskScheduler;
@@ -194,27 +190,19 @@ class RelayExampleTest {
 
     @Test
     void connectWithoutLoginIsRefused() {
-        StompHeaders noLogin = new StompHeaders();
+        Stomp.Handler anonymous = Stomp.handler("anonymous");
         assertThatThrownBy(() -> Stomp.await(browserClient.connectAsync("ws://127.0.0.1:" + port + "/ws",
-                new WebSocketHttpHeaders(), noLogin, Stomp.handler("anonymous"))))
+                new WebSocketHttpHeaders(), new StompHeaders(), anonymous)))
                 .isInstanceOf(AssertionError.class);
+        Stomp.waitUntil(Stomp.TIMEOUT, "an ERROR frame", () -> !anonymous.errors().isEmpty());
+        assertThat(anonymous.errors().peek().getFirst("message")).isEqualTo("CONNECT needs a login header");
     }
 
     @Test
     void brokerRestartIsSurvived() {
-        BlockingQueue<StompHeaders> errors = new LinkedBlockingQueue<>();
+        Stomp.Handler judy = Stomp.handler("browser judy");
         StompSession before = Stomp.await(browserClient.connectAsync("ws://127.0.0.1:" + port + "/ws",
-                new WebSocketHttpHeaders(), Stomp.connectHeaders("judy"), new StompSessionHandlerAdapter() {
-                    @Override
-                    public Type getPayloadType(StompHeaders headers) {
-                        return byte[].class;
-                    }
-
-                    @Override
-                    public void handleFrame(StompHeaders headers, Object payload) {
-                        errors.add(headers);
-                    }
-                }));
+                new WebSocketHttpHeaders(), Stomp.connectHeaders("judy"), judy));
         sessions.add(before);
         Stomp.subscribe(before, "/topic/greetings");
 
@@ -224,7 +212,7 @@ class RelayExampleTest {
             Stomp.waitUntil(Duration.ofSeconds(20), "the relay to notice the broker is gone",
                     () -> !relay.isBrokerAvailable());
             // A browser session of the old broker is told with an ERROR (and must reconnect).
-            Stomp.waitUntil(Stomp.TIMEOUT, "an ERROR to the browser session", () -> !errors.isEmpty());
+            Stomp.waitUntil(Stomp.TIMEOUT, "an ERROR to the browser session", () -> !judy.errors().isEmpty());
             // While the broker is away, the app's sends fail loudly.
             assertThatThrownBy(() -> template.convertAndSend("/topic/greetings", "lost"))
                     .isInstanceOf(MessageDeliveryException.class);

@@ -88,7 +88,6 @@ public final class BrokerProcess implements AutoCloseable {
                     "--port-file", portFile.toString()));
             ProcessBuilder pb = new ProcessBuilder(cmd).redirectErrorStream(true)
                     .redirectOutput(log.toFile());
-            pb.environment().putIfAbsent("RUST_LOG", "info");
             Process process = pb.start();
             long deadline = System.nanoTime() + START_TIMEOUT.toNanos();
             while (System.nanoTime() < deadline) {

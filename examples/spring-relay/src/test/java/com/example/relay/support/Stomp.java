@@ -1,8 +1,11 @@
 package com.example.relay.support;
 
+import java.lang.reflect.Type;
 import java.nio.charset.StandardCharsets;
 import java.time.Duration;
+import java.util.concurrent.BlockingQueue;
 import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.LinkedBlockingQueue;
 import java.util.concurrent.TimeUnit;
 import java.util.function.BooleanSupplier;
 import org.springframework.messaging.simp.stomp.StompCommand;
@@ -27,25 +30,46 @@ public final class Stomp {
         return headers;
     }
 
-    /** A session handler that fails loudly: errors are printed, not swallowed. */
-    public static StompSessionHandlerAdapter handler(String name) {
-        return new StompSessionHandlerAdapter() {
-            @Override
-            public void handleException(StompSession s, StompCommand command, StompHeaders headers,
-                    byte[] payload, Throwable exception) {
-                System.err.println(name + ": exception on " + command + ": " + exception);
-            }
+    /** A session handler that records ERROR frames and prints what goes wrong. */
+    public static Handler handler(String name) {
+        return new Handler(name);
+    }
 
-            @Override
-            public void handleTransportError(StompSession s, Throwable exception) {
-                System.err.println(name + ": transport error: " + exception);
-            }
+    /** Records the headers of each ERROR frame; errors are printed, not swallowed. */
+    public static final class Handler extends StompSessionHandlerAdapter {
+        private final String name;
+        private final BlockingQueue<StompHeaders> errors = new LinkedBlockingQueue<>();
 
-            @Override
-            public void handleFrame(StompHeaders headers, Object payload) {
-                System.err.println(name + ": ERROR frame " + headers);
-            }
-        };
+        Handler(String name) {
+            this.name = name;
+        }
+
+        /** Headers of the ERROR frames received so far. */
+        public BlockingQueue<StompHeaders> errors() {
+            return errors;
+        }
+
+        @Override
+        public Type getPayloadType(StompHeaders headers) {
+            return byte[].class;
+        }
+
+        @Override
+        public void handleFrame(StompHeaders headers, Object payload) {
+            System.err.println(name + ": ERROR frame " + headers);
+            errors.add(headers);
+        }
+
+        @Override
+        public void handleException(StompSession s, StompCommand command, StompHeaders headers,
+                byte[] payload, Throwable exception) {
+            System.err.println(name + ": exception on " + command + ": " + exception);
+        }
+
+        @Override
+        public void handleTransportError(StompSession s, Throwable exception) {
+            System.err.println(name + ": transport error: " + exception);
+        }
     }
 
     /**
