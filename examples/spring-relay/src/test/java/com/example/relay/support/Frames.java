@@ -45,9 +45,9 @@ public final class Frames implements StompFrameHandler {
         }
     }
 
-    /** The next frame, within 10 s. */
+    /** The next frame, within {@link Stomp#TIMEOUT}. */
     public Frame next() {
-        return next(Duration.ofSeconds(10));
+        return next(Stomp.TIMEOUT);
     }
 
     /** Frames received and not yet taken. */

@@ -18,7 +18,8 @@ import org.springframework.util.MimeTypeUtils;
 /** Small helpers over Spring's StompSession for tests: every wait has a deadline. */
 public final class Stomp {
 
-    public static final Duration TIMEOUT = Duration.ofSeconds(10);
+    // Deadlines, not delays: generous for a loaded 2-core CI machine, never waited out when passing.
+    public static final Duration TIMEOUT = Duration.ofSeconds(30);
 
     private Stomp() {}
 
