@@ -7,6 +7,8 @@
 #     `npx playwright install` is never used: browser builds cannot be downloaded here)
 #   - npm packages of tests/interop/package.json (@stomp/stompjs, ws, playwright-core)
 #   - Python packages of tests/interop/requirements.txt (stomp.py, pytest)
+#   - a Java 17+ JDK and Maven (Debian packages) for examples/spring-relay; Maven itself
+#     fetches the Spring Boot dependencies from Maven Central on the first run
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,6 +35,19 @@ else
   log "installing Debian chromium"
   $SUDO apt-get update -q </dev/null
   $SUDO apt-get install -y -q --no-install-recommends chromium fonts-liberation </dev/null
+fi
+
+# --- Java 17+ and Maven (Debian packages) --------------------------------------------------
+java_major() {
+  java -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specification.version = //p'
+}
+if command -v javac >/dev/null 2>&1 && command -v mvn >/dev/null 2>&1 \
+   && [ "$(java_major | cut -d. -f1)" -ge 17 ] 2>/dev/null; then
+  log "java $(java_major) and maven present"
+else
+  log "installing Debian openjdk-17-jdk-headless and maven"
+  $SUDO apt-get update -q </dev/null
+  $SUDO apt-get install -y -q --no-install-recommends openjdk-17-jdk-headless maven </dev/null
 fi
 
 # --- Node packages ---------------------------------------------------------------------------

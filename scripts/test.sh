@@ -6,7 +6,9 @@
 #   3. start a real single-node Apache Kafka (scripts/kafka.sh) unless one is running
 #   4. cargo test --workspace (codec, broker, bridge, end-to-end; Kafka tests included)
 #   5. third-party clients: stomp.js in Node and headless Chromium, stomp.py over TCP
-#   6. a short fuzz smoke run of the codec
+#   6. Spring (Maven, JUnit 5): the examples/spring-relay app behind its broker relay, and
+#      Spring's Java STOMP clients against the broker
+#   7. a short fuzz smoke run of the codec
 #
 # Kafka is stopped at the end if this script started it.
 # Long soaks and benchmarks are separate commands (docs/benchmarks.md).
@@ -49,6 +51,12 @@ cargo test --workspace --no-fail-fast
 step "interop: stomp.js (Node, Chromium) and stomp.py"
 cargo build -p stomp-broker
 STOMP_BROKER_BIN="$ROOT/target/debug/stomp-broker" STOMP_INTEROP_SKIP_INSTALL=1 bash scripts/interop.sh
+
+step "Spring: examples/spring-relay (broker relay) and Spring's Java STOMP clients (mvn verify)"
+# Build output goes to target/spring-relay (the pom's <directory>); test output to
+# target/spring-relay/surefire-reports/*-output.txt.
+STOMP_BROKER_BIN="$ROOT/target/debug/stomp-broker" \
+  mvn -B -ntp -f examples/spring-relay/pom.xml verify </dev/null
 
 if [ -f scripts/fuzz-smoke.sh ]; then
   step "codec fuzz smoke run"
