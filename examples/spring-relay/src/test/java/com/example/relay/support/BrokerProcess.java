@@ -130,6 +130,11 @@ public final class BrokerProcess implements AutoCloseable {
         return "ws://127.0.0.1:" + httpPort + "/ws";
     }
 
+    /** The broker's SockJS endpoint ({@code [sockjs] path}, default {@code /sockjs}). */
+    public String sockJsUrl() {
+        return "http://127.0.0.1:" + httpPort + "/sockjs";
+    }
+
     /** The broker's output so far (for assertion messages). */
     public String logs() {
         return tail(log);
