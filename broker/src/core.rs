@@ -52,6 +52,8 @@ pub struct BrokerCore {
     pub auth: Arc<Authenticator>,
     /// Authorization rules.
     pub acl: Acl,
+    /// `[[app_http]]` handlers, when configured.
+    pub app_http: Option<crate::app_http::AppHttp>,
     bridge: OnceLock<kafka_bridge::BridgeHandle>,
     rebuild: Mutex<RebuildGate>,
     per_address: DashMap<IpAddr, AddrSlots>,
@@ -97,6 +99,7 @@ impl BrokerCore {
             status: crate::status::StatusBoard::default(),
             auth,
             acl: Acl::new(config.acl.clone()),
+            app_http: crate::app_http::AppHttp::new(&config)?,
             bridge: OnceLock::new(),
             rebuild: Mutex::new(RebuildGate::default()),
             per_address: DashMap::new(),
