@@ -825,9 +825,10 @@ mod tests {
         keys("", &example, &mut in_example);
         let readme = include_str!("../../README.md");
         for key in &all {
-            if key == "acl" {
-                // An array of tables: documented by commented `[[acl]]` examples.
-                assert!(readme.contains("[[acl]]"));
+            if key == "acl" || key == "app_http" {
+                // Arrays of tables: documented by commented examples.
+                assert!(readme.contains(&format!("[[{key}]]")));
+                assert!(include_str!("../../config/example.toml").contains(&format!("[[{key}]]")));
                 continue;
             }
             assert!(
