@@ -1151,10 +1151,10 @@ impl Session {
         let writes = self.backend_writes.clone();
         let destination = destination.to_owned();
         tokio::spawn(async move {
-            let Some(app) = core.app_http.as_ref() else {
-                return;
+            let result = match core.app_http.as_ref() {
+                Some(app) => app.call(route, request).await,
+                None => Err(crate::app_http::Failure::Unreachable("no handlers".into())),
             };
-            let result = app.call(route, request).await;
             // Deliver the answer before the RECEIPT (and before the lock:
             // publishing takes the router's).
             let delivered = match result {
