@@ -44,6 +44,9 @@ pub struct Config {
     /// are documented in docs/kafka.md.
     #[serde(skip_serializing)]
     pub kafka: Option<kafka_bridge::BridgeConfig>,
+    /// `/app/...` destinations handled by HTTP endpoints (`[[app_http]]`),
+    /// longest prefix first; they take precedence over `/app` → Kafka.
+    pub app_http: Vec<AppHttpRoute>,
     /// What to do with a subscriber whose outbound queue is full.
     pub slow_consumer: SlowConsumerPolicy,
     /// How long graceful shutdown may take before connections are cut, ms.
@@ -223,6 +226,30 @@ pub struct LimitsConfig {
     /// Bytes of SENDs and ACKs one connection's open transactions may hold
     /// together.
     pub max_transaction_bytes: usize,
+    /// `[[app_http]]` requests one connection may have waiting for their
+    /// backend's answer; one more ends the session with an ERROR.
+    pub max_app_requests_per_connection: usize,
+}
+
+/// One `[[app_http]]` route: SENDs whose destination starts with `prefix`
+/// are POSTed to `url` (see `crate::app_http`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AppHttpRoute {
+    /// Destination prefix, starting with `/app/` (longest prefix wins).
+    pub prefix: String,
+    /// The endpoint, `http://` or `https://`.
+    pub url: String,
+    /// Time the backend has to answer (headers and body), ms.
+    #[serde(default = "default_app_http_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Extra request headers (e.g. an `Authorization` for the backend).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+fn default_app_http_timeout_ms() -> u64 {
+    5_000
 }
 
 /// Heart-beat settings.
@@ -368,6 +395,7 @@ impl Default for Config {
             status: StatusConfig::default(),
             tls: TlsConfig::default(),
             kafka: None,
+            app_http: Vec::new(),
             slow_consumer: SlowConsumerPolicy::Disconnect,
             shutdown_timeout_ms: 5_000,
             log: LogConfig::default(),
@@ -430,6 +458,7 @@ impl Default for LimitsConfig {
             http_idle_timeout_ms: 60_000,
             memory_budget_bytes: 0,
             max_transaction_bytes: 4 * 1024 * 1024,
+            max_app_requests_per_connection: 64,
         }
     }
 }
@@ -556,7 +585,13 @@ impl Config {
                 self.limits.http_idle_timeout_ms,
             ),
             ("shutdown_timeout_ms", self.shutdown_timeout_ms),
-        ] {
+        ]
+        .into_iter()
+        .chain(
+            self.app_http
+                .iter()
+                .map(|r| ("app_http.timeout_ms", r.timeout_ms)),
+        ) {
             if ms > MAX_DURATION_MS {
                 anyhow::bail!("{name} must be at most {MAX_DURATION_MS} (one day), not {ms}");
             }
@@ -579,6 +614,17 @@ impl Config {
             _ => anyhow::bail!(
                 "status.username and status.password go together: a non-empty user name without ':' and a non-empty password"
             ),
+        }
+        if self.limits.max_app_requests_per_connection == 0 {
+            anyhow::bail!("limits.max_app_requests_per_connection must be positive");
+        }
+        let mut prefixes = std::collections::HashSet::new();
+        for r in &self.app_http {
+            crate::app_http::validate_route(r)
+                .map_err(|e| anyhow::anyhow!("app_http {:?}: {e}", r.prefix))?;
+            if !prefixes.insert(r.prefix.as_str()) {
+                anyhow::bail!("app_http {:?}: prefix listed twice", r.prefix);
+            }
         }
         Ok(())
     }
@@ -845,9 +891,10 @@ mod tests {
         keys("", &example, &mut in_example);
         let readme = include_str!("../../README.md");
         for key in &all {
-            if key == "acl" {
-                // An array of tables: documented by commented `[[acl]]` examples.
-                assert!(readme.contains("[[acl]]"));
+            if key == "acl" || key == "app_http" {
+                // Arrays of tables: documented by commented examples.
+                assert!(readme.contains(&format!("[[{key}]]")));
+                assert!(include_str!("../../config/example.toml").contains(&format!("[[{key}]]")));
                 continue;
             }
             assert!(

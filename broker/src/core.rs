@@ -54,6 +54,8 @@ pub struct BrokerCore {
     pub acl: Acl,
     /// Open SockJS sessions of the HTTP transports.
     pub sockjs: crate::sockjs::Registry,
+    /// `[[app_http]]` handlers, when configured.
+    pub app_http: Option<crate::app_http::AppHttp>,
     bridge: OnceLock<kafka_bridge::BridgeHandle>,
     rebuild: Mutex<RebuildGate>,
     per_address: DashMap<IpAddr, AddrSlots>,
@@ -99,6 +101,7 @@ impl BrokerCore {
             status: crate::status::StatusBoard::default(),
             auth,
             acl: Acl::new(config.acl.clone()),
+            app_http: crate::app_http::AppHttp::new(&config)?,
             bridge: OnceLock::new(),
             rebuild: Mutex::new(RebuildGate::default()),
             per_address: DashMap::new(),

@@ -341,6 +341,9 @@ fn route(
         "/metrics" => {
             let mut out = String::with_capacity(4096);
             core.metrics.render(&mut out);
+            if let Some(app) = &core.app_http {
+                app.render(&mut out);
+            }
             if let Some(bridge) = core.bridge() {
                 bridge.metrics().write_prometheus(&mut out);
             }

@@ -10,6 +10,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod acl;
+pub mod app_http;
 pub mod auth;
 pub mod budget;
 pub mod config;

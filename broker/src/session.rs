@@ -39,6 +39,8 @@ pub struct StompError {
     pub receipt_id: Option<String>,
     /// Add `version:1.0,1.1,1.2` (failed version negotiation).
     pub with_versions: bool,
+    /// The HTTP status for `status:` (a failed `[[app_http]]` handler).
+    pub status: Option<u16>,
 }
 
 /// ERROR header listing, comma-separated, the receipt ids of SENDs to
@@ -55,6 +57,7 @@ impl StompError {
             kind,
             receipt_id: None,
             with_versions: false,
+            status: None,
         }
     }
 
@@ -250,15 +253,18 @@ fn join_bounded(ids: &[String], max: usize) -> (String, bool) {
 /// Kafka writes one connection may have in flight (SEND to `/app/...`).
 const MAX_KAFKA_INFLIGHT: usize = 1024;
 
-/// A connection's SENDs to Kafka that have not been answered yet, shared
-/// with the produce tasks. When one fails the session stops writing to
+/// A connection's SENDs to a backend (Kafka, or an `[[app_http]]`
+/// handler) that have not been answered yet, shared with the tasks that
+/// write them. When one fails the session stops writing to
 /// Kafka, lets the others settle (each within `produce_timeout`), answers
 /// the ones that succeeded with their RECEIPT and then ends with one ERROR
 /// listing every receipt id without a RECEIPT (`unconfirmed-receipt-ids`).
 #[derive(Debug, Default)]
-struct KafkaWrites {
-    /// Produces started and not finished: (sequence number, receipt id).
+struct BackendWrites {
+    /// Writes started and not finished: (sequence number, receipt id).
     inflight: Vec<(u64, Option<String>)>,
+    /// How many of them are `[[app_http]]` requests.
+    app_requests: usize,
     next_seq: u64,
     /// The first failure; once set, no more SENDs are written.
     failed: Option<StompError>,
@@ -273,7 +279,7 @@ struct KafkaWrites {
     disconnect_waiting: bool,
 }
 
-impl KafkaWrites {
+impl BackendWrites {
     /// Every receipt id the client will not get a RECEIPT for if the
     /// connection ends now.
     fn unconfirmed_receipts(&self) -> Vec<String> {
@@ -298,7 +304,7 @@ impl KafkaWrites {
     }
 }
 
-fn lock_writes(w: &std::sync::Mutex<KafkaWrites>) -> std::sync::MutexGuard<'_, KafkaWrites> {
+fn lock_writes(w: &std::sync::Mutex<BackendWrites>) -> std::sync::MutexGuard<'_, BackendWrites> {
     w.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -318,7 +324,7 @@ pub struct Session {
     version: Option<Version>,
     identity: Identity,
     rate: RateLimit,
-    kafka_writes: Arc<std::sync::Mutex<KafkaWrites>>,
+    backend_writes: Arc<std::sync::Mutex<BackendWrites>>,
     heart_beats: HeartBeats,
     subs: HashMap<Arc<str>, SubState, foldhash::fast::RandomState>,
     transactions: HashMap<String, Tx>,
@@ -340,6 +346,9 @@ pub struct Session {
     temp_queues: HashMap<Arc<str>, Arc<str>>,
     /// Bytes the temp-queue entries hold, charged to the memory budget.
     temp_bytes: usize,
+    /// An anonymous session's private user name for `/user/queue/...`
+    /// (created on first use; see [`Session::user_name`]).
+    anon_name: Option<Arc<str>>,
 }
 
 impl Session {
@@ -356,7 +365,7 @@ impl Session {
                 tokens: per_sec,
                 last: std::time::Instant::now(),
             },
-            kafka_writes: Arc::default(),
+            backend_writes: Arc::default(),
             heart_beats: HeartBeats::default(),
             subs: HashMap::default(),
             transactions: HashMap::new(),
@@ -369,6 +378,7 @@ impl Session {
             replay: None,
             temp_queues: HashMap::new(),
             temp_bytes: 0,
+            anon_name: None,
         }
     }
 
@@ -495,9 +505,12 @@ impl Session {
         if err.with_versions {
             f.headers.push("version", "1.0,1.1,1.2");
         }
+        if let Some(status) = err.status {
+            f.headers.push("status", status.to_string());
+        }
         // Whatever ends the session, name the SENDs to Kafka left without
         // an answer (the connection closes after this frame).
-        let unconfirmed = lock_writes(&self.kafka_writes).unconfirmed_receipts();
+        let unconfirmed = lock_writes(&self.backend_writes).unconfirmed_receipts();
         if !unconfirmed.is_empty() {
             let (list, complete) = join_bounded(&unconfirmed, MAX_UNCONFIRMED_HEADER);
             f.headers.push(UNCONFIRMED_RECEIPTS_HEADER, list);
@@ -659,7 +672,7 @@ impl Session {
                 // was processed, so SENDs to Kafka still in flight get their
                 // RECEIPT (or the ERROR) first. Each settles within the
                 // bridge's produce timeout.
-                let mut w = lock_writes(&self.kafka_writes);
+                let mut w = lock_writes(&self.backend_writes);
                 if w.inflight.is_empty() {
                     return Ok(Flow::Close);
                 }
@@ -787,6 +800,14 @@ impl Session {
         self.authorize_send(destination)?;
         let rewritten = self.temp_reply_to(frame)?;
         let frame = rewritten.as_ref().unwrap_or(frame);
+        if let Some(route) = self
+            .core
+            .app_http
+            .as_ref()
+            .and_then(|a| a.route(destination))
+        {
+            return self.send_to_app_http(route, frame, destination, receipt);
+        }
         if let Some(bridge) = self
             .core
             .bridge()
@@ -923,7 +944,7 @@ impl Session {
     /// [`kafka_bridge::record_headers`]). The RECEIPT (if asked for) is sent
     /// only after Kafka acknowledged. A failed write ends the session, but
     /// only once every other write in flight has settled (see
-    /// [`KafkaWrites`]), so each receipted SEND gets a RECEIPT or is named in
+    /// [`BackendWrites`]), so each receipted SEND gets a RECEIPT or is named in
     /// the ERROR.
     fn send_to_kafka(
         &mut self,
@@ -934,7 +955,7 @@ impl Session {
     ) -> Result<bool, StompError> {
         let receipt = receipt.map(str::to_owned);
         let seq = {
-            let mut w = lock_writes(&self.kafka_writes);
+            let mut w = lock_writes(&self.backend_writes);
             if w.failed.is_none() && w.inflight.len() >= MAX_KAFKA_INFLIGHT {
                 w.failed = Some(StompError::new(
                     "limit",
@@ -982,7 +1003,7 @@ impl Session {
         let body = frame.body.clone();
         let destination = destination.to_owned();
         let conn = self.conn.clone();
-        let writes = self.kafka_writes.clone();
+        let writes = self.backend_writes.clone();
         tokio::spawn(async move {
             let result = bridge.produce(&destination, &headers, body, &stamp).await;
             let mut w = lock_writes(&writes);
@@ -1020,11 +1041,186 @@ impl Session {
         Ok(receipt_is_deferred(frame))
     }
 
+    /// Where the `[[app_http]]` handler's answer to `frame` goes: its
+    /// `reply-to` (checked now as a SEND of the sender's; `/user/queue/...`
+    /// and `/user/topic/...` mean the sender's own), else the sender's
+    /// `/user/queue/replies` (an anonymous sender's private user name, see
+    /// [`Session::user_name`]).
+    fn app_reply_destination(&mut self, frame: &Frame) -> Result<String, StompError> {
+        let Some(reply_to) = frame.header_str("reply-to") else {
+            return Ok(format!("/user/{}/queue/replies", self.user_name()));
+        };
+        if let Some(rest) = reply_to.strip_prefix("/user/") {
+            if rest.starts_with("queue/") || rest.starts_with("topic/") {
+                crate::router::validate_destination(reply_to)
+                    .map_err(|e| route_error(e, reply_to))?;
+                return Ok(format!("/user/{}/{rest}", self.user_name()));
+            }
+        }
+        if reply_to.starts_with(crate::app_http::APP_PREFIX) {
+            return Err(StompError::new(
+                "destination",
+                "invalid reply-to",
+                format!("reply-to '{reply_to}': a reply cannot go to an /app destination."),
+            ));
+        }
+        self.authorize_send(reply_to)?;
+        parse_destination(reply_to).map_err(|e| route_error(e, reply_to))?;
+        Ok(reply_to.to_owned())
+    }
+
+    /// The name `/user/queue/...` resolves with: the authenticated user, or
+    /// for an anonymous session a private, unguessable name of its own
+    /// (`anon-<128 random bits>`), as Spring uses the session for anonymous
+    /// users.
+    fn user_name(&mut self) -> Arc<str> {
+        if let Some(u) = &self.identity.user {
+            return Arc::from(u.as_str());
+        }
+        self.anon_name
+            .get_or_insert_with(|| Arc::from(format!("anon-{}", unguessable_token())))
+            .clone()
+    }
+
+    /// SEND to a destination an `[[app_http]]` route handles: POSTed to its
+    /// URL by a task, tracked like a Kafka write ([`BackendWrites`]). A 2xx
+    /// answer with a body is published to the reply destination, then the
+    /// RECEIPT follows; anything else ends the session with ERROR
+    /// `app handler failed` and `status:`.
+    fn send_to_app_http(
+        &mut self,
+        route: usize,
+        frame: &Frame,
+        destination: &str,
+        receipt: Option<&str>,
+    ) -> Result<bool, StompError> {
+        let reply_dest = self.app_reply_destination(frame)?;
+        let receipt = receipt.map(str::to_owned);
+        let max = self.core.config.limits.max_app_requests_per_connection;
+        let seq = {
+            let mut w = lock_writes(&self.backend_writes);
+            if w.failed.is_none() && w.app_requests >= max {
+                w.failed = Some(StompError::new(
+                    "limit",
+                    "too many pending app requests",
+                    format!(
+                        "At most {max} SENDs to /app handlers may await their answer per connection \
+                         (limits.max_app_requests_per_connection)."
+                    ),
+                ));
+            }
+            if let Some(failed) = &w.failed {
+                let full = w.unconfirmed.len() >= MAX_KAFKA_INFLIGHT;
+                let failed = full.then(|| failed.clone());
+                if let Some(r) = receipt {
+                    w.unconfirmed.push(r);
+                }
+                if let Some(err) = failed {
+                    return Err(err);
+                }
+                w.finish_if_settled(&self.conn);
+                return Ok(receipt_is_deferred(frame));
+            }
+            let seq = w.next_seq;
+            w.next_seq += 1;
+            w.inflight.push((seq, receipt.clone()));
+            w.app_requests += 1;
+            seq
+        };
+        let headers: Vec<(String, String)> = frame
+            .headers
+            .iter()
+            .filter_map(|(n, v)| {
+                Some((
+                    String::from_utf8(n.to_vec()).ok()?,
+                    String::from_utf8(v.to_vec()).ok()?,
+                ))
+            })
+            .collect();
+        let request = crate::app_http::AppRequest {
+            destination: destination.to_owned(),
+            user: self.identity.user.clone(),
+            session: format!("session-{}", self.conn.id),
+            message_id: self.core.next_message_id(),
+            content_type: frame.header_str("content-type").map(str::to_owned),
+            headers,
+            body: frame.body.clone(),
+        };
+        let core = self.core.clone();
+        let conn = self.conn.clone();
+        let writes = self.backend_writes.clone();
+        let destination = destination.to_owned();
+        tokio::spawn(async move {
+            let result = match core.app_http.as_ref() {
+                Some(app) => app.call(route, request).await,
+                None => Err(crate::app_http::Failure::Unreachable("no handlers".into())),
+            };
+            // Deliver the answer before the RECEIPT (and before the lock:
+            // publishing takes the router's).
+            let delivered = match result {
+                Ok(Some(reply)) => {
+                    let mut h = Headers::with_capacity(1);
+                    if let Some(ct) = reply.content_type {
+                        h.push("content-type", ct);
+                    }
+                    let id = core.next_message_id();
+                    let msg = Arc::new(Message::new(&reply_dest, &id, h, reply.body));
+                    core.router.publish(msg).map(drop).map_err(|e| {
+                        let e = route_error(e, &reply_dest);
+                        StompError::new(
+                            "app_http",
+                            "app reply not delivered",
+                            format!(
+                                "The handler for {destination} answered, but its reply could not \
+                                 be delivered to {reply_dest}: {}",
+                                e.detail
+                            ),
+                        )
+                    })
+                }
+                Ok(None) => Ok(()),
+                Err(f) => {
+                    tracing::warn!(%destination, error = %f, "app handler failed");
+                    let mut e = StompError::new(
+                        "app_http",
+                        "app handler failed",
+                        format!("The handler for {destination} failed: {f}."),
+                    );
+                    e.status = Some(f.status());
+                    Err(e)
+                }
+            };
+            let mut w = lock_writes(&writes);
+            w.inflight.retain(|(s, _)| *s != seq);
+            w.app_requests = w.app_requests.saturating_sub(1);
+            match delivered {
+                Ok(()) => {
+                    if let Some(r) = receipt {
+                        conn.send_control(Outbound::Frame(Box::new(
+                            Frame::new(Command::Receipt).with_header("receipt-id", r),
+                        )));
+                    }
+                }
+                Err(mut err) => {
+                    if w.failed.is_none() {
+                        err.receipt_id = receipt.clone();
+                        w.failed = Some(err);
+                    }
+                    if let Some(r) = receipt {
+                        w.unconfirmed.push(r);
+                    }
+                }
+            }
+            w.finish_if_settled(&conn);
+        });
+        Ok(receipt_is_deferred(frame))
+    }
+
     /// The router destination for a SUBSCRIBE, after authorization.
     /// `/user/queue/...` and `/user/topic/...` mean this user's own
     /// destinations (`/user/<name>/queue/...`), always permitted to an
     /// authenticated user; naming another user is denied.
-    fn resolve_subscription(&self, destination: &str) -> Result<String, StompError> {
+    fn resolve_subscription(&mut self, destination: &str) -> Result<String, StompError> {
         crate::router::validate_destination(destination)
             .map_err(|e| route_error(e, destination))?;
         if !crate::status::may_subscribe_stats(
@@ -1050,6 +1246,11 @@ impl Session {
             let own = rest.starts_with("queue/") || rest.starts_with("topic/");
             return match (&self.identity.user, own) {
                 (Some(user), true) => Ok(format!("/user/{user}/{rest}")),
+                // An anonymous session's own: replies of `[[app_http]]`
+                // handlers (its private name, see `user_name`).
+                (None, true) if self.core.app_http.is_some() => {
+                    Ok(format!("/user/{}/{rest}", self.user_name()))
+                }
                 _ => Err(access_denied()),
             };
         }
