@@ -162,11 +162,13 @@ fn base_config(kafka: &kafka_bridge::BridgeConfig, client_id: &str) -> ClientCon
 }
 
 impl Cluster {
-    /// Joins: creates the cluster topic if missing, starts the producer,
-    /// assigns every partition from its current end and starts the consumer
-    /// and heartbeat threads. The node is ready ([`Cluster::is_joined`])
-    /// once the consumer holds its assignment.
-    pub async fn join(
+    /// Starts the cluster membership: creates the producer and consumer
+    /// and joins in the background — creates the cluster topic if missing,
+    /// assigns every partition from its current end, then starts the
+    /// consumer and heartbeat threads — retrying every second while Kafka
+    /// does not answer. The node is ready ([`Cluster::is_joined`]) once
+    /// joined.
+    pub fn start(
         core: &Arc<BrokerCore>,
         node_id: String,
         shutdown: CancellationToken,
@@ -177,7 +179,6 @@ impl Cluster {
             .kafka
             .clone()
             .ok_or_else(|| anyhow::anyhow!("cluster needs kafka.brokers"))?;
-        ensure_topic(&kafka, &cfg, &node_id).await?;
         let stats = Arc::new(ClusterStats::default());
         let mut pcfg = base_config(&kafka, &format!("{node_id}-cluster-producer"));
         pcfg.set("acks", "all")
@@ -211,6 +212,7 @@ impl Cluster {
             positions: Mutex::new(Vec::new()),
             warned: AtomicBool::new(false),
         });
+        cluster.heard(&node_id);
         let mut ccfg = base_config(&kafka, &format!("{node_id}-cluster-consumer"));
         // No group: `assign` only. librdkafka still wants a group id for a
         // consumer handle; nothing is committed under it.
@@ -223,56 +225,49 @@ impl Cluster {
         let consumer: BaseConsumer = ccfg
             .create()
             .map_err(|e| anyhow::anyhow!("cluster consumer: {e}"))?;
-        // Join at the end of every partition as it is now: live traffic only.
-        let (tpl, positions) = {
-            let c2 = cluster.clone();
-            let topic = cfg.topic.clone();
-            let joined = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-                let md = consumer.fetch_metadata(Some(&topic), JOIN_TIMEOUT)?;
-                let parts = md
-                    .topics()
-                    .iter()
-                    .find(|t| t.name() == topic)
-                    .map(|t| t.partitions().len())
-                    .unwrap_or(0);
-                if parts == 0 {
-                    anyhow::bail!("cluster topic {topic} has no partitions");
-                }
-                let mut tpl = TopicPartitionList::new();
-                let mut positions = Vec::with_capacity(parts);
-                for p in 0..parts as i32 {
-                    let (_, high) = consumer.fetch_watermarks(&topic, p, JOIN_TIMEOUT)?;
-                    tpl.add_partition_offset(&topic, p, Offset::Offset(high))?;
-                    positions.push(high);
-                }
-                consumer.assign(&tpl)?;
-                drop(c2);
-                Ok((consumer, tpl, positions))
-            })
-            .await??;
-            let (consumer, tpl, positions) = joined;
-            let weak = Arc::downgrade(core);
-            let c = cluster.clone();
-            let sd = shutdown.clone();
-            std::thread::Builder::new()
-                .name("cluster-consumer".into())
-                .spawn(move || consume_loop(consumer, c, weak, sd))?;
-            (tpl, positions)
-        };
-        tracing::info!(
-            node_id = %node_id,
-            topic = %cfg.topic,
-            partitions = tpl.count(),
-            "joined the cluster"
-        );
-        *cluster.positions.lock().unwrap_or_else(|e| e.into_inner()) = positions;
-        cluster.heard(&node_id);
-        cluster.stats.joined.store(true, Relaxed);
         let c = cluster.clone();
         let weak = Arc::downgrade(core);
-        std::thread::Builder::new()
-            .name("cluster-heartbeat".into())
-            .spawn(move || heartbeat_loop(c, weak, shutdown))?;
+        tokio::spawn(async move {
+            let mut consumer = Some(consumer);
+            while !shutdown.is_cancelled() {
+                let attempt = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = join(&kafka, &cfg, &node_id, &mut consumer) => r,
+                };
+                match attempt {
+                    Ok(positions) => {
+                        *c.positions.lock().unwrap_or_else(|e| e.into_inner()) = positions;
+                        let Some(consumer) = consumer.take() else { return };
+                        let spawned = {
+                            let (c, weak, sd) = (c.clone(), weak.clone(), shutdown.clone());
+                            std::thread::Builder::new()
+                                .name("cluster-consumer".into())
+                                .spawn(move || consume_loop(consumer, c, weak, sd))
+                        }
+                        .and_then(|_| {
+                            let (c, weak, sd) = (c.clone(), weak.clone(), shutdown.clone());
+                            std::thread::Builder::new()
+                                .name("cluster-heartbeat".into())
+                                .spawn(move || heartbeat_loop(c, weak, sd))
+                        });
+                        if let Err(e) = spawned {
+                            tracing::error!(error = %e, "cluster threads not started");
+                            return;
+                        }
+                        c.stats.joined.store(true, Relaxed);
+                        tracing::info!(node_id = %node_id, topic = %cfg.topic, "joined the cluster");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "joining the cluster failed; retrying");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
+                    }
+                }
+            }
+        });
         Ok(cluster)
     }
 
@@ -457,6 +452,48 @@ fn escape_label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// One attempt to join: the topic exists, and `consumer` is assigned every
+/// partition at its end as of now. Returns those end offsets.
+async fn join(
+    kafka: &kafka_bridge::BridgeConfig,
+    cfg: &ClusterConfig,
+    node_id: &str,
+    consumer: &mut Option<BaseConsumer>,
+) -> anyhow::Result<Vec<i64>> {
+    ensure_topic(kafka, cfg, node_id).await?;
+    let c = consumer
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no consumer"))?;
+    let topic = cfg.topic.clone();
+    let (c, res) = tokio::task::spawn_blocking(move || {
+        let res = (|| -> anyhow::Result<Vec<i64>> {
+            let md = c.fetch_metadata(Some(&topic), JOIN_TIMEOUT)?;
+            let parts = md
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic)
+                .map(|t| t.partitions().len())
+                .unwrap_or(0);
+            if parts == 0 {
+                anyhow::bail!("cluster topic {topic} has no partitions yet");
+            }
+            let mut tpl = TopicPartitionList::new();
+            let mut positions = Vec::with_capacity(parts);
+            for p in 0..i32::try_from(parts)? {
+                let (_, high) = c.fetch_watermarks(&topic, p, JOIN_TIMEOUT)?;
+                tpl.add_partition_offset(&topic, p, Offset::Offset(high))?;
+                positions.push(high);
+            }
+            c.assign(&tpl)?;
+            Ok(positions)
+        })();
+        (c, res)
+    })
+    .await?;
+    *consumer = Some(c);
+    res
+}
+
 /// Creates the cluster topic unless it exists.
 async fn ensure_topic(
     kafka: &kafka_bridge::BridgeConfig,
@@ -471,7 +508,9 @@ async fn ensure_topic(
         cfg.partitions,
         TopicReplication::Fixed(cfg.replication_factor),
     );
-    let opts = AdminOptions::new().operation_timeout(Some(JOIN_TIMEOUT));
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(JOIN_TIMEOUT))
+        .request_timeout(Some(JOIN_TIMEOUT));
     let results = admin
         .create_topics(&[topic], &opts)
         .await

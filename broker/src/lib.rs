@@ -213,8 +213,8 @@ impl Broker {
             core.set_bridge(bridge);
         }
         if let Some(node) = node_id {
-            let c = cluster::Cluster::join(&core, node, core.shutdown.child_token())
-                .await
+            // Joins in the background: `/readyz` says 503 until joined.
+            let c = cluster::Cluster::start(&core, node, core.shutdown.child_token())
                 .map_err(|e| anyhow::anyhow!("cluster: {e}"))?;
             core.set_cluster(c);
         }
