@@ -57,6 +57,7 @@ pub struct BrokerCore {
     /// `[[app_http]]` handlers, when configured.
     pub app_http: Option<crate::app_http::AppHttp>,
     bridge: OnceLock<kafka_bridge::BridgeHandle>,
+    cluster: OnceLock<Arc<crate::cluster::Cluster>>,
     rebuild: Mutex<RebuildGate>,
     per_address: DashMap<IpAddr, AddrSlots>,
     refusal_log: RefusalLog,
@@ -103,6 +104,7 @@ impl BrokerCore {
             acl: Acl::new(config.acl.clone()),
             app_http: crate::app_http::AppHttp::new(&config)?,
             bridge: OnceLock::new(),
+            cluster: OnceLock::new(),
             rebuild: Mutex::new(RebuildGate::default()),
             per_address: DashMap::new(),
             refusal_log: RefusalLog::new(),
@@ -110,7 +112,17 @@ impl BrokerCore {
             sockjs: crate::sockjs::Registry::default(),
             next_conn: AtomicU64::new(1),
             next_msg: AtomicU64::new(1),
-            node: format!("{started:x}"),
+            node: if config.cluster.enabled {
+                // Unique across the cluster's nodes too: ids travel between them.
+                let who = config
+                    .cluster
+                    .node_id
+                    .clone()
+                    .unwrap_or_else(|| crate::cluster::default_node_id(None));
+                format!("{who}.{:x}.{started:x}", std::process::id())
+            } else {
+                format!("{started:x}")
+            },
             config,
         }))
     }
@@ -123,6 +135,16 @@ impl BrokerCore {
     /// Installs the Kafka bridge (once, at start).
     pub fn set_bridge(&self, bridge: kafka_bridge::BridgeHandle) {
         let _ = self.bridge.set(bridge);
+    }
+
+    /// This node's cluster membership (`--cluster`), once joined.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.get()
+    }
+
+    /// Installs the cluster membership (once, at start).
+    pub fn set_cluster(&self, cluster: Arc<crate::cluster::Cluster>) {
+        let _ = self.cluster.set(cluster);
     }
 
     /// Retained messages for a new subscription `sub` of `conn` to
