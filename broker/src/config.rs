@@ -44,12 +44,56 @@ pub struct Config {
     /// are documented in docs/kafka.md.
     #[serde(skip_serializing)]
     pub kafka: Option<kafka_bridge::BridgeConfig>,
+    /// Several nodes sharing `/topic` and `/user` destinations through Kafka
+    /// (`[cluster]`, docs/cluster.md); off unless `enabled`.
+    pub cluster: ClusterConfig,
     /// What to do with a subscriber whose outbound queue is full.
     pub slow_consumer: SlowConsumerPolicy,
     /// How long graceful shutdown may take before connections are cut, ms.
     pub shutdown_timeout_ms: u64,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// `[cluster]`: N broker nodes behind a load balancer, sharing `/topic/...`
+/// and `/user/...` destinations through one Kafka topic (docs/cluster.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Join the cluster (`--cluster`); needs `kafka.brokers`.
+    pub enabled: bool,
+    /// This node's name (`--node-id`), unique in the cluster. Default:
+    /// hostname plus the bound STOMP port, e.g. `host-61613`.
+    pub node_id: Option<String>,
+    /// The Kafka topic the nodes share; created if missing. Further internal
+    /// topics would only be named with this prefix.
+    pub topic: String,
+    /// Partitions of `topic` when this node creates it.
+    pub partitions: i32,
+    /// Replication factor of `topic` when this node creates it; -1 = the
+    /// Kafka cluster's default.
+    pub replication_factor: i32,
+    /// Most cluster records produced but not yet acknowledged by Kafka;
+    /// beyond it a SEND is still delivered locally but not relayed
+    /// (`stomp_cluster_produce_failures_total`).
+    pub max_in_flight: usize,
+    /// How often this node announces itself on `topic`, ms; a node is
+    /// "seen" if heard within 3 intervals.
+    pub heartbeat_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            enabled: false,
+            node_id: None,
+            topic: "stomp-broker.cluster".into(),
+            partitions: 6,
+            replication_factor: -1,
+            max_in_flight: 10_000,
+            heartbeat_ms: 1_000,
+        }
+    }
 }
 
 /// Listener addresses. An empty string disables a listener.
@@ -328,6 +372,7 @@ impl Default for Config {
             status: StatusConfig::default(),
             tls: TlsConfig::default(),
             kafka: None,
+            cluster: ClusterConfig::default(),
             slow_consumer: SlowConsumerPolicy::Disconnect,
             shutdown_timeout_ms: 5_000,
             log: LogConfig::default(),
@@ -511,6 +556,39 @@ impl Config {
             crate::status::parse_cidr(net)
                 .map_err(|e| anyhow::anyhow!("status.allow {net:?}: {e}"))?;
         }
+        let cl = &self.cluster;
+        if cl.enabled {
+            if self.kafka.as_ref().is_none_or(|k| k.brokers.is_empty()) {
+                anyhow::bail!("cluster.enabled (--cluster) needs kafka.brokers (--kafka-brokers)");
+            }
+            if let Some(id) = &cl.node_id {
+                if id.is_empty()
+                    || id.len() > 100
+                    || !id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                {
+                    anyhow::bail!(
+                        "cluster.node_id {id:?}: 1 to 100 characters of [A-Za-z0-9._-]"
+                    );
+                }
+            }
+            if !kafka_bridge::is_valid_topic(&cl.topic) {
+                anyhow::bail!("cluster.topic {:?} is not a valid Kafka topic name", cl.topic);
+            }
+            if !(1..=10_000).contains(&cl.partitions) {
+                anyhow::bail!("cluster.partitions must be from 1 to 10000");
+            }
+            if cl.replication_factor != -1 && !(1..=100).contains(&cl.replication_factor) {
+                anyhow::bail!("cluster.replication_factor must be -1 or from 1 to 100");
+            }
+            if !(1..=1_000_000).contains(&cl.max_in_flight) {
+                anyhow::bail!("cluster.max_in_flight must be from 1 to 1000000");
+            }
+            if !(100..=60_000).contains(&cl.heartbeat_ms) {
+                anyhow::bail!("cluster.heartbeat_ms must be from 100 to 60000");
+            }
+        }
         match (&self.status.username, &self.status.password) {
             (None, None) => {}
             (Some(u), Some(p)) if !u.is_empty() && !u.contains(':') && !p.is_empty() => {}
@@ -633,6 +711,12 @@ pub struct Args {
     /// Kafka consumer group id [default: stomp-broker-<hostname>].
     #[arg(long, env = "STOMP_BROKER_KAFKA_GROUP_ID")]
     pub kafka_group_id: Option<String>,
+    /// Join a cluster of nodes sharing destinations through Kafka (needs --kafka-brokers).
+    #[arg(long, env = "STOMP_BROKER_CLUSTER")]
+    pub cluster: bool,
+    /// This node's id in the cluster [default: <hostname>-<stomp port>].
+    #[arg(long, env = "STOMP_BROKER_NODE_ID")]
+    pub node_id: Option<String>,
     /// A Kafka route `topic[,topic…]=/destination/template`, e.g.
     /// `order-results=/topic/order.{key}`; repeatable.
     #[arg(long = "route", env = "STOMP_BROKER_ROUTES", value_delimiter = ';')]
@@ -721,6 +805,12 @@ impl Args {
                 kafka.group_id = self.kafka_group_id;
             }
             kafka.routes.extend(self.routes);
+        }
+        if self.cluster {
+            cfg.cluster.enabled = true;
+        }
+        if self.node_id.is_some() {
+            cfg.cluster.node_id = self.node_id;
         }
         set!(self.log_format => cfg.log.format);
         set!(self.log_level => cfg.log.level);

@@ -53,6 +53,7 @@ pub struct BrokerCore {
     /// Authorization rules.
     pub acl: Acl,
     bridge: OnceLock<kafka_bridge::BridgeHandle>,
+    cluster: OnceLock<Arc<crate::cluster::Cluster>>,
     rebuild: Mutex<RebuildGate>,
     per_address: DashMap<IpAddr, AddrSlots>,
     refusal_log: RefusalLog,
@@ -98,6 +99,7 @@ impl BrokerCore {
             auth,
             acl: Acl::new(config.acl.clone()),
             bridge: OnceLock::new(),
+            cluster: OnceLock::new(),
             rebuild: Mutex::new(RebuildGate::default()),
             per_address: DashMap::new(),
             refusal_log: RefusalLog::new(),
@@ -117,6 +119,16 @@ impl BrokerCore {
     /// Installs the Kafka bridge (once, at start).
     pub fn set_bridge(&self, bridge: kafka_bridge::BridgeHandle) {
         let _ = self.bridge.set(bridge);
+    }
+
+    /// This node's cluster membership (`--cluster`), once joined.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.get()
+    }
+
+    /// Installs the cluster membership (once, at start).
+    pub fn set_cluster(&self, cluster: Arc<crate::cluster::Cluster>) {
+        let _ = self.cluster.set(cluster);
     }
 
     /// Retained messages for a new subscription `sub` of `conn` to

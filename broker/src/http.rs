@@ -308,6 +308,9 @@ fn route(
         "/metrics" => {
             let mut out = String::with_capacity(4096);
             core.metrics.render(&mut out);
+            if let Some(cluster) = core.cluster() {
+                cluster.write_prometheus(&mut out);
+            }
             if let Some(bridge) = core.bridge() {
                 bridge.metrics().write_prometheus(&mut out);
             }
@@ -342,6 +345,10 @@ fn route(
             }
             // With a Kafka bridge: connected, partitions assigned, their
             // start positions committed and retained messages rebuilt.
+            // In a cluster: joined at the end of the cluster topic.
+            if core.config.cluster.enabled && !core.cluster().is_some_and(|c| c.is_joined()) {
+                return text(StatusCode::SERVICE_UNAVAILABLE, "cluster not joined\n");
+            }
             match core.bridge().map(|b| b.readiness()) {
                 None | Some(Ok(())) => text(StatusCode::OK, "ready\n"),
                 Some(Err(why)) => text(

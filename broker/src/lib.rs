@@ -12,6 +12,7 @@
 pub mod acl;
 pub mod auth;
 pub mod budget;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod connection;
@@ -193,11 +194,29 @@ impl Broker {
                 tls.clone(),
             ));
         }
-        if let Some(kafka) = core.config.kafka.clone().filter(|k| !k.brokers.is_empty()) {
+        let node_id = core.config.cluster.enabled.then(|| {
+            core.config
+                .cluster
+                .node_id
+                .clone()
+                .unwrap_or_else(|| cluster::default_node_id(addrs.stomp.map(|a| a.port())))
+        });
+        if let Some(mut kafka) = core.config.kafka.clone().filter(|k| !k.brokers.is_empty()) {
+            if let Some(node) = &node_id {
+                // Every node reads the routed topics in its own group, stable
+                // across its restarts: `<kafka.group_id>.<node_id>`.
+                kafka.group_id = Some(format!("{}.{node}", kafka.effective_group_id()));
+            }
             let sink = Arc::new(CoreSink(Arc::downgrade(&core)));
             let bridge = kafka_bridge::Bridge::start(kafka, sink, core.shutdown.child_token())
                 .map_err(|e| anyhow::anyhow!("Kafka bridge: {e}"))?;
             core.set_bridge(bridge);
+        }
+        if let Some(node) = node_id {
+            // Joins in the background: `/readyz` says 503 until joined.
+            let c = cluster::Cluster::start(&core, node, core.shutdown.child_token())
+                .map_err(|e| anyhow::anyhow!("cluster: {e}"))?;
+            core.set_cluster(c);
         }
         if core.config.listen.status_page {
             tracker.spawn(status::run(core.clone()));
@@ -220,6 +239,7 @@ impl Broker {
             https = ?addrs.https,
             ws_path = %listen.ws_path,
             kafka = core.bridge().is_some(),
+            cluster = core.cluster().map(|c| c.node_id()),
             "stomp-broker listening"
         );
         Ok(Broker {
@@ -255,6 +275,9 @@ impl Broker {
     pub async fn wait(self) {
         self.core.shutdown.cancelled().await;
         self.core.draining.store(true, Relaxed);
+        if let Some(c) = self.core.cluster() {
+            c.leave(Duration::from_millis(self.core.config.shutdown_timeout_ms.min(2_000)));
+        }
         self.tracker.close();
         let limit = Duration::from_millis(self.core.config.shutdown_timeout_ms);
         if tokio::time::timeout(limit, self.tracker.wait())

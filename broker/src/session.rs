@@ -810,11 +810,34 @@ impl Session {
             }
         }
         let id = self.core.next_message_id();
+        // Cluster: topic and user destinations go to the other nodes too
+        // (after the local delivery; queues stay node-local).
+        let relay = self
+            .core
+            .cluster()
+            .filter(|_| {
+                matches!(
+                    parse_destination(destination),
+                    Ok(DestKind::Topic(_) | DestKind::User(_))
+                )
+            })
+            .map(|c| (c.clone(), pass.clone()));
         let msg = Arc::new(Message::new(destination, &id, pass, frame.body.clone()));
         self.core
             .router
             .publish(msg)
             .map_err(|e| route_error(e, destination))?;
+        if let Some((cluster, pass)) = relay {
+            let mut key = itoa::Buffer::new();
+            cluster.relay(
+                key.format(self.conn.id),
+                destination,
+                &id,
+                self.identity.user.as_deref(),
+                &pass,
+                &frame.body,
+            );
+        }
         Ok(false)
     }
 

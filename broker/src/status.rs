@@ -124,6 +124,7 @@ fn snapshot(core: &BrokerCore, prev: Option<&Sample>, now: &Sample) -> Value {
         "retained_destinations": m.retained_destinations.load(Relaxed),
         "top_destinations": top,
         "kafka": kafka,
+        "cluster": core.cluster().map(|c| c.json()),
     })
 }
 

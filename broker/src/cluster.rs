@@ -1,0 +1,673 @@
+//! Cluster mode (`--cluster`): N broker nodes behind a load balancer share
+//! `/topic/...` and `/user/...` destinations through one Kafka topic
+//! (`cluster.topic`). Kafka is the only thing the nodes share: there is no
+//! membership or node-to-node protocol. See docs/cluster.md.
+//!
+//! * **Out**: a SEND to a topic or user destination is routed locally at once
+//!   (as without a cluster) and handed to [`Cluster::relay`], which produces
+//!   it to the cluster topic without waiting (idempotent, `acks=all`, key =
+//!   the publishing session, so each publisher's messages keep their order
+//!   in one partition). At most `cluster.max_in_flight` records wait for
+//!   Kafka's acknowledgement; beyond that the message is not relayed and
+//!   `stomp_cluster_produce_failures_total` counts it.
+//! * **In**: one thread per node reads every partition of the cluster topic
+//!   with `assign` (no consumer group) from its end as of joining, skips its
+//!   own records and publishes the others into the local router with their
+//!   original `message-id`.
+//! * **Seen nodes**: every node produces a heartbeat record every
+//!   `cluster.heartbeat_ms`; a node is seen if heard within 3 intervals.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed},
+        Arc, Mutex, Weak,
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use rdkafka::{
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    config::ClientConfig,
+    consumer::{BaseConsumer, Consumer},
+    error::KafkaError,
+    message::{Header, Headers as _, Message as _, OwnedHeaders},
+    producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer},
+    types::RDKafkaErrorCode,
+    ClientContext, Offset, TopicPartitionList,
+};
+use stomp_codec::Headers;
+use tokio_util::sync::CancellationToken;
+
+use crate::{config::ClusterConfig, core::BrokerCore};
+
+/// Record header: the producing node's id.
+pub const H_ORIGIN: &str = "stomp-cluster-origin";
+/// Record header: `msg` (a relayed message) or `hb` (a heartbeat).
+pub const H_KIND: &str = "stomp-cluster-kind";
+/// Record header: the message's `message-id`, the same on every node.
+pub const H_MESSAGE_ID: &str = "stomp-message-id";
+/// Record header: the destination the message was sent to.
+pub const H_DESTINATION: &str = "stomp-destination";
+/// Record header: the authenticated user who sent it (if any).
+pub const H_USER: &str = "stomp-user";
+/// Prefix of record headers carrying the message's passed-through STOMP
+/// headers (`h.content-type`, ...).
+pub const H_PASS_PREFIX: &str = "h.";
+
+/// How long the consumer waits for records per poll.
+const POLL: Duration = Duration::from_millis(100);
+/// Kafka metadata and watermark calls at join.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The default node id: `<hostname>-<stomp port>`.
+pub fn default_node_id(stomp_port: Option<u16>) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    match stomp_port {
+        Some(p) => format!("{host}-{p}"),
+        None => host,
+    }
+}
+
+/// Counters and state shown on `/metrics`, `/stats.json` and the status page.
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    /// Records produced, not yet acknowledged.
+    pub in_flight: AtomicUsize,
+    /// Messages acknowledged by Kafka (relayed to the other nodes).
+    pub relayed_out: AtomicU64,
+    /// Messages from other nodes published locally.
+    pub relayed_in: AtomicU64,
+    /// Messages not relayed: in-flight limit, queue full, Kafka errors.
+    pub produce_failures: AtomicU64,
+    /// Records behind on the cluster topic (all partitions).
+    pub lag: AtomicI64,
+    /// Joined and caught up.
+    pub joined: AtomicBool,
+    /// Node id → when it was last heard.
+    seen: Mutex<HashMap<String, Instant>>,
+}
+
+/// Producer context: counts acknowledgements and failures.
+struct RelayContext {
+    stats: Arc<ClusterStats>,
+}
+
+impl ClientContext for RelayContext {}
+
+impl ProducerContext for RelayContext {
+    /// 1 for a relayed message, 0 for a heartbeat.
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, is_message: usize) {
+        if is_message == 1 {
+            self.stats.in_flight.fetch_sub(1, Relaxed);
+            match result {
+                Ok(_) => self.stats.relayed_out.fetch_add(1, Relaxed),
+                Err(_) => self.stats.produce_failures.fetch_add(1, Relaxed),
+            };
+        }
+    }
+}
+
+/// This node's membership in the cluster.
+pub struct Cluster {
+    node_id: String,
+    topic: String,
+    max_in_flight: usize,
+    heartbeat: Duration,
+    producer: ThreadedProducer<RelayContext>,
+    stats: Arc<ClusterStats>,
+    /// Next offset to read per partition (for the lag).
+    positions: Mutex<Vec<i64>>,
+    warned: AtomicBool,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node_id", &self.node_id)
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The librdkafka settings every cluster client shares: bootstrap servers
+/// and the operator's extra `kafka.client` properties (security, ...).
+fn base_config(kafka: &kafka_bridge::BridgeConfig, client_id: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &kafka.brokers)
+        .set("client.id", client_id);
+    for (k, v) in &kafka.client {
+        c.set(k, v);
+    }
+    c
+}
+
+impl Cluster {
+    /// Starts the cluster membership: creates the producer and consumer
+    /// and joins in the background — creates the cluster topic if missing,
+    /// assigns every partition from its current end, then starts the
+    /// consumer and heartbeat threads — retrying every second while Kafka
+    /// does not answer. The node is ready ([`Cluster::is_joined`]) once
+    /// joined.
+    pub fn start(
+        core: &Arc<BrokerCore>,
+        node_id: String,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Arc<Cluster>> {
+        let cfg: ClusterConfig = core.config.cluster.clone();
+        let kafka = core
+            .config
+            .kafka
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("cluster needs kafka.brokers"))?;
+        let stats = Arc::new(ClusterStats::default());
+        let mut pcfg = base_config(&kafka, &format!("{node_id}-cluster-producer"));
+        pcfg.set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "1")
+            .set("socket.nagle.disable", "true")
+            .set(
+                "message.timeout.ms",
+                kafka
+                    .produce_timeout
+                    .as_millis()
+                    .clamp(1, i32::MAX as u128)
+                    .to_string(),
+            )
+            .set(
+                "queue.buffering.max.messages",
+                (cfg.max_in_flight + 1_000).to_string(),
+            );
+        let producer: ThreadedProducer<RelayContext> = pcfg
+            .create_with_context(RelayContext {
+                stats: stats.clone(),
+            })
+            .map_err(|e| anyhow::anyhow!("cluster producer: {e}"))?;
+        let cluster = Arc::new(Cluster {
+            node_id: node_id.clone(),
+            topic: cfg.topic.clone(),
+            max_in_flight: cfg.max_in_flight,
+            heartbeat: Duration::from_millis(cfg.heartbeat_ms),
+            producer,
+            stats,
+            positions: Mutex::new(Vec::new()),
+            warned: AtomicBool::new(false),
+        });
+        cluster.heard(&node_id);
+        let mut ccfg = base_config(&kafka, &format!("{node_id}-cluster-consumer"));
+        // No group: `assign` only. librdkafka still wants a group id for a
+        // consumer handle; nothing is committed under it.
+        ccfg.set("group.id", format!("{}.{node_id}", cfg.topic))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("fetch.wait.max.ms", "5")
+            .set("fetch.error.backoff.ms", "50")
+            .set("socket.nagle.disable", "true");
+        let consumer: BaseConsumer = ccfg
+            .create()
+            .map_err(|e| anyhow::anyhow!("cluster consumer: {e}"))?;
+        let c = cluster.clone();
+        let weak = Arc::downgrade(core);
+        tokio::spawn(async move {
+            let mut consumer = Some(consumer);
+            while !shutdown.is_cancelled() {
+                let attempt = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = join(&kafka, &cfg, &node_id, &mut consumer) => r,
+                };
+                match attempt {
+                    Ok(positions) => {
+                        *c.positions.lock().unwrap_or_else(|e| e.into_inner()) = positions;
+                        let Some(consumer) = consumer.take() else { return };
+                        let spawned = {
+                            let (c, weak, sd) = (c.clone(), weak.clone(), shutdown.clone());
+                            std::thread::Builder::new()
+                                .name("cluster-consumer".into())
+                                .spawn(move || consume_loop(consumer, c, weak, sd))
+                        }
+                        .and_then(|_| {
+                            let (c, weak, sd) = (c.clone(), weak.clone(), shutdown.clone());
+                            std::thread::Builder::new()
+                                .name("cluster-heartbeat".into())
+                                .spawn(move || heartbeat_loop(c, weak, sd))
+                        });
+                        if let Err(e) = spawned {
+                            tracing::error!(error = %e, "cluster threads not started");
+                            return;
+                        }
+                        c.stats.joined.store(true, Relaxed);
+                        tracing::info!(node_id = %node_id, topic = %cfg.topic, "joined the cluster");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "joining the cluster failed; retrying");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
+                    }
+                }
+            }
+        });
+        Ok(cluster)
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &ClusterStats {
+        &self.stats
+    }
+
+    /// Joined (assigned at the end of the cluster topic) and not leaving.
+    pub fn is_joined(&self) -> bool {
+        self.stats.joined.load(Relaxed)
+    }
+
+    /// Nodes heard within the last 3 heartbeat intervals, self included,
+    /// sorted.
+    pub fn nodes(&self) -> Vec<String> {
+        let window = self.heartbeat * 3;
+        let seen = self.stats.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<String> = seen
+            .iter()
+            .filter(|(n, t)| **n == self.node_id || t.elapsed() <= window)
+            .map(|(n, _)| n.clone())
+            .collect();
+        if !v.contains(&self.node_id) {
+            v.push(self.node_id.clone());
+        }
+        v.sort();
+        v
+    }
+
+    fn heard(&self, node: &str) {
+        let mut seen = self.stats.seen.lock().unwrap_or_else(|e| e.into_inner());
+        // Forget nodes gone for long (bounded map).
+        if seen.len() > 10_000 {
+            let window = self.heartbeat * 3;
+            seen.retain(|_, t| t.elapsed() <= window);
+        }
+        match seen.get_mut(node) {
+            Some(t) => *t = Instant::now(),
+            None => {
+                if seen.len() < 10_000 {
+                    seen.insert(node.to_owned(), Instant::now());
+                }
+            }
+        }
+    }
+
+    /// Relays a message that a client on this node sent to a topic or user
+    /// destination (already delivered locally): produced without waiting.
+    /// `key` orders each publisher's messages (its session). Not relayed —
+    /// and counted — when `cluster.max_in_flight` records already wait.
+    pub fn relay(
+        &self,
+        key: &str,
+        destination: &str,
+        message_id: &str,
+        user: Option<&str>,
+        pass: &Headers,
+        body: &Bytes,
+    ) {
+        if self.stats.in_flight.load(Relaxed) >= self.max_in_flight {
+            self.stats.produce_failures.fetch_add(1, Relaxed);
+            if !self.warned.swap(true, Relaxed) {
+                tracing::warn!(
+                    max = self.max_in_flight,
+                    "cluster.max_in_flight reached: messages delivered locally only"
+                );
+            }
+            return;
+        }
+        let mut headers = OwnedHeaders::new_with_capacity(pass.len() + 5)
+            .insert(Header {
+                key: H_KIND,
+                value: Some("msg"),
+            })
+            .insert(Header {
+                key: H_ORIGIN,
+                value: Some(self.node_id.as_str()),
+            })
+            .insert(Header {
+                key: H_MESSAGE_ID,
+                value: Some(message_id),
+            })
+            .insert(Header {
+                key: H_DESTINATION,
+                value: Some(destination),
+            });
+        if let Some(u) = user {
+            headers = headers.insert(Header {
+                key: H_USER,
+                value: Some(u),
+            });
+        }
+        let mut name = String::new();
+        for (n, v) in pass.iter() {
+            let Ok(n) = std::str::from_utf8(n) else {
+                continue;
+            };
+            name.clear();
+            name.push_str(H_PASS_PREFIX);
+            name.push_str(n);
+            headers = headers.insert(Header {
+                key: name.as_str(),
+                value: Some(v.as_ref()),
+            });
+        }
+        let record = BaseRecord::with_opaque_to(&self.topic, 1usize)
+            .key(key)
+            .payload(body.as_ref())
+            .headers(headers);
+        self.stats.in_flight.fetch_add(1, Relaxed);
+        if let Err((e, _)) = self.producer.send(record) {
+            self.stats.in_flight.fetch_sub(1, Relaxed);
+            self.stats.produce_failures.fetch_add(1, Relaxed);
+            tracing::debug!(error = %e, "cluster produce refused");
+        }
+    }
+
+    /// Leaving (graceful shutdown): not ready any more; flushes what is
+    /// in flight (bounded by `timeout`).
+    pub fn leave(&self, timeout: Duration) {
+        self.stats.joined.store(false, Relaxed);
+        let _ = self.producer.flush(timeout);
+    }
+
+    /// Prometheus text.
+    pub fn write_prometheus(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let s = &self.stats;
+        let _ = write!(
+            out,
+            "# HELP stomp_cluster_info This node's id in the cluster.\n\
+             # TYPE stomp_cluster_info gauge\n\
+             stomp_cluster_info{{node_id=\"{}\"}} 1\n\
+             # HELP stomp_cluster_nodes Nodes heard within the last 3 heartbeat intervals, self included.\n\
+             # TYPE stomp_cluster_nodes gauge\n\
+             stomp_cluster_nodes {}\n\
+             # HELP stomp_cluster_lag Records behind on the cluster topic.\n\
+             # TYPE stomp_cluster_lag gauge\n\
+             stomp_cluster_lag {}\n\
+             # HELP stomp_cluster_relayed_out_total Messages relayed to the other nodes (acknowledged by Kafka).\n\
+             # TYPE stomp_cluster_relayed_out_total counter\n\
+             stomp_cluster_relayed_out_total {}\n\
+             # HELP stomp_cluster_relayed_in_total Messages from other nodes delivered here.\n\
+             # TYPE stomp_cluster_relayed_in_total counter\n\
+             stomp_cluster_relayed_in_total {}\n\
+             # HELP stomp_cluster_produce_failures_total Messages not relayed (in-flight limit, Kafka errors).\n\
+             # TYPE stomp_cluster_produce_failures_total counter\n\
+             stomp_cluster_produce_failures_total {}\n",
+            escape_label(&self.node_id),
+            self.nodes().len(),
+            s.lag.load(Relaxed).max(0),
+            s.relayed_out.load(Relaxed),
+            s.relayed_in.load(Relaxed),
+            s.produce_failures.load(Relaxed),
+        );
+    }
+
+    /// The `cluster` object of `/stats.json`.
+    pub fn json(&self) -> serde_json::Value {
+        let s = &self.stats;
+        serde_json::json!({
+            "node_id": self.node_id,
+            "nodes": self.nodes(),
+            "joined": self.is_joined(),
+            "lag": s.lag.load(Relaxed).max(0),
+            "relayed_in": s.relayed_in.load(Relaxed),
+            "relayed_out": s.relayed_out.load(Relaxed),
+            "produce_failures": s.produce_failures.load(Relaxed),
+        })
+    }
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// One attempt to join: the topic exists, and `consumer` is assigned every
+/// partition at its end as of now. Returns those end offsets.
+async fn join(
+    kafka: &kafka_bridge::BridgeConfig,
+    cfg: &ClusterConfig,
+    node_id: &str,
+    consumer: &mut Option<BaseConsumer>,
+) -> anyhow::Result<Vec<i64>> {
+    ensure_topic(kafka, cfg, node_id).await?;
+    let c = consumer
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no consumer"))?;
+    let topic = cfg.topic.clone();
+    let (c, res) = tokio::task::spawn_blocking(move || {
+        let res = (|| -> anyhow::Result<Vec<i64>> {
+            let md = c.fetch_metadata(Some(&topic), JOIN_TIMEOUT)?;
+            let parts = md
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic)
+                .map(|t| t.partitions().len())
+                .unwrap_or(0);
+            if parts == 0 {
+                anyhow::bail!("cluster topic {topic} has no partitions yet");
+            }
+            let mut tpl = TopicPartitionList::new();
+            let mut positions = Vec::with_capacity(parts);
+            for p in 0..i32::try_from(parts)? {
+                let (_, high) = c.fetch_watermarks(&topic, p, JOIN_TIMEOUT)?;
+                tpl.add_partition_offset(&topic, p, Offset::Offset(high))?;
+                positions.push(high);
+            }
+            c.assign(&tpl)?;
+            Ok(positions)
+        })();
+        (c, res)
+    })
+    .await?;
+    *consumer = Some(c);
+    res
+}
+
+/// Creates the cluster topic unless it exists.
+async fn ensure_topic(
+    kafka: &kafka_bridge::BridgeConfig,
+    cfg: &ClusterConfig,
+    node_id: &str,
+) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = base_config(kafka, &format!("{node_id}-admin"))
+        .create()
+        .map_err(|e| anyhow::anyhow!("cluster admin client: {e}"))?;
+    let topic = NewTopic::new(
+        &cfg.topic,
+        cfg.partitions,
+        TopicReplication::Fixed(cfg.replication_factor),
+    );
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(JOIN_TIMEOUT))
+        .request_timeout(Some(JOIN_TIMEOUT));
+    let results = admin
+        .create_topics(&[topic], &opts)
+        .await
+        .map_err(|e| anyhow::anyhow!("creating cluster topic {}: {e}", cfg.topic))?;
+    for r in results {
+        match r {
+            Ok(_) => tracing::info!(topic = %cfg.topic, partitions = cfg.partitions, "cluster topic created"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, code)) => anyhow::bail!("creating cluster topic {t}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+/// Reads the cluster topic: heartbeats update the seen nodes; messages
+/// from other nodes go into the local router with their `message-id`.
+fn consume_loop(
+    consumer: BaseConsumer,
+    cluster: Arc<Cluster>,
+    core: Weak<BrokerCore>,
+    shutdown: CancellationToken,
+) {
+    while !shutdown.is_cancelled() {
+        let Some(res) = consumer.poll(POLL) else {
+            continue;
+        };
+        let msg = match res {
+            Ok(m) => m,
+            Err(KafkaError::PartitionEOF(_)) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster consumer");
+                continue;
+            }
+        };
+        {
+            let mut pos = cluster.positions.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(p) = usize::try_from(msg.partition())
+                .ok()
+                .and_then(|p| pos.get_mut(p))
+            {
+                *p = msg.offset() + 1;
+            }
+        }
+        let mut kind = None;
+        let mut origin = None;
+        let mut id = None;
+        let mut destination = None;
+        let mut pass = Headers::new();
+        if let Some(hs) = msg.headers() {
+            for h in hs.iter() {
+                let v = h.value.unwrap_or_default();
+                match h.key {
+                    H_KIND => kind = Some(v),
+                    H_ORIGIN => origin = std::str::from_utf8(v).ok(),
+                    H_MESSAGE_ID => id = std::str::from_utf8(v).ok(),
+                    H_DESTINATION => destination = std::str::from_utf8(v).ok(),
+                    k => {
+                        if let Some(name) = k.strip_prefix(H_PASS_PREFIX) {
+                            pass.push(
+                                Bytes::copy_from_slice(name.as_bytes()),
+                                Bytes::copy_from_slice(v),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        let Some(origin) = origin else { continue };
+        if origin == cluster.node_id {
+            continue;
+        }
+        match kind {
+            Some(b"hb") => cluster.heard(origin),
+            Some(b"msg") => {
+                let (Some(id), Some(destination)) = (id, destination) else {
+                    continue;
+                };
+                let Some(core) = core.upgrade() else { break };
+                pass.push(
+                    Bytes::from_static(b"message-id"),
+                    Bytes::copy_from_slice(id.as_bytes()),
+                );
+                let body = Bytes::copy_from_slice(msg.payload().unwrap_or_default());
+                match core.publish(destination, pass, body) {
+                    Ok(_) => {
+                        cluster.stats.relayed_in.fetch_add(1, Relaxed);
+                    }
+                    Err(e) => {
+                        core.metrics.messages_dropped.fetch_add(1, Relaxed);
+                        tracing::debug!(destination, error = %e, "relayed message not delivered");
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    cluster.stats.joined.store(false, Relaxed);
+}
+
+/// Announces this node every heartbeat interval and measures the lag.
+fn heartbeat_loop(cluster: Arc<Cluster>, core: Weak<BrokerCore>, shutdown: CancellationToken) {
+    let mut next = Instant::now();
+    while !shutdown.is_cancelled() {
+        let now = Instant::now();
+        if now < next {
+            std::thread::sleep((next - now).min(Duration::from_millis(100)));
+            continue;
+        }
+        next = now + cluster.heartbeat;
+        let Some(core) = core.upgrade() else { break };
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let value = serde_json::json!({
+            "ts": ts,
+            "connections": core.metrics.connections.load(Relaxed),
+        })
+        .to_string();
+        drop(core);
+        let headers = OwnedHeaders::new_with_capacity(2)
+            .insert(Header {
+                key: H_KIND,
+                value: Some("hb"),
+            })
+            .insert(Header {
+                key: H_ORIGIN,
+                value: Some(cluster.node_id.as_str()),
+            });
+        let record = BaseRecord::with_opaque_to(&cluster.topic, 0usize)
+            .key(cluster.node_id.as_str())
+            .payload(value.as_str())
+            .headers(headers);
+        if let Err((e, _)) = cluster.producer.send(record) {
+            tracing::debug!(error = %e, "cluster heartbeat not produced");
+        }
+        cluster.heard(&cluster.node_id);
+        // Lag: the partitions' ends now against what the consumer read.
+        let positions = cluster
+            .positions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut lag = 0i64;
+        let mut ok = true;
+        for (p, pos) in positions.iter().enumerate() {
+            match cluster.producer.client().fetch_watermarks(
+                &cluster.topic,
+                p as i32,
+                Duration::from_secs(1),
+            ) {
+                Ok((_, high)) => lag += (high - pos).max(0),
+                Err(_) => ok = false,
+            }
+        }
+        if ok {
+            cluster.stats.lag.store(lag, Relaxed);
+        }
+    }
+}
