@@ -18,6 +18,8 @@
 #                           haproxy.cfg, env
 #   STOMP_BROKER_BIN        broker binary (default: target/debug/stomp-broker, built if missing)
 #   CLUSTER_CONFIG          broker config file for every node (default: none; flags only)
+#   CLUSTER_TOPIC           the nodes' cluster topic ([cluster] topic; default the broker's,
+#                           "stomp-broker.cluster"); ignored when CLUSTER_CONFIG is set
 #   CLUSTER_ROUTES          extra `--route` values separated by ';' (e.g. "t=/topic/order.{key}")
 #   CLUSTER_GROUP_ID        Kafka group id base (default "stomp-cluster"); without --cluster
 #                           support in the binary each node reads in `<base>.<node>`
@@ -71,7 +73,13 @@ start_node() {
   local bin; bin="$(cat "$DIR/bin")"
   local args=(--stomp-listen "127.0.0.1:$stomp_port" --http-listen "127.0.0.1:$http_port"
               --port-file "$DIR/$node.ports.json" --kafka-brokers "$(cat "$DIR/bootstrap")")
-  if [ -n "${CLUSTER_CONFIG:-}" ]; then args+=(--config "$CLUSTER_CONFIG"); fi
+  if [ -n "${CLUSTER_CONFIG:-}" ]; then
+    args+=(--config "$CLUSTER_CONFIG")
+  elif [ -n "${CLUSTER_TOPIC:-}" ]; then
+    # No flag for the cluster topic: a generated config file carries it.
+    printf '[cluster]\ntopic = "%s"\n' "$CLUSTER_TOPIC" >"$DIR/cluster.toml"
+    args+=(--config "$DIR/cluster.toml")
+  fi
   if "$bin" --help 2>/dev/null | grep -q -- '--cluster'; then
     # Cluster mode: the node reads Kafka routes in `<group>.<node-id>` itself.
     args+=(--cluster --node-id "$node" --kafka-group-id "$GROUP")

@@ -9,7 +9,7 @@ use anyhow::{bail, ensure, Context, Result};
 use e2e_tests::{
     body,
     kafka::{
-        bootstrap, bridge_config, create_topic, free_port, frame_headers, produce, producer,
+        bootstrap, bridge_config, create_topic, frame_headers, free_port, produce, producer,
         readyz, unique, wait_for,
     },
     Client, TestBroker,
@@ -81,7 +81,12 @@ async fn client_as(b: &TestBroker, user: &str) -> Result<Client> {
 async fn all_ready(nodes: &[&TestBroker]) -> Result<()> {
     for n in nodes {
         let http = n.http;
-        wait_for("/readyz 200", JOIN, || async move { readyz(http).await == 200 }).await?;
+        wait_for(
+            "/readyz 200",
+            JOIN,
+            || async move { readyz(http).await == 200 },
+        )
+        .await?;
     }
     Ok(())
 }
@@ -106,9 +111,10 @@ async fn metric(b: &TestBroker, name: &str) -> Result<f64> {
 async fn messages(c: &mut Client, n: usize) -> Result<Vec<Frame>> {
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
-        let f = c.recv_within(Duration::from_secs(10)).await.with_context(|| {
-            format!("after {} of {n} messages", out.len())
-        })?;
+        let f = c
+            .recv_within(Duration::from_secs(10))
+            .await
+            .with_context(|| format!("after {} of {n} messages", out.len()))?;
         match f.command {
             Command::Message => out.push(f),
             _ => bail!("unexpected {:?} {:?} {}", f.command, f.headers, body(&f)),
@@ -170,13 +176,19 @@ async fn topics_fan_out_across_three_nodes_in_order_with_one_message_id() -> Res
             let (p, i) = text.split_once('-').context("body")?;
             let i: usize = i.parse()?;
             let want = next.get_mut(p).context("publisher")?;
-            ensure!(i == *want, "{name}: {text} out of order (wanted {p}-{want})");
+            ensure!(
+                i == *want,
+                "{name}: {text} out of order (wanted {p}-{want})"
+            );
             *want += 1;
             let id = frame_headers(f)
                 .remove("message-id")
                 .context("message-id")?;
             let known = ids.entry(text.clone()).or_insert_with(|| id.clone());
-            ensure!(*known == id, "{name}: {text} has id {id}, elsewhere {known}");
+            ensure!(
+                *known == id,
+                "{name}: {text} has id {id}, elsewhere {known}"
+            );
         }
         // No duplicates: nothing more arrives.
         cl.expect_silence(Duration::from_millis(300)).await?;
@@ -192,7 +204,10 @@ async fn topics_fan_out_across_three_nodes_in_order_with_one_message_id() -> Res
         .await?;
     }
     let (_, m) = a.http_get("/metrics").await?;
-    ensure!(m.contains("stomp_cluster_info{node_id=\"node-a\"} 1"), "{m}");
+    ensure!(
+        m.contains("stomp_cluster_info{node_id=\"node-a\"} 1"),
+        "{m}"
+    );
     ensure!(m.contains("stomp_cluster_lag "), "{m}");
     ensure!(m.contains("stomp_cluster_produce_failures_total 0"), "{m}");
     let s = stats(&c).await?;
@@ -269,7 +284,10 @@ async fn user_destinations_and_kafka_routes_reach_every_node() -> Result<()> {
         let f = cl.message().await?;
         ensure!(body(&f) == "hello-alice");
         let h = frame_headers(&f);
-        ensure!(h.get("destination").map(String::as_str) == Some("/user/queue/x"), "{h:?}");
+        ensure!(
+            h.get("destination").map(String::as_str) == Some("/user/queue/x"),
+            "{h:?}"
+        );
         ids.push(h.get("message-id").cloned().context("message-id")?);
     }
     ensure!(ids[0] == ids[1], "{ids:?}");
@@ -282,8 +300,7 @@ async fn user_destinations_and_kafka_routes_reach_every_node() -> Result<()> {
         let f = cl.message().await?;
         ensure!(body(&f) == "order-1", "{}", body(&f));
         ensure!(
-            frame_headers(&f).get("destination").map(String::as_str)
-                == Some("/user/queue/orders")
+            frame_headers(&f).get("destination").map(String::as_str) == Some("/user/queue/orders")
         );
         cl.expect_silence(Duration::from_millis(300)).await?;
     }
@@ -327,10 +344,16 @@ async fn readyz_is_503_until_the_node_joins() -> Result<()> {
     let topic = unique("cluster-dead");
     let n = TestBroker::start_with(node(&dead, &topic, "lonely", "g", &[])).await;
     let (status, text) = n.http_get("/readyz").await?;
-    ensure!(status == 503 && text.contains("cluster not joined"), "{status} {text}");
+    ensure!(
+        status == 503 && text.contains("cluster not joined"),
+        "{status} {text}"
+    );
     ensure!(metric(&n, "stomp_cluster_nodes").await? == 1.0);
     let (_, m) = n.http_get("/metrics").await?;
-    ensure!(m.contains("stomp_cluster_info{node_id=\"lonely\"} 1"), "{m}");
+    ensure!(
+        m.contains("stomp_cluster_info{node_id=\"lonely\"} 1"),
+        "{m}"
+    );
     n.stop().await;
 
     // With Kafka: 200 once joined.

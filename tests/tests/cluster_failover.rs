@@ -44,6 +44,8 @@ impl Cluster {
             ("STOMP_BROKER_BIN", bin.display().to_string()),
             ("CLUSTER_ROUTES", format!("{topic}=/topic/order.{{key}}")),
             ("CLUSTER_GROUP_ID", unique("cluster-group")),
+            // Its own cluster topic: no cross-talk with other tests' clusters.
+            ("CLUSTER_TOPIC", unique("cluster-topic")),
             ("KAFKA_BOOTSTRAP", bootstrap()),
         ];
         let mut c = Cluster {
