@@ -182,13 +182,16 @@ async fn rust_client_survives_node_kill_through_haproxy() -> Result<()> {
         }
         if killed.is_none() && seen.len() >= RECORDS / 4 {
             // The node this client is on: the only one with a connection.
-            let mut mine = None;
+            let mut on = Vec::new();
             for (name, http) in &nodes {
                 if connections(*http).await.unwrap_or(0) > 0 {
-                    mine = Some(name.clone());
+                    on.push(name.clone());
                 }
             }
-            let mine = mine.context("no node reports the client's connection")?;
+            if on.len() != 1 {
+                bail!("expected exactly one node with the client's connection, got {on:?}");
+            }
+            let mine = on.remove(0);
             eprintln!(
                 "killing {mine} (the client's node) after {} records",
                 seen.len()
