@@ -237,7 +237,9 @@ impl Cluster {
                 match attempt {
                     Ok(positions) => {
                         *c.positions.lock().unwrap_or_else(|e| e.into_inner()) = positions;
-                        let Some(consumer) = consumer.take() else { return };
+                        let Some(consumer) = consumer.take() else {
+                            return;
+                        };
                         let spawned = {
                             let (c, weak, sd) = (c.clone(), weak.clone(), shutdown.clone());
                             std::thread::Builder::new()
@@ -517,7 +519,9 @@ async fn ensure_topic(
         .map_err(|e| anyhow::anyhow!("creating cluster topic {}: {e}", cfg.topic))?;
     for r in results {
         match r {
-            Ok(_) => tracing::info!(topic = %cfg.topic, partitions = cfg.partitions, "cluster topic created"),
+            Ok(_) => {
+                tracing::info!(topic = %cfg.topic, partitions = cfg.partitions, "cluster topic created")
+            }
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((t, code)) => anyhow::bail!("creating cluster topic {t}: {code}"),
         }

@@ -568,13 +568,14 @@ impl Config {
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
                 {
-                    anyhow::bail!(
-                        "cluster.node_id {id:?}: 1 to 100 characters of [A-Za-z0-9._-]"
-                    );
+                    anyhow::bail!("cluster.node_id {id:?}: 1 to 100 characters of [A-Za-z0-9._-]");
                 }
             }
             if !kafka_bridge::is_valid_topic(&cl.topic) {
-                anyhow::bail!("cluster.topic {:?} is not a valid Kafka topic name", cl.topic);
+                anyhow::bail!(
+                    "cluster.topic {:?} is not a valid Kafka topic name",
+                    cl.topic
+                );
             }
             if !(1..=10_000).contains(&cl.partitions) {
                 anyhow::bail!("cluster.partitions must be from 1 to 10000");

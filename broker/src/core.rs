@@ -106,7 +106,17 @@ impl BrokerCore {
             admitted: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
             next_msg: AtomicU64::new(1),
-            node: format!("{started:x}"),
+            node: if config.cluster.enabled {
+                // Unique across the cluster's nodes too: ids travel between them.
+                let who = config
+                    .cluster
+                    .node_id
+                    .clone()
+                    .unwrap_or_else(|| crate::cluster::default_node_id(None));
+                format!("{who}.{:x}.{started:x}", std::process::id())
+            } else {
+                format!("{started:x}")
+            },
             config,
         }))
     }

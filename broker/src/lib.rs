@@ -276,7 +276,9 @@ impl Broker {
         self.core.shutdown.cancelled().await;
         self.core.draining.store(true, Relaxed);
         if let Some(c) = self.core.cluster() {
-            c.leave(Duration::from_millis(self.core.config.shutdown_timeout_ms.min(2_000)));
+            c.leave(Duration::from_millis(
+                self.core.config.shutdown_timeout_ms.min(2_000),
+            ));
         }
         self.tracker.close();
         let limit = Duration::from_millis(self.core.config.shutdown_timeout_ms);
