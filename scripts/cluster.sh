@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A 3-node stomp-broker cluster behind HAProxy, on loopback, for trying the cluster out and
-# for the failover tests (docs/cluster-ops.md).
+# for the failover tests (docs/cluster.md).
 #
 #   scripts/cluster.sh start          Kafka (scripts/kafka.sh, reused if running), node1..node3,
 #                                     HAProxy; waits until every node's /readyz is 200 and

@@ -1,4 +1,4 @@
-//! Losing a node behind HAProxy (docs/cluster-ops.md): `scripts/cluster.sh
+//! Losing a node behind HAProxy (docs/cluster.md): `scripts/cluster.sh
 //! start` runs 3 broker nodes and HAProxy against the real Kafka of
 //! `scripts/kafka.sh`. A Rust STOMP client subscribed through HAProxy's
 //! STOMP front end loses its node to SIGKILL, reconnects through HAProxy to
