@@ -28,6 +28,15 @@ if ! command -v cmake >/dev/null 2>&1; then
   $SUDO apt-get install -y -q --no-install-recommends cmake </dev/null
 fi
 
+# --- HAProxy (Debian package; scripts/cluster.sh and the failover tests) -------------------
+if command -v haproxy >/dev/null 2>&1 && command -v curl >/dev/null 2>&1; then
+  log "haproxy present: $(command -v haproxy)"
+else
+  log "installing Debian haproxy and curl"
+  $SUDO apt-get update -q </dev/null
+  $SUDO apt-get install -y -q --no-install-recommends haproxy curl </dev/null
+fi
+
 # --- Chromium (Debian package) -------------------------------------------------------------
 if [ -x /usr/bin/chromium ]; then
   log "chromium present: /usr/bin/chromium"
