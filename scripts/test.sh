@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as README.md gives it and .ci/run calls it.
 #
-#   1. install what the tests need (Debian chromium, npm packages, stomp.py, pytest)
+#   1. install what the tests need (Debian chromium and haproxy, JDK 17 + Maven if missing,
+#      npm packages, stomp.py, pytest)
 #   2. cargo fmt --check and clippy -D warnings
 #   3. start a real single-node Apache Kafka (scripts/kafka.sh) unless one is running
 #   4. cargo test --workspace (codec, broker, bridge, end-to-end; Kafka tests included)

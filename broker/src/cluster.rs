@@ -64,13 +64,7 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The default node id: `<hostname>-<stomp port>`.
 pub fn default_node_id(stomp_port: Option<u16>) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned());
-    let host: String = host
+    let host: String = kafka_bridge::hostname()
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '.' || c == '-' {

@@ -288,6 +288,38 @@ impl BackendWrites {
         all
     }
 
+    /// Write `seq` is answered: its RECEIPT on success; on failure the first
+    /// error is kept (naming this receipt) and the receipt is unconfirmed.
+    /// Then [`BackendWrites::finish_if_settled`].
+    fn settle(
+        &mut self,
+        seq: u64,
+        receipt: Option<String>,
+        result: Result<(), StompError>,
+        conn: &ConnShared,
+    ) {
+        self.inflight.retain(|(s, _)| *s != seq);
+        match result {
+            Ok(()) => {
+                if let Some(r) = receipt {
+                    conn.send_control(Outbound::Frame(Box::new(
+                        Frame::new(Command::Receipt).with_header("receipt-id", r),
+                    )));
+                }
+            }
+            Err(mut err) => {
+                if self.failed.is_none() {
+                    err.receipt_id = receipt.clone();
+                    self.failed = Some(err);
+                }
+                if let Some(r) = receipt {
+                    self.unconfirmed.push(r);
+                }
+            }
+        }
+        self.finish_if_settled(conn);
+    }
+
     /// Once nothing is in flight: queues the ERROR if a write failed, else
     /// lets a waiting DISCONNECT finish.
     fn finish_if_settled(&mut self, conn: &ConnShared) {
@@ -1029,37 +1061,19 @@ impl Session {
         let writes = self.backend_writes.clone();
         tokio::spawn(async move {
             let result = bridge.produce(&destination, &headers, body, &stamp).await;
-            let mut w = lock_writes(&writes);
-            w.inflight.retain(|(s, _)| *s != seq);
-            match result {
-                Ok(()) => {
-                    if let Some(r) = receipt {
-                        conn.send_control(Outbound::Frame(Box::new(
-                            Frame::new(Command::Receipt).with_header("receipt-id", r),
-                        )));
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(%destination, error = %e, "Kafka write failed");
-                    if w.failed.is_none() {
-                        let mut err = StompError::new(
-                            "kafka",
-                            format!("kafka write failed: {e}"),
-                            format!(
-                                "The message could not be written to Kafka: {e}. \
-                                 Every SEND named in {UNCONFIRMED_RECEIPTS_HEADER} may or may not \
-                                 be in Kafka: retry it with the same idempotency-key."
-                            ),
-                        );
-                        err.receipt_id = receipt.clone();
-                        w.failed = Some(err);
-                    }
-                    if let Some(r) = receipt {
-                        w.unconfirmed.push(r);
-                    }
-                }
-            }
-            w.finish_if_settled(&conn);
+            let result = result.map_err(|e| {
+                tracing::warn!(%destination, error = %e, "Kafka write failed");
+                StompError::new(
+                    "kafka",
+                    format!("kafka write failed: {e}"),
+                    format!(
+                        "The message could not be written to Kafka: {e}. \
+                         Every SEND named in {UNCONFIRMED_RECEIPTS_HEADER} may or may not \
+                         be in Kafka: retry it with the same idempotency-key."
+                    ),
+                )
+            });
+            lock_writes(&writes).settle(seq, receipt, result, &conn);
         });
         Ok(receipt_is_deferred(frame))
     }
@@ -1214,27 +1228,8 @@ impl Session {
                 }
             };
             let mut w = lock_writes(&writes);
-            w.inflight.retain(|(s, _)| *s != seq);
             w.app_requests = w.app_requests.saturating_sub(1);
-            match delivered {
-                Ok(()) => {
-                    if let Some(r) = receipt {
-                        conn.send_control(Outbound::Frame(Box::new(
-                            Frame::new(Command::Receipt).with_header("receipt-id", r),
-                        )));
-                    }
-                }
-                Err(mut err) => {
-                    if w.failed.is_none() {
-                        err.receipt_id = receipt.clone();
-                        w.failed = Some(err);
-                    }
-                    if let Some(r) = receipt {
-                        w.unconfirmed.push(r);
-                    }
-                }
-            }
-            w.finish_if_settled(&conn);
+            w.settle(seq, receipt, delivered, &conn);
         });
         Ok(receipt_is_deferred(frame))
     }

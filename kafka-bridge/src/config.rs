@@ -103,13 +103,18 @@ impl BridgeConfig {
 /// node receives every record). Two broker processes on one host must set
 /// `group_id` explicitly, or they would split the partitions between them.
 pub fn default_group_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    format!("stomp-broker-{}", hostname())
+}
+
+/// This machine's hostname (`/proc/sys/kernel/hostname`, else `$HOSTNAME`,
+/// else `localhost`): the stable part of default group and node ids.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned());
-    format!("stomp-broker-{host}")
+        .unwrap_or_else(|| "localhost".to_owned())
 }
 
 /// Start position of a consumer group that has no committed offset yet.

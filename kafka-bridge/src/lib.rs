@@ -50,7 +50,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
 pub use config::{
-    default_group_id, is_valid_topic, BridgeConfig, OffsetReset, RouteConfig, RouteParseError,
+    default_group_id, hostname, is_valid_topic, BridgeConfig, OffsetReset, RouteConfig,
+    RouteParseError,
 };
 pub use mapping::{map_record, CompiledRoute, RecordView, RouteError, Unroutable};
 pub use metrics::BridgeMetrics;
