@@ -7,6 +7,7 @@
 #     `npx playwright install` is never used: browser builds cannot be downloaded here)
 #   - npm packages of tests/interop/package.json (@stomp/stompjs, ws, playwright-core)
 #   - Python packages of tests/interop/requirements.txt (stomp.py, pytest)
+#   - Debian `prometheus` for promtool (scripts/check-ops.sh: alert rules, example config)
 #   - a Java 17+ JDK and Maven (Debian packages) for examples/spring-relay; Maven itself
 #     fetches the Spring Boot dependencies from Maven Central on the first run
 set -euo pipefail
@@ -44,6 +45,17 @@ else
   log "installing Debian chromium"
   $SUDO apt-get update -q </dev/null
   $SUDO apt-get install -y -q --no-install-recommends chromium fonts-liberation </dev/null
+fi
+
+# --- promtool (Debian prometheus package; scripts/check-ops.sh checks deploy/prometheus) ------
+# Only the promtool binary is used; no Prometheus server is started (in a container
+# policy-rc.d stops the service from starting; elsewhere `systemctl disable --now prometheus`).
+if command -v promtool >/dev/null 2>&1; then
+  log "promtool present: $(command -v promtool)"
+else
+  log "installing Debian prometheus (for promtool)"
+  $SUDO apt-get update -q </dev/null
+  $SUDO apt-get install -y -q --no-install-recommends prometheus </dev/null
 fi
 
 # --- Java 17+ and Maven (Debian packages) --------------------------------------------------

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # The whole test suite, as README.md gives it and .ci/run calls it.
 #
-#   1. install what the tests need (Debian chromium and haproxy, JDK 17 + Maven if missing,
-#      npm packages, stomp.py, pytest)
+#   1. install what the tests need (Debian chromium, haproxy, prometheus for promtool,
+#      JDK 17 + Maven if missing, npm packages, stomp.py, pytest)
 #   2. cargo fmt --check and clippy -D warnings
 #   3. start a real single-node Apache Kafka (scripts/kafka.sh) unless one is running
 #   4. cargo test --workspace (codec, broker, bridge, end-to-end; Kafka tests included)
 #   5. third-party clients: stomp.js in Node and headless Chromium, stomp.py over TCP
-#   6. Spring (Maven, JUnit 5): the examples/spring-relay app behind its broker relay, and
+#   6. operator files in deploy/: promtool checks and rule unit tests of the alerts, the Grafana
+#      dashboard's structure and metric names against a live broker (scripts/check-ops.sh)
+#   7. Spring (Maven, JUnit 5): the examples/spring-relay app behind its broker relay, and
 #      Spring's Java STOMP clients against the broker
-#   7. a short fuzz smoke run of the codec
+#   8. a short fuzz smoke run of the codec
 #
 # Kafka is stopped at the end if this script started it.
 # Long soaks and benchmarks are separate commands (docs/benchmarks.md).
@@ -52,6 +54,9 @@ cargo test --workspace --no-fail-fast
 step "interop: stomp.js (Node, Chromium) and stomp.py"
 cargo build -p stomp-broker
 STOMP_BROKER_BIN="$ROOT/target/debug/stomp-broker" STOMP_INTEROP_SKIP_INSTALL=1 bash scripts/interop.sh
+
+step "operator files: Prometheus alerts and Grafana dashboard (scripts/check-ops.sh)"
+STOMP_BROKER_BIN="$ROOT/target/debug/stomp-broker" bash scripts/check-ops.sh
 
 step "Spring: examples/spring-relay (broker relay) and Spring's Java STOMP clients (mvn verify)"
 # Build output goes to target/spring-relay (the pom's <directory>); test output to

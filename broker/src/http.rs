@@ -341,6 +341,7 @@ fn route(
         "/metrics" => {
             let mut out = String::with_capacity(4096);
             core.metrics.render(&mut out);
+            crate::status::write_prometheus(&core, &mut out);
             if let Some(app) = &core.app_http {
                 app.render(&mut out);
             }
@@ -375,24 +376,10 @@ fn route(
             r
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" => {
-            if core.draining.load(Relaxed) {
-                return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
-            }
-            // With a Kafka bridge: connected, partitions assigned, their
-            // start positions committed and retained messages rebuilt.
-            // In a cluster: joined at the end of the cluster topic.
-            if core.config.cluster.enabled && !core.cluster().is_some_and(|c| c.is_joined()) {
-                return text(StatusCode::SERVICE_UNAVAILABLE, "cluster not joined\n");
-            }
-            match core.bridge().map(|b| b.readiness()) {
-                None | Some(Ok(())) => text(StatusCode::OK, "ready\n"),
-                Some(Err(why)) => text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("kafka bridge not ready: {why}\n"),
-                ),
-            }
-        }
+        "/readyz" => match crate::status::readiness(&core) {
+            Ok(()) => text(StatusCode::OK, "ready\n"),
+            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+        },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

@@ -99,6 +99,7 @@ fn snapshot(core: &BrokerCore, prev: Option<&Sample>, now: &Sample) -> Value {
             .into_iter()
             .map(|((t, p), l)| json!({ "topic": t, "partition": p, "lag": l }))
             .collect();
+        let lag_total: i64 = bm.lag_snapshot().values().map(|l| (*l).max(0)).sum();
         json!({
             "state": format!("{:?}", b.state()),
             "records_consumed": bm.records_consumed(),
@@ -107,6 +108,7 @@ fn snapshot(core: &BrokerCore, prev: Option<&Sample>, now: &Sample) -> Value {
             "produced": bm.produced(),
             "produce_failures": bm.produce_failures(),
             "lag": lag,
+            "lag_total": lag_total,
         })
     });
     json!({
@@ -117,6 +119,7 @@ fn snapshot(core: &BrokerCore, prev: Option<&Sample>, now: &Sample) -> Value {
         "messages_delivered": now.delivered,
         "messages_dropped": m.messages_dropped.load(Relaxed),
         "slow_consumer_disconnects": m.slow_consumer_disconnects.load(Relaxed),
+        "ready": readiness(core).is_ok(),
         "rate_in_per_s": rate(|s| s.published),
         "rate_out_per_s": rate(|s| s.delivered),
         "bytes_in_per_s": rate(|s| s.bytes_in),
@@ -126,6 +129,37 @@ fn snapshot(core: &BrokerCore, prev: Option<&Sample>, now: &Sample) -> Value {
         "kafka": kafka,
         "cluster": core.cluster().map(|c| c.json()),
     })
+}
+
+/// Whether the broker is ready for traffic, as `GET /readyz` answers it
+/// (and the `stomp_ready` gauge shows it): not shutting down; in a cluster,
+/// joined at the end of the cluster topic; with a Kafka bridge, connected,
+/// partitions assigned, their start positions committed and retained
+/// messages rebuilt. `Err` says why not.
+pub fn readiness(core: &BrokerCore) -> Result<(), String> {
+    if core.draining.load(Relaxed) {
+        return Err("shutting down".to_owned());
+    }
+    if core.config.cluster.enabled && !core.cluster().is_some_and(|c| c.is_joined()) {
+        return Err("cluster not joined".to_owned());
+    }
+    match core.bridge().map(|b| b.readiness()) {
+        None | Some(Ok(())) => Ok(()),
+        Some(Err(why)) => Err(format!("kafka bridge not ready: {why}")),
+    }
+}
+
+/// The status part of `/metrics`: `stomp_ready` (1 when [`readiness`] is
+/// `Ok`, else 0), so that alerting need not probe `/readyz` separately.
+pub fn write_prometheus(core: &BrokerCore, out: &mut String) {
+    use std::fmt::Write as _;
+    let _ = write!(
+        out,
+        "# HELP stomp_ready 1 when the broker is ready for traffic (GET /readyz answers 200), else 0.\n\
+         # TYPE stomp_ready gauge\n\
+         stomp_ready {}\n",
+        u8::from(readiness(core).is_ok())
+    );
 }
 
 /// Destinations listed in a snapshot.

@@ -91,11 +91,12 @@ async fn bridge_started_while_kafka_is_down_delivers_once_kafka_is_up_and_surviv
     );
 
     kafka.script("start");
-    create_topic(&brokers, &topic, 1).await;
+    create_topic(&brokers, &topic, 1).await
+.expect("create topic");
     let p = producer(&brokers);
     for i in 0..5 {
         let k = format!("a{i}");
-        produce(
+        produce_record(
             &p,
             &topic,
             Rec {
@@ -105,12 +106,13 @@ async fn bridge_started_while_kafka_is_down_delivers_once_kafka_is_up_and_surviv
                 value: b"1",
             },
         )
-        .await;
+        .await
+.expect("produce");
     }
     let first = recv_n(&mut rx, 5, Duration::from_secs(90)).await;
     assert_eq!(first[0].destination, "/topic/o.a0");
     let h = bridge.handle.clone();
-    wait_for("state Up", Duration::from_secs(30), move || {
+    poll_until("state Up", Duration::from_secs(30), move || {
         h.state() == BridgeState::Up
     })
     .await;
@@ -118,7 +120,8 @@ async fn bridge_started_while_kafka_is_down_delivers_once_kafka_is_up_and_surviv
     // re-reads from its committed offsets, so let the auto-commit of a0-a4
     // land first (or they would come again, as at-least-once allows).
     let deadline = Instant::now() + Duration::from_secs(30);
-    while committed(&brokers, &group, &topic, 1).await != [rdkafka::Offset::Offset(5)] {
+    while committed_offsets(&brokers, &group, &topic, 1).await
+.expect("committed offsets") != [Some(5)] {
         assert!(Instant::now() < deadline, "a0-a4 committed within 30 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -126,14 +129,14 @@ async fn bridge_started_while_kafka_is_down_delivers_once_kafka_is_up_and_surviv
     // Mid-stream: stop Kafka, queue records in the producer, bring Kafka back.
     kafka.script("stop");
     let h = bridge.handle.clone();
-    wait_for("state Down", Duration::from_secs(30), move || {
+    poll_until("state Down", Duration::from_secs(30), move || {
         matches!(h.state(), BridgeState::Down(_))
     })
     .await;
     let producing = tokio::spawn(async move {
         for i in 0..5 {
             let k = format!("b{i}");
-            produce(
+            produce_record(
                 &p,
                 &topic,
                 Rec {
@@ -143,7 +146,8 @@ async fn bridge_started_while_kafka_is_down_delivers_once_kafka_is_up_and_surviv
                     value: b"2",
                 },
             )
-            .await;
+            .await
+.expect("produce");
         }
     });
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -163,7 +167,7 @@ async fn bridge_started_while_kafka_is_down_delivers_once_kafka_is_up_and_surviv
     );
     assert_quiet(&mut rx, Duration::from_millis(500)).await;
     let h = bridge.handle.clone();
-    wait_for("state Up again", Duration::from_secs(60), move || {
+    poll_until("state Up again", Duration::from_secs(60), move || {
         h.state() == BridgeState::Up
     })
     .await;

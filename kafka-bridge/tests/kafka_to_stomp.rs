@@ -17,14 +17,15 @@ const WITHIN: Duration = Duration::from_secs(60);
 async fn records_from_three_partitions_are_routed_by_every_matching_route() {
     let brokers = bootstrap();
     let topic = unique("orders");
-    create_topic(&brokers, &topic, 3).await;
+    create_topic(&brokers, &topic, 3).await
+.expect("create topic");
     let p = producer(&brokers);
     let n = 30;
     for i in 0..n {
         let key = format!("k{i}");
         let value = format!(r#"{{"id":{i},"customer":"c-{}"}}"#, i % 4);
         let trace = format!("tr{i}");
-        produce(
+        produce_record(
             &p,
             &topic,
             Rec {
@@ -34,7 +35,8 @@ async fn records_from_three_partitions_are_routed_by_every_matching_route() {
                 value: value.as_bytes(),
             },
         )
-        .await;
+        .await
+.expect("produce");
     }
 
     let (sink, mut rx) = channel_sink();
@@ -89,7 +91,7 @@ async fn records_from_three_partitions_are_routed_by_every_matching_route() {
     assert_eq!(bridge.handle.state(), BridgeState::Up);
     // The counter is bumped just after `publish` returns: wait, don't race it.
     let handle = bridge.handle.clone();
-    wait_for("routed counter", Duration::from_secs(5), move || {
+    poll_until("routed counter", Duration::from_secs(5), move || {
         handle.metrics().routed() == 2 * n as u64
     })
     .await;
@@ -98,7 +100,7 @@ async fn records_from_three_partitions_are_routed_by_every_matching_route() {
     // Lag comes from librdkafka statistics (1 s interval in tests).
     let handle = bridge.handle.clone();
     let t = topic.clone();
-    wait_for(
+    poll_until(
         "lag metric for partition 0",
         Duration::from_secs(10),
         move || handle.metrics().partition_lag(&t, 0) == Some(0),
@@ -143,12 +145,13 @@ impl Sink for FlakySink {
 async fn full_sink_pauses_partitions_and_nothing_is_lost_or_reordered() {
     let brokers = bootstrap();
     let topic = unique("backpressure");
-    create_topic(&brokers, &topic, 3).await;
+    create_topic(&brokers, &topic, 3).await
+.expect("create topic");
     let p = producer(&brokers);
     let n = 90;
     for i in 0..n {
         let v = format!("{i}");
-        produce(
+        produce_record(
             &p,
             &topic,
             Rec {
@@ -158,7 +161,8 @@ async fn full_sink_pauses_partitions_and_nothing_is_lost_or_reordered() {
                 value: v.as_bytes(),
             },
         )
-        .await;
+        .await
+.expect("produce");
     }
     let (tx, mut rx) = mpsc::unbounded_channel();
     let sink = Arc::new(FlakySink {
@@ -201,7 +205,7 @@ async fn full_sink_pauses_partitions_and_nothing_is_lost_or_reordered() {
     );
     assert_eq!(metrics.paused_partitions(), 0, "all partitions resumed");
     let handle = bridge.handle.clone();
-    wait_for("routed counter", Duration::from_secs(5), move || {
+    poll_until("routed counter", Duration::from_secs(5), move || {
         handle.metrics().routed() == n as u64
     })
     .await;
@@ -212,7 +216,8 @@ async fn full_sink_pauses_partitions_and_nothing_is_lost_or_reordered() {
 async fn unroutable_records_are_counted_and_do_not_block_the_partition() {
     let brokers = bootstrap();
     let topic = unique("unroutable");
-    create_topic(&brokers, &topic, 1).await;
+    create_topic(&brokers, &topic, 1).await
+.expect("create topic");
     let p = producer(&brokers);
     for (key, value) in [
         (None, "no key"),
@@ -221,7 +226,7 @@ async fn unroutable_records_are_counted_and_do_not_block_the_partition() {
         (Some("*"), "star"),
         (Some("ok2"), "2"),
     ] {
-        produce(
+        produce_record(
             &p,
             &topic,
             Rec {
@@ -231,7 +236,8 @@ async fn unroutable_records_are_counted_and_do_not_block_the_partition() {
                 value: value.as_bytes(),
             },
         )
-        .await;
+        .await
+.expect("produce");
     }
     let (sink, mut rx) = channel_sink();
     let bridge = start(
@@ -263,12 +269,13 @@ async fn restarted_bridge_resumes_from_committed_offsets() {
     let brokers = bootstrap();
     let topic = unique("resume");
     let group = unique("g");
-    create_topic(&brokers, &topic, 3).await;
+    create_topic(&brokers, &topic, 3).await
+.expect("create topic");
     let p = producer(&brokers);
     let route = format!("{topic}=/topic/r.{{key}}");
     for i in 0..15 {
         let k = format!("a{i}");
-        produce(
+        produce_record(
             &p,
             &topic,
             Rec {
@@ -278,7 +285,8 @@ async fn restarted_bridge_resumes_from_committed_offsets() {
                 value: b"x",
             },
         )
-        .await;
+        .await
+.expect("produce");
     }
     let (sink, mut rx) = channel_sink();
     let first = start(config(&brokers, &group, &[&route]), sink);
@@ -287,7 +295,7 @@ async fn restarted_bridge_resumes_from_committed_offsets() {
 
     for i in 0..15 {
         let k = format!("b{i}");
-        produce(
+        produce_record(
             &p,
             &topic,
             Rec {
@@ -297,7 +305,8 @@ async fn restarted_bridge_resumes_from_committed_offsets() {
                 value: b"y",
             },
         )
-        .await;
+        .await
+.expect("produce");
     }
     // `latest` would skip everything if the group had no committed offsets:
     // receiving the b-records proves the second bridge resumed from the commits.

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use common::*;
 use kafka_bridge::{BridgeHandle, BridgeMessage, OffsetReset, Sink, SinkFull};
-use rdkafka::Offset;
 
 const WITHIN: Duration = Duration::from_secs(60);
 
@@ -25,22 +24,24 @@ async fn partitions_that_never_carried_a_record_resume_where_they_were_after_a_g
     let brokers = bootstrap();
     let topic = unique("resume");
     let group = unique("g-resume");
-    create_topic(&brokers, &topic, 3).await;
+    create_topic(&brokers, &topic, 3).await
+.expect("create topic");
     let mut cfg = config(&brokers, &group, &[&format!("{topic}=/topic/r.{{key}}")]);
     cfg.auto_offset_reset = OffsetReset::Latest;
 
     let (sink, mut rx) = channel_sink();
     let bridge = start(cfg.clone(), sink);
-    wait_for("bridge ready", WITHIN, || bridge.handle.readiness().is_ok()).await;
+    poll_until("bridge ready", WITHIN, || bridge.handle.readiness().is_ok()).await;
     // Ready: every partition has its start position committed already.
     assert_eq!(
-        committed(&brokers, &group, &topic, 3).await,
-        vec![Offset::Offset(0); 3]
+        committed_offsets(&brokers, &group, &topic, 3).await
+.expect("committed offsets"),
+        vec![Some(0); 3]
     );
     let p = producer(&brokers);
     for i in 0..5 {
         let v = format!("before-{i}");
-        produce(
+        produce_record(
             &p,
             &topic,
             Rec {
@@ -50,13 +51,15 @@ async fn partitions_that_never_carried_a_record_resume_where_they_were_after_a_g
                 value: v.as_bytes(),
             },
         )
-        .await;
+        .await
+.expect("produce");
     }
     recv_n(&mut rx, 5, WITHIN).await;
     bridge.stop().await;
     assert_eq!(
-        committed(&brokers, &group, &topic, 3).await,
-        vec![Offset::Offset(5), Offset::Offset(0), Offset::Offset(0)]
+        committed_offsets(&brokers, &group, &topic, 3).await
+.expect("committed offsets"),
+        vec![Some(5), Some(0), Some(0)]
     );
 
     // 20 records per partition while the node is down.
@@ -64,7 +67,7 @@ async fn partitions_that_never_carried_a_record_resume_where_they_were_after_a_g
     for part in 0..3 {
         for i in 0..20 {
             let v = format!("down-{part}-{i}");
-            produce(
+            produce_record(
                 &p,
                 &topic,
                 Rec {
@@ -74,7 +77,8 @@ async fn partitions_that_never_carried_a_record_resume_where_they_were_after_a_g
                     value: v.as_bytes(),
                 },
             )
-            .await;
+            .await
+.expect("produce");
             want.insert(format!(
                 "{topic}-{part}-{}",
                 if part == 0 { 5 + i } else { i }
@@ -141,12 +145,13 @@ async fn readiness_waits_for_the_assignment_and_the_rebuild() {
     let brokers = bootstrap();
     let topic = unique("ready");
     let group = unique("g-ready");
-    create_topic(&brokers, &topic, 2).await;
+    create_topic(&brokers, &topic, 2).await
+.expect("create topic");
     let cfg = config(&brokers, &group, &[&format!("{topic}=/topic/r.{{key}}")]);
     let p = producer(&brokers);
     for i in 0..4 {
         let v = format!("v{i}");
-        produce(
+        produce_record(
             &p,
             &topic,
             Rec {
@@ -156,7 +161,8 @@ async fn readiness_waits_for_the_assignment_and_the_rebuild() {
                 value: v.as_bytes(),
             },
         )
-        .await;
+        .await
+.expect("produce");
     }
     // A first run consumes and commits them.
     let (sink, mut rx) = channel_sink();
@@ -172,9 +178,9 @@ async fn readiness_waits_for_the_assignment_and_the_rebuild() {
         bridge.handle.readiness().is_err(),
         "ready before assignment"
     );
-    wait_for("bridge ready", WITHIN, || bridge.handle.readiness().is_ok()).await;
+    poll_until("bridge ready", WITHIN, || bridge.handle.readiness().is_ok()).await;
     let v = "live";
-    produce(
+    produce_record(
         &p,
         &topic,
         Rec {
@@ -184,8 +190,9 @@ async fn readiness_waits_for_the_assignment_and_the_rebuild() {
             value: v.as_bytes(),
         },
     )
-    .await;
-    wait_for("the live record", WITHIN, || {
+    .await
+.expect("produce");
+    poll_until("the live record", WITHIN, || {
         sink.events().contains(&Event::Publish { ready: true })
     })
     .await;

@@ -23,7 +23,8 @@ fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 async fn send_to_app_destination_lands_in_topic_with_key_and_headers() {
     let brokers = bootstrap();
     let topic = unique("app");
-    create_topic(&brokers, &topic, 1).await;
+    create_topic(&brokers, &topic, 1).await
+.expect("create topic");
     let (sink, _rx) = channel_sink();
     let bridge = start(config(&brokers, &unique("g"), &[]), sink);
     let handle = bridge.handle.clone();
@@ -97,7 +98,7 @@ async fn send_to_app_destination_lands_in_topic_with_key_and_headers() {
 
     // Producer-only bridge (no routes) reports Up from the producer's statistics.
     let h2 = handle.clone();
-    wait_for("state Up", Duration::from_secs(20), move || {
+    poll_until("state Up", Duration::from_secs(20), move || {
         h2.state() == BridgeState::Up
     })
     .await;
@@ -108,7 +109,8 @@ async fn send_to_app_destination_lands_in_topic_with_key_and_headers() {
 async fn send_without_key_and_to_invalid_destinations() {
     let brokers = bootstrap();
     let topic = unique("nokey");
-    create_topic(&brokers, &topic, 1).await;
+    create_topic(&brokers, &topic, 1).await
+.expect("create topic");
     let (sink, _rx) = channel_sink();
     let bridge = start(config(&brokers, &unique("g"), &[]), sink);
     let handle = &bridge.handle;
