@@ -39,20 +39,28 @@ trap cleanup EXIT
 # A unique cluster topic and bridge topic per run; the broker creates both.
 run="ops-check-$$-$(date +%s)"
 cat >"$tmp/broker.toml" <<TOML
+[kafka]
+brokers = "$KAFKA_BOOTSTRAP"
+group_id = "$run"
+auto_offset_reset = "earliest"
+stats_interval = 1
+[kafka.client]
+"topic.metadata.refresh.interval.ms" = "1000"
 [cluster]
 enabled = true
+node_id = "ops-check"
 topic = "$run.cluster"
 TOML
 "$STOMP_BROKER_BIN" --config "$tmp/broker.toml" \
   --stomp-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --port-file "$tmp/ports.json" \
-  --kafka-brokers "$KAFKA_BOOTSTRAP" --kafka-group-id "$run" --node-id ops-check \
   --route "$run.events=/topic/ops.{key}" >"$tmp/broker.log" 2>&1 &
 pid=$!
 
-# Ready (cluster joined, bridge assigned), then scrape /metrics.
-python3 - "$tmp/ports.json" "$tmp/metrics.txt" "$pid" <<'PY' || { log "broker log:"; tail -n 40 "$tmp/broker.log" >&2; exit 1; }
-import json, os, sys, time, urllib.request, urllib.error
-ports, out, pid = sys.argv[1], sys.argv[2], int(sys.argv[3])
+# Traffic: a SEND to /app/<topic> creates the bridge's topic in Kafka (and counts as
+# produced); then ready (cluster joined, bridge assigned), then scrape /metrics.
+python3 - "$tmp/ports.json" "$tmp/metrics.txt" "$pid" "$run.events" <<'PY' || { log "broker log:"; tail -n 40 "$tmp/broker.log" >&2; exit 1; }
+import json, os, socket, sys, time, urllib.request, urllib.error
+ports, out, pid, topic = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 deadline = time.monotonic() + 60
 def alive():
     try:
@@ -60,13 +68,33 @@ def alive():
         return True
     except OSError:
         return False
+def stomp_send(addr):
+    """CONNECT, SEND to /app/<topic> with a receipt (Kafka acknowledged it), DISCONNECT."""
+    host, port = addr.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(b"CONNECT\naccept-version:1.2\nhost:localhost\n\n\0")
+        s.sendall(f"SEND\ndestination:/app/{topic}\nkafka-key:k\nreceipt:r1\n\nops-check\0".encode())
+        got = b""
+        while b"RECEIPT" not in got and b"ERROR" not in got:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+        if b"RECEIPT" not in got:
+            raise OSError(f"no RECEIPT for the SEND: {got[:300]!r}")
 http = None
+sent = False
 last = "no port file"
 while time.monotonic() < deadline and alive():
     try:
         if http is None:
             with open(ports) as f:
-                http = json.load(f)["http"]
+                p = json.load(f)
+            http = p["http"]
+            stomp = p["stomp"]
+        if not sent:
+            stomp_send(stomp)
+            sent = True
         with urllib.request.urlopen(f"http://{http}/readyz", timeout=5) as r:
             if r.status == 200:
                 break
