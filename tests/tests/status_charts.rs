@@ -4,11 +4,11 @@
 //! `ready` flag, and `/metrics` the `stomp_ready` gauge that follows
 //! `/readyz` (deploy/prometheus/alerts.yml alerts on it).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use e2e_tests::{
-    kafka::{bootstrap, bridge_config, free_port, readyz, unique, wait_for},
+    kafka::{bootstrap, bridge_config, create_topic, free_port, readyz, unique, wait_for},
     TestBroker,
 };
 use serde_json::Value;
@@ -38,6 +38,7 @@ fn number(v: &Value, path: &str) -> Result<f64> {
 async fn stats_json_has_every_field_the_charts_draw() -> Result<()> {
     let brokers = bootstrap();
     let topic = unique("status-charts");
+    create_topic(&brokers, &topic, 1).await?;
     let b = TestBroker::start_with(|c| {
         c.kafka = Some(bridge_config(
             &brokers,
@@ -69,26 +70,16 @@ async fn stats_json_has_every_field_the_charts_draw() -> Result<()> {
     for _ in 0..20 {
         sub.message().await?;
     }
-    let mut last = Value::Null;
-    wait_for("non-zero rates in /stats.json", Duration::from_secs(10), || {
-        let last = &mut last;
-        let b = &b;
-        async move {
-            match stats(b).await {
-                Ok(s) => {
-                    let busy = s["rate_in_per_s"].as_f64().unwrap_or(0.0) > 0.0
-                        && s["rate_out_per_s"].as_f64().unwrap_or(0.0) > 0.0;
-                    *last = s;
-                    busy
-                }
-                Err(_) => false,
-            }
+    // The next samples have non-zero rates.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let s = loop {
+        let s = stats(&b).await?;
+        if number(&s, "/rate_in_per_s")? > 0.0 && number(&s, "/rate_out_per_s")? > 0.0 {
+            break s;
         }
-    })
-    .await
-    .with_context(|| format!("last snapshot: {last}"))?;
-
-    let s = stats(&b).await?;
+        ensure!(Instant::now() < deadline, "rates still 0 after 10 s: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     ensure!(number(&s, "/connections")? >= 2.0, "{s}");
     number(&s, "/rate_in_per_s")?;
     number(&s, "/rate_out_per_s")?;
@@ -100,69 +91,6 @@ async fn stats_json_has_every_field_the_charts_draw() -> Result<()> {
     ensure!(number(&s, "/cluster/lag")? >= 0.0, "cluster.lag: {s}");
     ensure!(s["ready"] == Value::Bool(true), "ready: {s}");
     ensure!(metric(&b, "stomp_ready").await? == 1.0);
-    b.stop().await;
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka_lag_total_is_the_sum_over_partitions() -> Result<()> {
-    let brokers = bootstrap();
-    let topic = unique("status-lag");
-    e2e_tests::kafka::create_topic(&brokers, &topic, 2).await?;
-    let p = e2e_tests::kafka::producer(&brokers);
-    for i in 0..6 {
-        e2e_tests::kafka::produce_record(
-            &p,
-            &topic,
-            e2e_tests::kafka::Rec {
-                partition: Some(i % 2),
-                value: b"x",
-                ..Default::default()
-            },
-        )
-        .await?;
-    }
-    let b = TestBroker::start_with(|c| {
-        let mut k = bridge_config(
-            &brokers,
-            &unique("status-lag"),
-            &[&format!("{topic}=/topic/lag.{{key}}")],
-        );
-        // Start at the end: the six records are lag... until consumed; read
-        // from the end instead so that the lag settles at 0 deterministically
-        // and the sum can be compared with the per-partition list.
-        k.auto_offset_reset = kafka_bridge::OffsetReset::Latest;
-        c.kafka = Some(k);
-    })
-    .await;
-    let http = b.http;
-    wait_for("/readyz 200", Duration::from_secs(60), || async move {
-        readyz(http).await == 200
-    })
-    .await?;
-    let mut snap = Value::Null;
-    wait_for("lag of both partitions", Duration::from_secs(20), || {
-        let snap = &mut snap;
-        let b = &b;
-        async move {
-            let Ok(s) = stats(b).await else { return false };
-            let n = s["kafka"]["lag"].as_array().map_or(0, Vec::len);
-            *snap = s;
-            n == 2
-        }
-    })
-    .await
-    .with_context(|| format!("last snapshot: {snap}"))?;
-    let sum: i64 = snap["kafka"]["lag"]
-        .as_array()
-        .context("lag")?
-        .iter()
-        .map(|l| l["lag"].as_i64().unwrap_or(-1).max(0))
-        .sum();
-    ensure!(
-        snap["kafka"]["lag_total"].as_i64() == Some(sum),
-        "lag_total is not the sum of {snap}"
-    );
     b.stop().await;
     Ok(())
 }

@@ -17,16 +17,21 @@ import { connectStomp, subscribeWithReceipt, publishWithReceipt, uniq, waitFor, 
 let broker;
 let browser;
 let dir;
+let topic;
 
 before(async () => {
   const bootstrap = process.env.KAFKA_BOOTSTRAP;
   assert.ok(bootstrap, 'KAFKA_BOOTSTRAP is not set: this test needs a real Kafka (scripts/kafka.sh start; '
     + 'export KAFKA_BOOTSTRAP=$(scripts/kafka.sh bootstrap))');
+  topic = uniq('status-charts');
   dir = mkdtempSync(path.join(tmpdir(), 'stomp-status-charts-'));
   const config = path.join(dir, 'broker.toml');
   writeFileSync(config, [
     '[kafka]',
     'stats_interval = 1',
+    'auto_offset_reset = "earliest"',
+    '[kafka.client]',
+    '"topic.metadata.refresh.interval.ms" = "1000"',
     '[cluster]',
     'enabled = true',
     `topic = "${uniq('status-charts-cluster')}"`,
@@ -38,7 +43,7 @@ before(async () => {
       '--kafka-brokers', bootstrap,
       '--kafka-group-id', uniq('status-charts'),
       '--node-id', 'charts-1',
-      '--route', `${uniq('status-charts')}=/topic/charts.{key}`,
+      '--route', `${topic}=/topic/charts.{key}`,
     ],
   });
   browser = await chromium.launch({
@@ -67,7 +72,12 @@ const charts = (page) => page.evaluate(() => Object.fromEntries(
 ));
 
 test('status page charts draw the last minutes of rates, connections, Kafka and cluster lag', async () => {
-  // Ready: Kafka bridge assigned and cluster joined, so stats carry kafka and cluster objects.
+  // The bridge's topic comes into being with the first SEND to /app/<topic> (the RECEIPT
+  // means Kafka acknowledged it). Then ready: Kafka bridge assigned and cluster joined, so the
+  // stats carry kafka and cluster objects.
+  const producer = await connectStomp(broker.wsUrl);
+  await publishWithReceipt(producer.client, { destination: `/app/${topic}`, headers: { 'kafka-key': 'k' }, body: 'first' });
+  await producer.client.deactivate();
   await waitFor(async () => (await fetch(`${broker.httpUrl}/readyz`)).status === 200,
     { timeout: 60000, interval: 200, what: '/readyz 200' });
 
