@@ -91,8 +91,9 @@ async fn bridge_started_while_kafka_is_down_delivers_once_kafka_is_up_and_surviv
     );
 
     kafka.script("start");
-    create_topic(&brokers, &topic, 1).await
-.expect("create topic");
+    create_topic(&brokers, &topic, 1)
+        .await
+        .expect("create topic");
     let p = producer(&brokers);
     for i in 0..5 {
         let k = format!("a{i}");
@@ -107,7 +108,7 @@ async fn bridge_started_while_kafka_is_down_delivers_once_kafka_is_up_and_surviv
             },
         )
         .await
-.expect("produce");
+        .expect("produce");
     }
     let first = recv_n(&mut rx, 5, Duration::from_secs(90)).await;
     assert_eq!(first[0].destination, "/topic/o.a0");
@@ -120,8 +121,11 @@ async fn bridge_started_while_kafka_is_down_delivers_once_kafka_is_up_and_surviv
     // re-reads from its committed offsets, so let the auto-commit of a0-a4
     // land first (or they would come again, as at-least-once allows).
     let deadline = Instant::now() + Duration::from_secs(30);
-    while committed_offsets(&brokers, &group, &topic, 1).await
-.expect("committed offsets") != [Some(5)] {
+    while committed_offsets(&brokers, &group, &topic, 1)
+        .await
+        .expect("committed offsets")
+        != [Some(5)]
+    {
         assert!(Instant::now() < deadline, "a0-a4 committed within 30 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -147,7 +151,7 @@ async fn bridge_started_while_kafka_is_down_delivers_once_kafka_is_up_and_surviv
                 },
             )
             .await
-.expect("produce");
+            .expect("produce");
         }
     });
     tokio::time::sleep(Duration::from_secs(1)).await;

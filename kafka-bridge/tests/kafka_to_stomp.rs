@@ -17,8 +17,9 @@ const WITHIN: Duration = Duration::from_secs(60);
 async fn records_from_three_partitions_are_routed_by_every_matching_route() {
     let brokers = bootstrap();
     let topic = unique("orders");
-    create_topic(&brokers, &topic, 3).await
-.expect("create topic");
+    create_topic(&brokers, &topic, 3)
+        .await
+        .expect("create topic");
     let p = producer(&brokers);
     let n = 30;
     for i in 0..n {
@@ -36,7 +37,7 @@ async fn records_from_three_partitions_are_routed_by_every_matching_route() {
             },
         )
         .await
-.expect("produce");
+        .expect("produce");
     }
 
     let (sink, mut rx) = channel_sink();
@@ -145,8 +146,9 @@ impl Sink for FlakySink {
 async fn full_sink_pauses_partitions_and_nothing_is_lost_or_reordered() {
     let brokers = bootstrap();
     let topic = unique("backpressure");
-    create_topic(&brokers, &topic, 3).await
-.expect("create topic");
+    create_topic(&brokers, &topic, 3)
+        .await
+        .expect("create topic");
     let p = producer(&brokers);
     let n = 90;
     for i in 0..n {
@@ -162,7 +164,7 @@ async fn full_sink_pauses_partitions_and_nothing_is_lost_or_reordered() {
             },
         )
         .await
-.expect("produce");
+        .expect("produce");
     }
     let (tx, mut rx) = mpsc::unbounded_channel();
     let sink = Arc::new(FlakySink {
@@ -216,8 +218,9 @@ async fn full_sink_pauses_partitions_and_nothing_is_lost_or_reordered() {
 async fn unroutable_records_are_counted_and_do_not_block_the_partition() {
     let brokers = bootstrap();
     let topic = unique("unroutable");
-    create_topic(&brokers, &topic, 1).await
-.expect("create topic");
+    create_topic(&brokers, &topic, 1)
+        .await
+        .expect("create topic");
     let p = producer(&brokers);
     for (key, value) in [
         (None, "no key"),
@@ -237,7 +240,7 @@ async fn unroutable_records_are_counted_and_do_not_block_the_partition() {
             },
         )
         .await
-.expect("produce");
+        .expect("produce");
     }
     let (sink, mut rx) = channel_sink();
     let bridge = start(
@@ -269,8 +272,9 @@ async fn restarted_bridge_resumes_from_committed_offsets() {
     let brokers = bootstrap();
     let topic = unique("resume");
     let group = unique("g");
-    create_topic(&brokers, &topic, 3).await
-.expect("create topic");
+    create_topic(&brokers, &topic, 3)
+        .await
+        .expect("create topic");
     let p = producer(&brokers);
     let route = format!("{topic}=/topic/r.{{key}}");
     for i in 0..15 {
@@ -286,7 +290,7 @@ async fn restarted_bridge_resumes_from_committed_offsets() {
             },
         )
         .await
-.expect("produce");
+        .expect("produce");
     }
     let (sink, mut rx) = channel_sink();
     let first = start(config(&brokers, &group, &[&route]), sink);
@@ -306,7 +310,7 @@ async fn restarted_bridge_resumes_from_committed_offsets() {
             },
         )
         .await
-.expect("produce");
+        .expect("produce");
     }
     // `latest` would skip everything if the group had no committed offsets:
     // receiving the b-records proves the second bridge resumed from the commits.

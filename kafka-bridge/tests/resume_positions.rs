@@ -24,8 +24,9 @@ async fn partitions_that_never_carried_a_record_resume_where_they_were_after_a_g
     let brokers = bootstrap();
     let topic = unique("resume");
     let group = unique("g-resume");
-    create_topic(&brokers, &topic, 3).await
-.expect("create topic");
+    create_topic(&brokers, &topic, 3)
+        .await
+        .expect("create topic");
     let mut cfg = config(&brokers, &group, &[&format!("{topic}=/topic/r.{{key}}")]);
     cfg.auto_offset_reset = OffsetReset::Latest;
 
@@ -34,8 +35,9 @@ async fn partitions_that_never_carried_a_record_resume_where_they_were_after_a_g
     poll_until("bridge ready", WITHIN, || bridge.handle.readiness().is_ok()).await;
     // Ready: every partition has its start position committed already.
     assert_eq!(
-        committed_offsets(&brokers, &group, &topic, 3).await
-.expect("committed offsets"),
+        committed_offsets(&brokers, &group, &topic, 3)
+            .await
+            .expect("committed offsets"),
         vec![Some(0); 3]
     );
     let p = producer(&brokers);
@@ -52,13 +54,14 @@ async fn partitions_that_never_carried_a_record_resume_where_they_were_after_a_g
             },
         )
         .await
-.expect("produce");
+        .expect("produce");
     }
     recv_n(&mut rx, 5, WITHIN).await;
     bridge.stop().await;
     assert_eq!(
-        committed_offsets(&brokers, &group, &topic, 3).await
-.expect("committed offsets"),
+        committed_offsets(&brokers, &group, &topic, 3)
+            .await
+            .expect("committed offsets"),
         vec![Some(5), Some(0), Some(0)]
     );
 
@@ -78,7 +81,7 @@ async fn partitions_that_never_carried_a_record_resume_where_they_were_after_a_g
                 },
             )
             .await
-.expect("produce");
+            .expect("produce");
             want.insert(format!(
                 "{topic}-{part}-{}",
                 if part == 0 { 5 + i } else { i }
@@ -145,8 +148,9 @@ async fn readiness_waits_for_the_assignment_and_the_rebuild() {
     let brokers = bootstrap();
     let topic = unique("ready");
     let group = unique("g-ready");
-    create_topic(&brokers, &topic, 2).await
-.expect("create topic");
+    create_topic(&brokers, &topic, 2)
+        .await
+        .expect("create topic");
     let cfg = config(&brokers, &group, &[&format!("{topic}=/topic/r.{{key}}")]);
     let p = producer(&brokers);
     for i in 0..4 {
@@ -162,7 +166,7 @@ async fn readiness_waits_for_the_assignment_and_the_rebuild() {
             },
         )
         .await
-.expect("produce");
+        .expect("produce");
     }
     // A first run consumes and commits them.
     let (sink, mut rx) = channel_sink();
@@ -191,7 +195,7 @@ async fn readiness_waits_for_the_assignment_and_the_rebuild() {
         },
     )
     .await
-.expect("produce");
+    .expect("produce");
     poll_until("the live record", WITHIN, || {
         sink.events().contains(&Event::Publish { ready: true })
     })

@@ -115,8 +115,9 @@ async fn restart_rebuilds_retained_messages_of_the_window_as_retain_only() {
     let brokers = bootstrap();
     let topic = unique("rebuild");
     let group = unique("g");
-    create_topic(&brokers, &topic, 2).await
-.expect("create topic");
+    create_topic(&brokers, &topic, 2)
+        .await
+        .expect("create topic");
     let p = producer(&brokers);
     let now = now_ms();
     let min = 60_000;
@@ -161,12 +162,13 @@ async fn restart_rebuilds_retained_messages_of_the_window_as_retain_only() {
         .into_iter()
         .map(|s| ((s.msg.destination.clone(), id(&s.msg)), s.msg))
         .collect();
-    let ends = vec![
-        Some(offsets[4] + 1),
-        Some(offsets[6] + 1),
-    ];
-    assert_eq!(committed_offsets(&brokers, &group, &topic, 2).await
-.expect("committed offsets"), ends);
+    let ends = vec![Some(offsets[4] + 1), Some(offsets[6] + 1)];
+    assert_eq!(
+        committed_offsets(&brokers, &group, &topic, 2)
+            .await
+            .expect("committed offsets"),
+        ends
+    );
 
     // Second run, same group: the records of the window come back as
     // retain-only, with what is left of each route's TTL, before anything
@@ -240,11 +242,16 @@ async fn restart_rebuilds_retained_messages_of_the_window_as_retain_only() {
         );
     }
     // The rebuild committed nothing, for the group or under its own id.
-    assert_eq!(committed_offsets(&brokers, &group, &topic, 2).await
-.expect("committed offsets"), ends);
     assert_eq!(
-        committed_offsets(&brokers, &format!("{group}.rebuild"), &topic, 2).await
-.expect("committed offsets"),
+        committed_offsets(&brokers, &group, &topic, 2)
+            .await
+            .expect("committed offsets"),
+        ends
+    );
+    assert_eq!(
+        committed_offsets(&brokers, &format!("{group}.rebuild"), &topic, 2)
+            .await
+            .expect("committed offsets"),
         vec![None, None]
     );
 
@@ -272,8 +279,9 @@ async fn restart_rebuilds_retained_messages_of_the_window_as_retain_only() {
     assert_empty(&mut rx.retained, "the new record is not rebuilt");
     second.stop().await;
     assert_eq!(
-        committed_offsets(&brokers, &group, &topic, 2).await
-.expect("committed offsets"),
+        committed_offsets(&brokers, &group, &topic, 2)
+            .await
+            .expect("committed offsets"),
         vec![Some(offsets[4] + 1), Some(d + 1)]
     );
 }
@@ -283,8 +291,9 @@ async fn rebuild_timeout_zero_disables_the_rebuild() {
     let brokers = bootstrap();
     let topic = unique("rebuild-off");
     let group = unique("g");
-    create_topic(&brokers, &topic, 1).await
-.expect("create topic");
+    create_topic(&brokers, &topic, 1)
+        .await
+        .expect("create topic");
     let p = producer(&brokers);
     let route = format!("{topic}=/topic/o.{{key}}");
     let first_offset = produce_at(&p, &topic, 0, "a", now_ms()).await;
@@ -314,8 +323,9 @@ async fn partition_assigned_again_is_rebuilt_only_from_where_this_process_left_i
     let brokers = bootstrap();
     let topic = unique("rebuild-handover");
     let group = unique("g");
-    create_topic(&brokers, &topic, 2).await
-.expect("create topic");
+    create_topic(&brokers, &topic, 2)
+        .await
+        .expect("create topic");
     let p = producer(&brokers);
     let mut cfg = config(&brokers, &group, &[&format!("{topic}=/topic/h.{{key}}")]);
     cfg.routes[0].retain_last = 10;
@@ -330,8 +340,11 @@ async fn partition_assigned_again_is_rebuilt_only_from_where_this_process_left_i
     recv_seen(&mut x.live, 2, "X live").await;
     let ends = vec![Some(r0 + 1), Some(r1 + 1)];
     let deadline = tokio::time::Instant::now() + WITHIN;
-    while committed_offsets(&brokers, &group, &topic, 2).await
-.expect("committed offsets") != ends {
+    while committed_offsets(&brokers, &group, &topic, 2)
+        .await
+        .expect("committed offsets")
+        != ends
+    {
         assert!(tokio::time::Instant::now() < deadline, "X's commits");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -23,8 +23,9 @@ fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 async fn send_to_app_destination_lands_in_topic_with_key_and_headers() {
     let brokers = bootstrap();
     let topic = unique("app");
-    create_topic(&brokers, &topic, 1).await
-.expect("create topic");
+    create_topic(&brokers, &topic, 1)
+        .await
+        .expect("create topic");
     let (sink, _rx) = channel_sink();
     let bridge = start(config(&brokers, &unique("g"), &[]), sink);
     let handle = bridge.handle.clone();
@@ -109,8 +110,9 @@ async fn send_to_app_destination_lands_in_topic_with_key_and_headers() {
 async fn send_without_key_and_to_invalid_destinations() {
     let brokers = bootstrap();
     let topic = unique("nokey");
-    create_topic(&brokers, &topic, 1).await
-.expect("create topic");
+    create_topic(&brokers, &topic, 1)
+        .await
+        .expect("create topic");
     let (sink, _rx) = channel_sink();
     let bridge = start(config(&brokers, &unique("g"), &[]), sink);
     let handle = &bridge.handle;

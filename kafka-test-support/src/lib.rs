@@ -177,7 +177,9 @@ pub fn enqueue(
     headers: &[(&str, &str)],
     value: &[u8],
 ) -> Result<DeliveryFuture> {
-    let mut rec = FutureRecord::to(topic).payload(value).headers(self::headers(headers));
+    let mut rec = FutureRecord::to(topic)
+        .payload(value)
+        .headers(self::headers(headers));
     if let Some(k) = key {
         rec = rec.key(k);
     }

@@ -20,8 +20,8 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context, Result};
-pub use kafka_test_support::*;
 use kafka_bridge::{BridgeConfig, OffsetReset, RouteConfig};
+pub use kafka_test_support::*;
 use stomp_codec::Frame;
 
 /// A bridge configuration for tests: `brokers`, the given group, `earliest`

@@ -12,10 +12,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use kafka_test_support::*;
 use kafka_bridge::{
     Bridge, BridgeConfig, BridgeHandle, BridgeMessage, OffsetReset, RouteConfig, Sink, SinkFull,
 };
+pub use kafka_test_support::*;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -120,4 +120,3 @@ pub fn headers_map(m: &BridgeMessage) -> HashMap<&str, &str> {
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect()
 }
-
