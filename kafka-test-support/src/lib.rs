@@ -461,3 +461,31 @@ impl Drop for PrivateKafka {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_names_differ_and_are_valid_topic_group_and_segment_names() {
+        let a = unique("t");
+        let b = unique("t");
+        assert_ne!(a, b);
+        for n in [a, b] {
+            assert!(n.starts_with("t-") && n.len() <= 249, "{n}");
+            assert!(
+                n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
+                "{n}: only [A-Za-z0-9-] (no dots: a destination segment)"
+            );
+        }
+    }
+
+    #[test]
+    fn landed_message_id_is_topic_partition_offset() {
+        let l = Landed {
+            partition: 2,
+            offset: 41,
+        };
+        assert_eq!(l.message_id("orders"), "orders-2-41");
+    }
+}
