@@ -293,14 +293,14 @@ async fn spawn_node(brokers: &str, topic: &str, id: &str, partitions: i32) -> Re
     std::fs::write(
         &config,
         format!(
-            "[cluster]\nenabled = true\nnode_id = \"{id}\"\ntopic = \"{topic}\"\npartitions = {partitions}\nheartbeat_ms = 300\n"
+            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"{group}\"\n\n[cluster]\nenabled = true\nnode_id = \"{id}\"\ntopic = \"{topic}\"\npartitions = {partitions}\nheartbeat_ms = 300\n",
+            group = unique("cq-group"),
         ),
     )?;
     let ports = dir.join("ports.json");
     let child = Command::new(bin)
         .arg("--config")
         .arg(&config)
-        .args(["--kafka-brokers", brokers])
         .args(["--stomp-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
         .arg("--port-file")
         .arg(&ports)
