@@ -198,8 +198,7 @@ impl Cluster {
                 stats: stats.clone(),
             })
             .map_err(|e| anyhow::anyhow!("cluster producer: {e}"))?;
-        let queues =
-            crate::cluster_queues::ClusterQueues::start(core, &node_id, shutdown.clone())?;
+        let queues = crate::cluster_queues::ClusterQueues::start(core, &node_id, shutdown.clone())?;
         let cluster = Arc::new(Cluster {
             node_id: node_id.clone(),
             topic: cfg.topic.clone(),

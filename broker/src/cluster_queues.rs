@@ -47,7 +47,9 @@ use rdkafka::{
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance},
     error::KafkaError,
     message::{Header, Headers as _, Message as _, OwnedHeaders},
-    producer::{BaseRecord, DeliveryResult, FutureProducer, FutureRecord, ProducerContext, ThreadedProducer},
+    producer::{
+        BaseRecord, DeliveryResult, FutureProducer, FutureRecord, ProducerContext, ThreadedProducer,
+    },
     types::RDKafkaErrorCode,
     ClientContext, Offset, TopicPartitionList,
 };
@@ -238,11 +240,8 @@ impl ConsumerContext for GroupContext {
             let mut commit = TopicPartitionList::new();
             for e in tpl.elements() {
                 if let Some(o) = points.get(&e.partition()) {
-                    let _ = commit.add_partition_offset(
-                        &self.topic,
-                        e.partition(),
-                        Offset::Offset(*o),
-                    );
+                    let _ =
+                        commit.add_partition_offset(&self.topic, e.partition(), Offset::Offset(*o));
                 }
             }
             if commit.count() > 0 {
@@ -487,12 +486,14 @@ impl ClusterQueues {
         async move {
             match sent {
                 Err(e) => Err(e),
-                Ok(delivery) => match tokio::time::timeout(timeout + Duration::from_secs(1), delivery).await {
-                    Ok(Ok(Ok(_))) => Ok(()),
-                    Ok(Ok(Err((e, _)))) => Err(e.to_string()),
-                    Ok(Err(_)) => Err("producer gone".into()),
-                    Err(_) => Err("timed out".into()),
-                },
+                Ok(delivery) => {
+                    match tokio::time::timeout(timeout + Duration::from_secs(1), delivery).await {
+                        Ok(Ok(Ok(_))) => Ok(()),
+                        Ok(Ok(Err((e, _)))) => Err(e.to_string()),
+                        Ok(Err(_)) => Err("producer gone".into()),
+                        Err(_) => Err("timed out".into()),
+                    }
+                }
             }
         }
     }
@@ -579,7 +580,8 @@ impl ClusterQueues {
                 };
                 let body = Bytes::copy_from_slice(msg.payload().unwrap_or_default());
                 let message = Arc::new(
-                    Message::new(destination, id, pass, body).with_ticket(self.ticket(partition, offset)),
+                    Message::new(destination, id, pass, body)
+                        .with_ticket(self.ticket(partition, offset)),
                 );
                 // Nobody here can take it now: the ticket drops unsettled,
                 // which gives it back to the owner.
@@ -598,7 +600,14 @@ impl ClusterQueues {
         }
     }
 
-    fn produce_control(&self, kind: &str, key: &str, extra: &[(&str, &str)], body: &[u8], opaque: QmsgOpaque) {
+    fn produce_control(
+        &self,
+        kind: &str,
+        key: &str,
+        extra: &[(&str, &str)],
+        body: &[u8],
+        opaque: QmsgOpaque,
+    ) {
         let mut headers = OwnedHeaders::new_with_capacity(extra.len() + 2)
             .insert(header_value(H_KIND, kind))
             .insert(header_value(H_ORIGIN, &self.node_id));
@@ -769,7 +778,9 @@ struct Owner {
 impl Owner {
     fn run(mut self, shutdown: &CancellationToken) {
         while !shutdown.is_cancelled() {
-            let Some(core) = self.core.upgrade() else { break };
+            let Some(core) = self.core.upgrade() else {
+                break;
+            };
             let polled = self.consumer.poll(POLL).map(|r| r.map(|m| m.detach()));
             if self.changed.swap(false, Relaxed) {
                 self.reassign(&core);
@@ -808,7 +819,12 @@ impl Owner {
         };
         self.q.stats.joined.store(true, Relaxed);
         let now: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-        let gone: Vec<i32> = self.parts.keys().filter(|p| !now.contains(p)).copied().collect();
+        let gone: Vec<i32> = self
+            .parts
+            .keys()
+            .filter(|p| !now.contains(p))
+            .copied()
+            .collect();
         for p in gone {
             if let Some(part) = self.parts.remove(&p) {
                 for (off, e) in part.entries {
@@ -893,7 +909,10 @@ impl Owner {
         let cost = body.len()
             + destination.len()
             + id.len()
-            + pass.iter().map(|(n, v)| n.len() + v.len() + 2).sum::<usize>()
+            + pass
+                .iter()
+                .map(|(n, v)| n.len() + v.len() + 2)
+                .sum::<usize>()
             + 64;
         if let Some(core) = self.core.upgrade() {
             core.metrics.memory.charge(cost);
@@ -918,9 +937,7 @@ impl Owner {
     }
 
     fn drain_inbox(&mut self, core: &BrokerCore) {
-        let events: Vec<Event> = {
-            self.q.inbox.take().into_iter().collect()
-        };
+        let events: Vec<Event> = { self.q.inbox.take().into_iter().collect() };
         for e in events {
             match e {
                 Event::Settled {
@@ -1020,7 +1037,10 @@ impl Owner {
         e.redelivered = true;
         e.avoid = Some(from.clone().unwrap_or_else(|| self.q.node_id.clone()));
         let queue = e.queue.clone();
-        self.pending.entry(queue.clone()).or_default().insert((p, off));
+        self.pending
+            .entry(queue.clone())
+            .or_default()
+            .insert((p, off));
         if let Some(n) = from {
             self.settle_outstanding(&n, &queue);
             if let Some(info) = self.nodes.get_mut(&n) {
@@ -1049,7 +1069,10 @@ impl Owner {
                     e.state = State::Pending;
                     e.redelivered = true;
                     e.avoid = Some(node.clone());
-                    self.pending.entry(e.queue.clone()).or_default().insert((*p, *off));
+                    self.pending
+                        .entry(e.queue.clone())
+                        .or_default()
+                        .insert((*p, *off));
                 }
             }
         }
@@ -1145,14 +1168,23 @@ impl Owner {
         p: i32,
         off: i64,
     ) -> bool {
-        let Some(e) = self.parts.get_mut(&p).and_then(|part| part.entries.get_mut(&off)) else {
+        let Some(e) = self
+            .parts
+            .get_mut(&p)
+            .and_then(|part| part.entries.get_mut(&off))
+        else {
             return false;
         };
         match target {
             None => {
                 let msg = Arc::new(
-                    Message::new(&e.destination, &e.message_id, e.pass.clone(), e.body.clone())
-                        .with_ticket(self.q.ticket(p, off)),
+                    Message::new(
+                        &e.destination,
+                        &e.message_id,
+                        e.pass.clone(),
+                        e.body.clone(),
+                    )
+                    .with_ticket(self.q.ticket(p, off)),
                 );
                 // Not taken: defuse the ticket so it gives nothing back.
                 if !core.router.offer_queue(&msg, e.redelivered) {
@@ -1192,7 +1224,10 @@ impl Owner {
                     .pass
                     .iter()
                     .filter_map(|(n, v)| {
-                        Some((format!("{H_PASS_PREFIX}{}", std::str::from_utf8(n).ok()?), v.as_ref()))
+                        Some((
+                            format!("{H_PASS_PREFIX}{}", std::str::from_utf8(n).ok()?),
+                            v.as_ref(),
+                        ))
                     })
                     .collect();
                 let mut headers = OwnedHeaders::new_with_capacity(extra.len() + names.len() + 2)
@@ -1209,9 +1244,9 @@ impl Owner {
                 }
                 let opaque: QmsgOpaque = Some(Box::new((node.clone(), p, off)));
                 let record = BaseRecord::with_opaque_to(&self.q.cluster_topic, Box::new(opaque))
-                .key(&**node)
-                .payload(e.body.as_ref())
-                .headers(headers);
+                    .key(&**node)
+                    .payload(e.body.as_ref())
+                    .headers(headers);
                 if let Err((err, _)) = self.q.producer.send(record) {
                     tracing::debug!(error = %err, "qmsg not produced");
                     return false;
@@ -1303,4 +1338,3 @@ impl Owner {
             .produce_control("qsub", &self.q.node_id, &[], body.as_bytes(), None);
     }
 }
-

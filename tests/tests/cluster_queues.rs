@@ -61,14 +61,23 @@ async fn three_nodes(partitions: i32) -> Result<Vec<TestBroker>> {
     for id in ["node-a", "node-b", "node-c"] {
         nodes.push(TestBroker::start_with(node(&brokers, &topic, id, partitions)).await);
     }
-    settle(&nodes.iter().map(|n| n.http).collect::<Vec<_>>(), partitions).await?;
+    settle(
+        &nodes.iter().map(|n| n.http).collect::<Vec<_>>(),
+        partitions,
+    )
+    .await?;
     Ok(nodes)
 }
 
 /// Every node ready, sees all, and the queue partitions are all owned.
 async fn settle(https: &[SocketAddr], partitions: i32) -> Result<()> {
     for &http in https {
-        wait_for("/readyz 200", JOIN, || async move { readyz(http).await == 200 }).await?;
+        wait_for(
+            "/readyz 200",
+            JOIN,
+            || async move { readyz(http).await == 200 },
+        )
+        .await?;
         let n = https.len() as f64;
         wait_for("all nodes seen", JOIN, || async move {
             metric_at(http, "stomp_cluster_nodes").await == Some(n)
@@ -138,8 +147,12 @@ async fn queue_messages_reach_exactly_one_consumer_across_nodes() -> Result<()> 
     const N: usize = 200;
     let mut pa = nodes[0].tcp_client().await;
     for i in 0..N {
-        pa.send_with(&queue, format!("m{i}").as_bytes(), &[("receipt", &format!("r{i}"))])
-            .await?;
+        pa.send_with(
+            &queue,
+            format!("m{i}").as_bytes(),
+            &[("receipt", &format!("r{i}"))],
+        )
+        .await?;
     }
     let mut receipts = std::collections::HashSet::new();
     while receipts.len() < N {
@@ -223,8 +236,14 @@ async fn nack_redelivers_with_redelivered_flag() -> Result<()> {
     ensure!(again.len() == 1, "redelivered {} times", again.len());
     let h = frame_headers(again[0]);
     ensure!(body(again[0]) == "once");
-    ensure!(h.get("redelivered").map(String::as_str) == Some("true"), "{h:?}");
-    ensure!(h.get("message-id") == first.get("message-id"), "{h:?} vs {first:?}");
+    ensure!(
+        h.get("redelivered").map(String::as_str) == Some("true"),
+        "{h:?}"
+    );
+    ensure!(
+        h.get("message-id") == first.get("message-id"),
+        "{h:?} vs {first:?}"
+    );
     println!(
         "redelivered on {}",
         if per[1].is_empty() { "B" } else { "C" }
@@ -248,7 +267,11 @@ async fn consumer_leaving_with_unacked_messages_redelivers_on_another_node() -> 
     }
     for i in 0..N {
         let f = cb.recv_within(Duration::from_secs(20)).await?;
-        ensure!(f.command == Cmd::Message && body(&f) == format!("u{i}"), "{}", body(&f));
+        ensure!(
+            f.command == Cmd::Message && body(&f) == format!("u{i}"),
+            "{}",
+            body(&f)
+        );
     }
     let mut cc = nodes[2].tcp_client().await;
     cc.subscribe("s", &queue, "client-individual").await?;
@@ -262,7 +285,10 @@ async fn consumer_leaving_with_unacked_messages_redelivers_on_another_node() -> 
     );
     for f in &per[0] {
         let h = frame_headers(f);
-        ensure!(h.get("redelivered").map(String::as_str) == Some("true"), "{h:?}");
+        ensure!(
+            h.get("redelivered").map(String::as_str) == Some("true"),
+            "{h:?}"
+        );
     }
     for n in nodes {
         n.stop().await;
@@ -301,7 +327,12 @@ async fn spawn_node(brokers: &str, topic: &str, id: &str, partitions: i32) -> Re
     let child = Command::new(bin)
         .arg("--config")
         .arg(&config)
-        .args(["--stomp-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .args([
+            "--stomp-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
         .arg("--port-file")
         .arg(&ports)
         .env("RUST_LOG", "warn")
@@ -339,7 +370,12 @@ async fn owner_sigkill_loses_no_receipted_queue_message() -> Result<()> {
     // and the cooperative-sticky assignment leaves it with K.
     let mut k = spawn_node(&brokers, &topic, "node-k", 1).await?;
     let khttp = k.http;
-    wait_for("K ready", JOIN, || async move { readyz(khttp).await == 200 }).await?;
+    wait_for(
+        "K ready",
+        JOIN,
+        || async move { readyz(khttp).await == 200 },
+    )
+    .await?;
     wait_for("K owns the queue partition", JOIN, || async move {
         metric_at(khttp, "stomp_cluster_queue_owned_partitions").await == Some(1.0)
     })
@@ -375,7 +411,10 @@ async fn owner_sigkill_loses_no_receipted_queue_message() -> Result<()> {
         .filter(|i| !counts.contains_key(&format!("k{i}")))
         .collect();
     let dups: usize = counts.values().map(|n| n - 1).sum();
-    println!("after the owner's SIGKILL: {} distinct, {dups} duplicates", counts.len());
+    println!(
+        "after the owner's SIGKILL: {} distinct, {dups} duplicates",
+        counts.len()
+    );
     ensure!(missing.is_empty(), "lost receipted messages: {missing:?}");
     ensure!(
         metric_at(b.http, "stomp_cluster_queue_owned_partitions").await == Some(1.0)
