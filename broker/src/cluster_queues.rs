@@ -507,6 +507,16 @@ impl ClusterQueues {
         origin: &str,
         msg: &rdkafka::message::BorrowedMessage<'_>,
     ) {
+        if kind == b"qmsg" {
+            // Addressed to one node: the others stop at this header.
+            let to_me = msg.headers().is_some_and(|hs| {
+                hs.iter()
+                    .any(|h| h.key == H_TARGET && h.value == Some(self.node_id.as_bytes()))
+            });
+            if !to_me {
+                return;
+            }
+        }
         let mut target = None;
         let mut partition = None;
         let mut offset = None;
