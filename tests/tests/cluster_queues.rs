@@ -69,7 +69,9 @@ async fn three_nodes(partitions: i32) -> Result<Vec<TestBroker>> {
     Ok(nodes)
 }
 
-/// Every node ready, sees all, and the queue partitions are all owned.
+/// Every node ready, sees all, and the queue partitions are all owned —
+/// evenly when they divide evenly (the group has finished rebalancing: an
+/// ownership change would redeliver what is not acknowledged yet).
 async fn settle(https: &[SocketAddr], partitions: i32) -> Result<()> {
     for &http in https {
         wait_for(
@@ -84,12 +86,18 @@ async fn settle(https: &[SocketAddr], partitions: i32) -> Result<()> {
         })
         .await?;
     }
-    wait_for("queue partitions owned", JOIN, || async {
+    let nodes = https.len() as i32;
+    let even = (partitions % nodes == 0).then_some(f64::from(partitions / nodes));
+    wait_for("queue partitions owned", JOIN, || async move {
         let mut sum = 0.0;
         for &h in https {
-            sum += metric_at(h, "stomp_cluster_queue_owned_partitions")
+            let owned = metric_at(h, "stomp_cluster_queue_owned_partitions")
                 .await
                 .unwrap_or(0.0);
+            if even.is_some_and(|e| e != owned) {
+                return false;
+            }
+            sum += owned;
         }
         sum == f64::from(partitions)
     })
