@@ -137,12 +137,16 @@ async fn collect(clients: Vec<Client>, total: usize, within: Duration) -> Result
             Ok::<_, anyhow::Error>((frames, c))
         }));
     }
+    // Clients stay connected until every task is done: one leaving early
+    // would give its unacknowledged messages back to the others.
     let mut out = Vec::new();
+    let mut clients = Vec::new();
     for t in tasks {
         let (frames, c) = t.await??;
-        drop(c);
+        clients.push(c);
         out.push(frames);
     }
+    drop(clients);
     Ok(out)
 }
 
