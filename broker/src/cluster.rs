@@ -132,6 +132,8 @@ pub struct Cluster {
     /// Next offset to read per partition (for the lag).
     positions: Mutex<Vec<i64>>,
     warned: AtomicBool,
+    /// `/queue/...` across the nodes (see [`crate::cluster_queues`]).
+    queues: Arc<crate::cluster_queues::ClusterQueues>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -145,7 +147,7 @@ impl std::fmt::Debug for Cluster {
 
 /// The librdkafka settings every cluster client shares: bootstrap servers
 /// and the operator's extra `kafka.client` properties (security, ...).
-fn base_config(kafka: &kafka_bridge::BridgeConfig, client_id: &str) -> ClientConfig {
+pub(crate) fn base_config(kafka: &kafka_bridge::BridgeConfig, client_id: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &kafka.brokers)
         .set("client.id", client_id);
@@ -196,6 +198,7 @@ impl Cluster {
                 stats: stats.clone(),
             })
             .map_err(|e| anyhow::anyhow!("cluster producer: {e}"))?;
+        let queues = crate::cluster_queues::ClusterQueues::start(core, &node_id, shutdown.clone())?;
         let cluster = Arc::new(Cluster {
             node_id: node_id.clone(),
             topic: cfg.topic.clone(),
@@ -205,6 +208,7 @@ impl Cluster {
             stats,
             positions: Mutex::new(Vec::new()),
             warned: AtomicBool::new(false),
+            queues,
         });
         cluster.heard(&node_id);
         let mut ccfg = base_config(&kafka, &format!("{node_id}-cluster-consumer"));
@@ -279,7 +283,12 @@ impl Cluster {
 
     /// Joined (assigned at the end of the cluster topic) and not leaving.
     pub fn is_joined(&self) -> bool {
-        self.stats.joined.load(Relaxed)
+        self.stats.joined.load(Relaxed) && self.queues.is_joined()
+    }
+
+    /// `/queue/...` across the nodes.
+    pub fn queues(&self) -> &Arc<crate::cluster_queues::ClusterQueues> {
+        &self.queues
     }
 
     /// Nodes heard within the last 3 heartbeat intervals, self included,
@@ -425,6 +434,7 @@ impl Cluster {
             s.relayed_in.load(Relaxed),
             s.produce_failures.load(Relaxed),
         );
+        self.queues.write_prometheus(out);
     }
 
     /// The `cluster` object of `/stats.json`.
@@ -438,6 +448,7 @@ impl Cluster {
             "relayed_in": s.relayed_in.load(Relaxed),
             "relayed_out": s.relayed_out.load(Relaxed),
             "produce_failures": s.produce_failures.load(Relaxed),
+            "queues": self.queues.json(),
         })
     }
 }
@@ -582,6 +593,10 @@ fn consume_loop(
         }
         match kind {
             Some(b"hb") => cluster.heard(origin),
+            Some(k @ (b"qsub" | b"qmsg" | b"qack" | b"qnack")) => {
+                let Some(core) = core.upgrade() else { break };
+                cluster.queues.on_record(&core, k, origin, &msg);
+            }
             Some(b"msg") => {
                 let (Some(id), Some(destination)) = (id, destination) else {
                     continue;

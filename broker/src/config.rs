@@ -123,6 +123,10 @@ pub struct ClusterConfig {
     /// How often this node announces itself on `topic`, ms; a node is
     /// "seen" if heard within 3 intervals.
     pub heartbeat_ms: u64,
+    /// `/queue/...`: most records per queue-topic partition that the owner
+    /// has taken and that are not done yet (dispatched and unacknowledged,
+    /// or waiting for a consumer); the partition is paused beyond.
+    pub queue_window: usize,
 }
 
 impl Default for ClusterConfig {
@@ -135,6 +139,7 @@ impl Default for ClusterConfig {
             replication_factor: -1,
             max_in_flight: 10_000,
             heartbeat_ms: 1_000,
+            queue_window: 1_000,
         }
     }
 }
@@ -685,6 +690,9 @@ impl Config {
             }
             if !(100..=60_000).contains(&cl.heartbeat_ms) {
                 anyhow::bail!("cluster.heartbeat_ms must be from 100 to 60000");
+            }
+            if !(1..=1_000_000).contains(&cl.queue_window) {
+                anyhow::bail!("cluster.queue_window must be from 1 to 1000000");
             }
         }
         match (&self.status.username, &self.status.password) {

@@ -14,6 +14,7 @@ pub mod app_http;
 pub mod auth;
 pub mod budget;
 pub mod cluster;
+pub mod cluster_queues;
 pub mod config;
 pub mod conn;
 pub mod connection;

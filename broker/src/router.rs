@@ -58,6 +58,9 @@ pub struct Message {
     pub text: bool,
     /// Approximate encoded size, for byte budgets.
     pub cost: usize,
+    /// Cluster mode, `/queue/...`: settles the queue record with its owner
+    /// (ACK, or given back) — see [`crate::cluster_queues`].
+    pub ticket: Option<crate::cluster_queues::Ticket>,
 }
 
 impl Message {
@@ -91,7 +94,14 @@ impl Message {
             template,
             text,
             cost,
+            ticket: None,
         }
+    }
+
+    /// The same message carrying a cluster queue ticket.
+    pub fn with_ticket(mut self, ticket: crate::cluster_queues::Ticket) -> Message {
+        self.ticket = Some(ticket);
+        self
     }
 }
 
@@ -330,6 +340,9 @@ pub struct Router {
     queue_count: AtomicUsize,
     max_queues: usize,
     next_key: AtomicU64,
+    /// Bumped when a queue consumer subscribes or leaves (cluster mode
+    /// announces its queue consumers on change).
+    queue_epoch: AtomicU64,
     max_unacked: usize,
     queue_max_messages: usize,
     queue_max_bytes: usize,
@@ -368,6 +381,7 @@ impl Router {
             queue_count: AtomicUsize::new(0),
             max_queues: config.queues.max_queues,
             next_key: AtomicU64::new(1),
+            queue_epoch: AtomicU64::new(0),
             max_unacked: config.limits.max_unacked_per_subscription.max(1),
             queue_max_messages: config.queues.max_messages,
             queue_max_bytes: config.queues.max_bytes,
@@ -432,6 +446,7 @@ impl Router {
                     st.consumers.push(sub.clone());
                     self.pump(st);
                 })?;
+                self.queue_epoch.fetch_add(1, Relaxed);
             }
         }
         self.metrics.subscriptions.fetch_add(1, Relaxed);
@@ -475,6 +490,7 @@ impl Router {
                         before != st.consumers.len()
                     };
                     self.remove_if_idle(name);
+                    self.queue_epoch.fetch_add(1, Relaxed);
                     removed
                 }
                 None => false,
@@ -749,6 +765,11 @@ impl Router {
     /// in the buffer until [`Router::queue_ready`]).
     pub fn requeue(&self, msgs: Vec<Arc<Message>>, skip: Option<u64>) {
         for msg in msgs {
+            if let Some(t) = &msg.ticket {
+                // Cluster queue message: its owner redelivers it.
+                t.nack();
+                continue;
+            }
             if let Ok(Route::Queue(name)) = self.route(&msg.destination) {
                 self.metrics.messages_redelivered.fetch_add(1, Relaxed);
                 // Creating the queue again past `max_queues` is allowed
@@ -764,6 +785,45 @@ impl Router {
                 debug_assert!(requeued.is_ok(), "a forced queue is always created");
             }
         }
+    }
+
+    /// Cluster mode: hands a queue message to one local consumer that can
+    /// take it now (prefetch and byte budget allowing), never buffering.
+    /// False when none can (or the destination is no competing queue).
+    pub fn offer_queue(&self, msg: &Arc<Message>, redelivered: bool) -> bool {
+        let Ok(Route::Queue(name)) = self.route(&msg.destination) else {
+            return false;
+        };
+        let Some(q) = self.queues.get(name).map(|q| q.clone()) else {
+            return false;
+        };
+        let mut st = q.lock().unwrap_or_else(|e| e.into_inner());
+        st.consumers.retain(|c| !c.conn.is_closed());
+        self.try_consumers(&mut st, msg, redelivered, None)
+    }
+
+    /// Changes whenever a queue consumer subscribes or leaves.
+    pub fn queue_epoch(&self) -> u64 {
+        self.queue_epoch.load(Relaxed)
+    }
+
+    /// Queues with live consumers here: (name without `/queue/`, consumers).
+    /// At most `max` of them.
+    pub fn queue_consumers(&self, max: usize) -> Vec<(String, usize)> {
+        let mut out = Vec::new();
+        for q in self.queues.iter() {
+            if out.len() >= max {
+                break;
+            }
+            let n = {
+                let st = q.value().lock().unwrap_or_else(|e| e.into_inner());
+                st.consumers.iter().filter(|c| !c.conn.is_closed()).count()
+            };
+            if n > 0 {
+                out.push((q.key().to_string(), n));
+            }
+        }
+        out
     }
 
     /// Whether anyone subscribes to exactly `destination`.

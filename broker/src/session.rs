@@ -847,6 +847,13 @@ impl Session {
         {
             return self.send_to_kafka(bridge.clone(), frame, destination, receipt);
         }
+        if let Some(cluster) = self
+            .core
+            .cluster()
+            .filter(|_| self.core.router.is_competing_queue(destination))
+        {
+            return self.send_to_cluster_queue(cluster.clone(), frame, destination, receipt);
+        }
         let mut pass = Headers::with_capacity(frame.headers.len());
         for (n, v) in frame.headers.iter() {
             if !matches!(
@@ -1070,6 +1077,92 @@ impl Session {
                         "The message could not be written to Kafka: {e}. \
                          Every SEND named in {UNCONFIRMED_RECEIPTS_HEADER} may or may not \
                          be in Kafka: retry it with the same idempotency-key."
+                    ),
+                )
+            });
+            lock_writes(&writes).settle(seq, receipt, result, &conn);
+        });
+        Ok(receipt_is_deferred(frame))
+    }
+
+    /// Cluster mode, SEND to `/queue/...`: produced to the queue topic,
+    /// whose owner hands it to one consumer somewhere in the cluster (see
+    /// [`crate::cluster_queues`]); not routed here now. The RECEIPT (if
+    /// asked for) follows Kafka's acknowledgement, tracked like a Kafka
+    /// write ([`BackendWrites`]): a failure ends the session with ERROR
+    /// naming the unconfirmed receipts.
+    fn send_to_cluster_queue(
+        &mut self,
+        cluster: Arc<crate::cluster::Cluster>,
+        frame: &Frame,
+        destination: &str,
+        receipt: Option<&str>,
+    ) -> Result<bool, StompError> {
+        let receipt = receipt.map(str::to_owned);
+        let seq = {
+            let mut w = lock_writes(&self.backend_writes);
+            if w.failed.is_none() && w.inflight.len() >= MAX_KAFKA_INFLIGHT {
+                w.failed = Some(StompError::new(
+                    "limit",
+                    "too many pending Kafka writes",
+                    format!("At most {MAX_KAFKA_INFLIGHT} SENDs to Kafka may await acknowledgement per connection."),
+                ));
+            }
+            if let Some(failed) = &w.failed {
+                let full = w.unconfirmed.len() >= MAX_KAFKA_INFLIGHT;
+                let failed = full.then(|| failed.clone());
+                if let Some(r) = receipt {
+                    w.unconfirmed.push(r);
+                }
+                if let Some(err) = failed {
+                    return Err(err);
+                }
+                w.finish_if_settled(&self.conn);
+                return Ok(receipt_is_deferred(frame));
+            }
+            let seq = w.next_seq;
+            w.next_seq += 1;
+            w.inflight.push((seq, receipt.clone()));
+            seq
+        };
+        let mut pass = Headers::with_capacity(frame.headers.len());
+        for (n, v) in frame.headers.iter() {
+            if !matches!(
+                n.as_ref(),
+                b"destination"
+                    | b"transaction"
+                    | b"receipt"
+                    | b"content-length"
+                    | b"message-id"
+                    | b"subscription"
+                    | b"ack"
+            ) {
+                pass.push(n.clone(), v.clone());
+            }
+        }
+        let id = self.core.next_message_id();
+        let queue = destination.strip_prefix("/queue/").unwrap_or(destination);
+        let sent = cluster.queues().send(
+            queue,
+            destination,
+            &id,
+            self.identity.user.as_deref(),
+            &pass,
+            &frame.body,
+        );
+        let destination = destination.to_owned();
+        let conn = self.conn.clone();
+        let writes = self.backend_writes.clone();
+        tokio::spawn(async move {
+            let result = sent.await.map_err(|e| {
+                tracing::warn!(%destination, error = %e, "cluster queue write failed");
+                StompError::new(
+                    "kafka",
+                    format!("queue write failed: {e}"),
+                    format!(
+                        "The message to {destination} could not be written to Kafka: {e}. \
+                         Every SEND named in {UNCONFIRMED_RECEIPTS_HEADER} may or may not \
+                         have been accepted: send it again."
                     ),
                 )
             });
@@ -1436,6 +1529,13 @@ impl Session {
         if st.is_queue {
             st.sub.inflight.fetch_sub(taken.len(), Relaxed);
             let dest = st.destination.clone();
+            if !nack {
+                for u in &taken {
+                    if let Some(t) = &u.msg.ticket {
+                        t.ack();
+                    }
+                }
+            }
             if nack {
                 // NACK: redeliver to another consumer; this one gets it back
                 // only when nobody else can take it.
@@ -1516,6 +1616,12 @@ impl Session {
         msg.template
             .encode_for(version, &headers[..n], self.out.buf());
         self.out.commit(msg.text, write_credit);
+        if st.sub.ack == AckMode::Auto {
+            // Cluster queue message: written is done.
+            if let Some(t) = &msg.ticket {
+                t.ack();
+            }
+        }
         self.core.metrics.frames_out(Command::Message, 1);
     }
 

@@ -218,10 +218,13 @@ async fn topics_fan_out_across_three_nodes_in_order_with_one_message_id() -> Res
     ensure!(cl["relayed_out"] == json!(0), "{s}");
     ensure!(cl["lag"].is_number(), "{s}");
 
-    // A queue stays node-local.
+    // A queue is shared (tests/tests/cluster_queues.rs has the details):
+    // C's consumer gets what was sent on A, once.
     let mut qc = c.tcp_client().await;
-    qc.subscribe("q", "/queue/local", "auto").await?;
-    pa.send_receipted("/queue/local", "only-a").await?;
+    qc.subscribe("q", "/queue/shared", "auto").await?;
+    pa.send_receipted("/queue/shared", "from-a").await?;
+    let got = messages(&mut qc, 1).await?;
+    ensure!(body(&got[0]) == "from-a", "{}", body(&got[0]));
     qc.expect_silence(Duration::from_millis(300)).await?;
 
     for n in [a, b, c] {
