@@ -324,6 +324,7 @@ impl ClientBuilder {
             receipt_timeout: d.receipt_timeout,
             reconnect: d.reconnect,
             subscription_buffer: d.subscription_buffer,
+            command_buffer: d.command_buffer,
             max_pending_receipts: d.max_pending_receipts,
         });
         let session = conn::establish(&opts).await?;
@@ -342,6 +343,7 @@ impl ClientBuilder {
             shared: shared.clone(),
             state,
             next_resub: 0,
+            deferred: Vec::new(),
         };
         tokio::spawn(task.run(session));
         Ok(Client { tx, shared, opts })

@@ -124,6 +124,7 @@ pub(crate) struct Options {
     pub receipt_timeout: Duration,
     pub reconnect: Option<Backoff>,
     pub subscription_buffer: usize,
+    pub command_buffer: usize,
     pub max_pending_receipts: usize,
 }
 
@@ -512,12 +513,26 @@ fn deliver((tx, msg): Delivery) -> Option<(Reserve, Message)> {
     }
 }
 
+/// Writes `out`, giving up after `limit` (a server that stops reading must
+/// not hang the task: heart-beats and the receive deadline wait behind it).
+async fn write(s: &mut Session, out: &[Bytes], limit: Duration) -> Result<(), Error> {
+    match tokio::time::timeout(limit, s.transport.write_all(out)).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the server did not read what the client wrote",
+        ))),
+    }
+}
+
 pub(crate) struct Task {
     pub opts: Arc<Options>,
     pub cmd_rx: mpsc::Receiver<Cmd>,
     pub shared: Arc<Shared>,
     pub state: State,
     pub next_resub: u64,
+    /// Commands received while reconnecting, applied on the next connection.
+    pub deferred: Vec<Cmd>,
 }
 
 impl Task {
@@ -558,7 +573,9 @@ impl Task {
         self.shared.closed.store(true, Ordering::SeqCst);
         self.state.subs.clear();
         self.cmd_rx.close();
-        while let Ok(cmd) = self.cmd_rx.try_recv() {
+        let deferred = std::mem::take(&mut self.deferred);
+        let queued = std::iter::from_fn(|| self.cmd_rx.try_recv().ok());
+        for cmd in deferred.into_iter().chain(queued.collect::<Vec<_>>()) {
             let reply = match cmd {
                 Cmd::Frame { reply, .. } | Cmd::Unsubscribe { reply, .. } => reply,
                 Cmd::Subscribe { reply, .. } | Cmd::Disconnect { reply, .. } => Some(reply),
@@ -582,7 +599,23 @@ impl Task {
             }
             let delay = backoff.delay(attempt);
             attempt += 1;
-            tokio::time::sleep(delay).await;
+            // While waiting, commands are kept for the next connection (up to
+            // the command buffer's size), and a DISCONNECT ends it all.
+            let wake = Instant::now() + delay;
+            loop {
+                let room = self.deferred.len() < self.opts.command_buffer;
+                tokio::select! {
+                    _ = tokio::time::sleep_until(wake) => break,
+                    cmd = self.cmd_rx.recv(), if room => match cmd {
+                        None => return None,
+                        Some(Cmd::Disconnect { reply, .. }) => {
+                            let _ = reply.send(Ok(()));
+                            return None;
+                        }
+                        Some(cmd) => self.deferred.push(cmd),
+                    },
+                }
+            }
             match establish(&self.opts).await {
                 Ok(mut s) => {
                     self.state.version = s.info.version;
@@ -620,7 +653,7 @@ impl Task {
                     for f in &frames {
                         self.state.encode(f, &mut out);
                     }
-                    match s.transport.write_all(&out).await {
+                    match write(&mut s, &out, self.opts.receipt_timeout).await {
                         Ok(()) => return Some(s),
                         Err(e) => {
                             self.state.fail_in_flight();
@@ -653,6 +686,15 @@ impl Task {
         let mut read_deadline = read_limit.map(|l| Instant::now() + l);
         let mut blocked: Option<(Reserve, Message)> = None;
         let far = Instant::now() + Duration::from_secs(86400 * 365);
+        if !self.deferred.is_empty() {
+            let mut out = Vec::new();
+            for cmd in std::mem::take(&mut self.deferred) {
+                self.state.on_cmd(cmd, &mut out);
+            }
+            if let Err(e) = write(s, &out, self.opts.receipt_timeout).await {
+                return End::Lost(e);
+            }
+        }
         loop {
             // Decode what is buffered before reading more.
             while blocked.is_none() {
@@ -703,7 +745,7 @@ impl Task {
                         }
                     }
                     if !out.is_empty() {
-                        if let Err(e) = s.transport.write_all(&out).await {
+                        if let Err(e) = write(s, &out, self.opts.receipt_timeout).await {
                             return End::Lost(e);
                         }
                         last_write = Instant::now();
@@ -724,7 +766,8 @@ impl Task {
                     }
                 }
                 _ = tokio::time::sleep_until(hb_at.unwrap_or(far)), if hb_at.is_some() => {
-                    if let Err(e) = s.transport.write_all(&[Bytes::from_static(b"\n")]).await {
+                    let eol = [Bytes::from_static(b"\n")];
+                    if let Err(e) = write(s, &eol, self.opts.receipt_timeout).await {
                         return End::Lost(e);
                     }
                     last_write = Instant::now();

@@ -398,6 +398,8 @@ async fn reconnects_after_a_broker_restart_resubscribes_and_reports_the_gap() ->
         matches!(e, ConnectionEvent::Disconnected { .. })
     })
     .await?;
+    // A send while disconnected is kept for the next connection.
+    client.send("/topic/restart", "during-gap").await?;
     let b2 = TestBroker::start_with(|c| c.listen.stomp = port.to_string()).await?;
     let e = event(&mut events, |e| {
         matches!(e, ConnectionEvent::Reconnected { .. })
@@ -409,6 +411,8 @@ async fn reconnects_after_a_broker_restart_resubscribes_and_reports_the_gap() ->
         "{gap:?}"
     );
     // Resubscribed with the same id: a message published now arrives.
+    // Resubscribed with the same id (before the kept send went out).
+    ensure!(next(&mut sub).await?.body_text() == "during-gap");
     let other = Client::connect(&b2.tcp_url()).await?;
     other.send("/topic/restart", "after").receipt().await?;
     let m = next(&mut sub).await?;
@@ -416,6 +420,15 @@ async fn reconnects_after_a_broker_restart_resubscribes_and_reports_the_gap() ->
     ensure!(m.subscription() == Some("keep-me"));
     client.send("/topic/restart", "mine").receipt().await?;
     ensure!(next(&mut sub).await?.body_text() == "mine");
+    // DISCONNECT while reconnecting ends the client at once.
+    b2.stop().await;
+    event(&mut events, |e| {
+        matches!(e, ConnectionEvent::Disconnected { .. })
+    })
+    .await?;
+    tokio::time::timeout(WAIT, client.disconnect()).await??;
+    ensure!(client.is_closed());
+    ensure!(tokio::time::timeout(WAIT, sub.next()).await?.is_none());
     Ok(())
 }
 
