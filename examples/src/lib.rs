@@ -1,8 +1,8 @@
 //! Example programs for `stomp-broker`, as a library so that
 //! `tests/smoke.rs` can run them against an embedded broker:
 //!
-//! * [`client`] — a small async STOMP client over TCP or WebSocket built on
-//!   `stomp-codec` (`Decoder`, `encode`, `Frame`, `Command`);
+//! * [`client`] — CONNECT credentials and a `connect` helper over the
+//!   workspace's STOMP client crate, `stomp-client`;
 //! * [`publisher`] — a backend service that SENDs with receipts and waits
 //!   for each RECEIPT (`cargo run -p examples --bin publisher`);
 //! * [`subscriber`] — prints what arrives on a destination

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use crate::client::{Credentials, StompClient};
+use crate::client::{connect, Credentials};
 
 /// What to publish.
 #[derive(Debug, Clone)]
@@ -63,17 +63,22 @@ pub async fn publish(
     mut on_confirmed: impl FnMut(u64, Duration),
 ) -> Result<PublishReport> {
     let start = Instant::now();
-    let mut client = StompClient::connect(&opts.addr, &opts.credentials).await?;
+    let client = connect(&opts.addr, &opts.credentials).await?;
     let mut max = Duration::ZERO;
-    let mut headers: Vec<(&str, &str)> = vec![("content-type", opts.content_type.as_str())];
-    headers.extend(opts.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
     for n in 1..=opts.count {
         if n > 1 && !opts.interval.is_zero() {
             tokio::time::sleep(opts.interval).await;
         }
         let body = opts.body.replace("{n}", &n.to_string());
         let sent = Instant::now();
-        client.send(&opts.destination, &headers, body).await?;
+        let mut send = client
+            .send(&opts.destination, body)
+            .content_type(&opts.content_type)
+            .receipt();
+        for (name, value) in &opts.headers {
+            send = send.header(name, value);
+        }
+        send.await?;
         let latency = sent.elapsed();
         max = max.max(latency);
         on_confirmed(n, latency);

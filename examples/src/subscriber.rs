@@ -2,11 +2,12 @@
 //! hands every MESSAGE to a callback until a count is reached or it is
 //! cancelled.
 
-use anyhow::Result;
+use anyhow::{anyhow, Result};
+use futures_util::StreamExt;
 use stomp_codec::Frame;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{Credentials, StompClient};
+use crate::client::{connect, Credentials};
 
 /// Where to listen.
 #[derive(Debug, Clone)]
@@ -30,18 +31,19 @@ pub async fn subscribe(
     on_subscribed: impl FnOnce(),
     mut on_message: impl FnMut(&Frame),
 ) -> Result<u64> {
-    let mut client = StompClient::connect(&opts.addr, &opts.credentials).await?;
-    client.subscribe(&opts.destination, "sub-0").await?;
+    let client = connect(&opts.addr, &opts.credentials).await?;
+    let mut sub = client.subscribe(&opts.destination).await?;
     on_subscribed();
     let mut received = 0;
     while opts.count.is_none_or(|c| received < c) {
         let frame = tokio::select! {
             _ = cancel.cancelled() => break,
-            f = client.next_message() => f?,
+            m = sub.next() => m.ok_or_else(|| anyhow!("connection closed by the server"))?,
         };
         received += 1;
-        on_message(&frame);
+        on_message(frame.frame());
     }
+    drop(sub);
     client.disconnect().await?;
     Ok(received)
 }

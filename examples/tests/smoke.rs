@@ -174,10 +174,13 @@ async fn publisher_reports_the_brokers_error() {
     )
     .await
     .unwrap_err();
-    assert!(
-        err.to_string().contains("broker ERROR"),
-        "unexpected error: {err:#}"
-    );
+    // The broker's ERROR frame, typed: its `message` header names the problem.
+    match err.downcast_ref::<stomp_client::Error>() {
+        Some(stomp_client::Error::Protocol(e)) => {
+            assert_eq!(e.message, "unknown destination", "{err:#}")
+        }
+        _ => panic!("unexpected error: {err:#}"),
+    }
     broker.stop().await;
 }
 

@@ -2,6 +2,17 @@
 //! addresses, the WebSocket upgrade (client role, so frames are masked as a
 //! browser masks them), the STOMP handshake, and a fast scanner for inbound
 //! frames on the hot path.
+//!
+//! Why not `stomp-client` here: the measured connections stay on this lean
+//! path on purpose. Thousands of subscribers must cost one socket and one
+//! buffer each (the client spawns a task, channels and timers per
+//! connection); inbound MESSAGEs are counted and time-stamped by [`scan`]
+//! straight out of the read buffer instead of being decoded into frames,
+//! copied into a per-subscription channel and woken up for; and publishers
+//! write pre-encoded [`SendTemplate`] bytes with their own batching, so the
+//! numbers measure the broker, not a general client. Setup and control
+//! connections, where none of that matters, use `stomp-client`
+//! ([`Target::control_client`]).
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -66,6 +77,23 @@ impl Target {
             i as u8,
         );
         SocketAddr::new(IpAddr::V4(ip), 0)
+    }
+
+    /// A `stomp-client` connection for setup and control (not measured):
+    /// same transport, `host` and login as the measured connections.
+    pub async fn control_client(&self) -> Result<stomp_client::Client> {
+        let url = match (self.transport, self.stomp_addr) {
+            (Transport::Tcp, Some(a)) => format!("tcp://{a}"),
+            (Transport::Tcp, None) => bail!("no STOMP/TCP address"),
+            (Transport::Ws, _) => self.ws_url.clone(),
+        };
+        let mut b = stomp_client::Client::builder(&url).host(self.host.clone());
+        if let Some((l, p)) = &self.login {
+            b = b.login(l.clone(), p.clone());
+        }
+        b.connect()
+            .await
+            .with_context(|| format!("control connection to {url}"))
     }
 
     /// Opens connection `idx` (TCP connect from a spread source address, and

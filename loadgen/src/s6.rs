@@ -214,7 +214,11 @@ fn send(prod: &Prod, topic: &str, key: &str, value: &[u8], stamp: u64) -> Result
 /// Produces probe records (key `probe`, stamp 0 = not measured) until the
 /// probe subscriber receives one: the bridge has its partitions and reads
 /// from the end of the topic.
-async fn wait_for_bridge(p: &S6Params, prod: &Prod, probe: &mut Session) -> Result<u64> {
+async fn wait_for_bridge(
+    p: &S6Params,
+    prod: &Prod,
+    probe: &mut stomp_client::Subscription,
+) -> Result<u64> {
     let started = now_ns();
     let deadline = started + 90_000_000_000;
     let v = value(0, p.body);
@@ -234,23 +238,18 @@ async fn wait_for_bridge(p: &S6Params, prod: &Prod, probe: &mut Session) -> Resu
         }
         match tokio::time::timeout(
             Duration::from_millis(250),
-            futures_util::StreamExt::next(&mut probe.conn),
+            futures_util::StreamExt::next(probe),
         )
         .await
         {
             Err(_) => continue,
-            Ok(Some(Ok(chunk))) => {
-                let mut got = false;
-                absorb(&mut probe.buf, &chunk, |_, _| got = true, |_| {})?;
-                if got {
-                    eprintln!(
-                        "loadgen: bridge delivering after {:.1} s ({sent} probe records)",
-                        (now_ns() - started) as f64 / 1e9
-                    );
-                    return Ok(sent);
-                }
+            Ok(Some(_)) => {
+                eprintln!(
+                    "loadgen: bridge delivering after {:.1} s ({sent} probe records)",
+                    (now_ns() - started) as f64 / 1e9
+                );
+                return Ok(sent);
             }
-            Ok(Some(Err(e))) => bail!("probe subscriber: {e:#}"),
             Ok(None) => bail!("probe subscriber closed by the broker"),
         }
     }
@@ -411,10 +410,12 @@ pub async fn s6(c: &Common, p: &S6Params) -> Result<()> {
     // (nothing retained is replayed to them).
     let order_dest = |i: usize| dest(&(i - 1).to_string());
     let order_subs = open_many(c, 1, p.order_subscribers, (0, 0), Some(&order_dest)).await?;
-    let mut probe = c.target.open_stomp(0, (0, 0)).await?;
-    probe.subscribe("probe", &dest("probe")).await?;
-    let probes = wait_for_bridge(p, &prod, &mut probe).await?;
-    drop(probe);
+    // The readiness probe is a control connection: the full client.
+    let probe = c.target.control_client().await?;
+    let mut probe_sub = probe.subscribe(&dest("probe")).await?;
+    let probes = wait_for_bridge(p, &prod, &mut probe_sub).await?;
+    drop(probe_sub);
+    probe.disconnect().await?;
     // Wildcard subscribers may get the retained probe replayed; its stamp
     // is 0, which the subscribers do not count.
     let wild_dest = |_: usize| dest("*");

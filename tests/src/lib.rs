@@ -1,6 +1,12 @@
 //! Test support: an in-process broker on `127.0.0.1:0` and a small STOMP
 //! client over TCP or WebSocket that speaks raw frames, so tests can send
 //! exactly what they mean (including malformed input).
+//!
+//! The raw [`Client`] is a thin layer over the transport of the workspace's
+//! client crate (`stomp_client::transport`: TCP and WebSocket connection,
+//! reads, text/binary writes, close codes) plus a frame decoder it owns, so
+//! hostile tests keep byte-level control. Tests of ordinary client
+//! behaviour can use the full client instead: [`TestBroker::stomp_client`].
 
 pub mod kafka;
 
@@ -8,16 +14,12 @@ use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::{Bytes, BytesMut};
-use futures_util::{SinkExt, StreamExt};
 use stomp_broker::{Broker, BrokerCore, Config};
+use stomp_client::transport::{Endpoint, Incoming, Transport, TransportOptions};
 use stomp_codec::{encode, Command, Decoded, Decoder, Frame, Limits, Version};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
-};
-use tokio_tungstenite::{
-    tungstenite::{client::IntoClientRequest, http::HeaderValue, Message},
-    MaybeTlsStream, WebSocketStream,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -122,11 +124,6 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     Ok((status, body))
 }
 
-enum Wire {
-    Tcp(TcpStream),
-    Ws(Box<WebSocketStream<MaybeTlsStream<TcpStream>>>),
-}
-
 /// One thing read from the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -140,7 +137,7 @@ pub enum Event {
 
 /// A raw STOMP test client.
 pub struct Client {
-    wire: Wire,
+    wire: Transport,
     decoder: Decoder,
     buf: BytesMut,
     /// Whether the last WebSocket message was binary (for text/binary tests).
@@ -153,7 +150,7 @@ pub struct Client {
 }
 
 impl Client {
-    fn with_wire(wire: Wire) -> Client {
+    fn with_wire(wire: Transport) -> Client {
         let mut limits = Limits::default();
         limits.max_frame = 64 * 1024 * 1024;
         limits.max_body = 64 * 1024 * 1024;
@@ -170,9 +167,9 @@ impl Client {
 
     /// Opens a TCP connection (no CONNECT yet).
     pub async fn tcp(addr: SocketAddr) -> Result<Client> {
-        let s = TcpStream::connect(addr).await?;
-        s.set_nodelay(true)?;
-        Ok(Self::with_wire(Wire::Tcp(s)))
+        let endpoint = Endpoint::parse(&format!("tcp://{addr}"))?;
+        let (wire, _) = Transport::connect(&endpoint, &TransportOptions::default()).await?;
+        Ok(Self::with_wire(wire))
     }
 
     /// Opens a WebSocket offering the STOMP subprotocols (no CONNECT yet).
@@ -182,45 +179,35 @@ impl Client {
 
     /// Opens a WebSocket offering `protocols` (or none).
     pub async fn ws_with_protocols(url: &str, protocols: Option<&str>) -> Result<Client> {
-        let mut req = url.into_client_request()?;
-        if let Some(p) = protocols {
-            req.headers_mut()
-                .insert("Sec-WebSocket-Protocol", HeaderValue::from_str(p)?);
-        }
-        let (ws, resp) = tokio_tungstenite::connect_async(req).await?;
-        let mut c = Self::with_wire(Wire::Ws(Box::new(ws)));
-        c.subprotocol = resp
-            .headers()
-            .get("Sec-WebSocket-Protocol")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let opts = TransportOptions {
+            ws_protocols: protocols.map(str::to_owned),
+            // As large as the decoder below accepts.
+            max_ws_message: 64 * 1024 * 1024,
+            ..TransportOptions::default()
+        };
+        let (wire, subprotocol) = Transport::connect(&Endpoint::parse(url)?, &opts).await?;
+        let mut c = Self::with_wire(wire);
+        c.subprotocol = subprotocol;
         Ok(c)
     }
 
-    /// Sends raw bytes (one WebSocket text message on WebSocket).
+    /// Sends raw bytes (one WebSocket text message on WebSocket, binary when
+    /// the bytes are not UTF-8).
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
-        match &mut self.wire {
-            Wire::Tcp(s) => s.write_all(bytes).await?,
-            Wire::Ws(ws) => {
-                let msg = match std::str::from_utf8(bytes) {
-                    Ok(t) => Message::Text(t.into()),
-                    Err(_) => Message::Binary(Bytes::copy_from_slice(bytes)),
-                };
-                ws.send(msg).await?
-            }
-        }
+        self.wire
+            .write_all(&[Bytes::copy_from_slice(bytes)])
+            .await?;
         Ok(())
     }
 
     /// Sends one WebSocket binary message (WebSocket only).
     pub async fn send_ws_binary(&mut self, bytes: &[u8]) -> Result<()> {
-        match &mut self.wire {
-            Wire::Ws(ws) => {
-                ws.send(Message::Binary(Bytes::copy_from_slice(bytes)))
-                    .await?
-            }
-            Wire::Tcp(_) => bail!("not a WebSocket"),
+        if !self.wire.is_ws() {
+            bail!("not a WebSocket");
         }
+        self.wire
+            .write_ws_binary(Bytes::copy_from_slice(bytes))
+            .await?;
         Ok(())
     }
 
@@ -249,32 +236,19 @@ impl Client {
             if self.closed {
                 return Ok(Event::Closed(None));
             }
-            match &mut self.wire {
-                Wire::Tcp(s) => {
-                    self.buf.reserve(8192);
-                    match s.read_buf(&mut self.buf).await {
-                        Ok(0) | Err(_) => self.closed = true,
-                        Ok(_) => {}
+            match self.wire.read(&mut self.buf, 8192).await {
+                Err(_) => self.closed = true,
+                Ok(Incoming::Data { binary }) => {
+                    if binary.is_some() {
+                        self.last_ws_binary = binary;
                     }
                 }
-                Wire::Ws(ws) => match ws.next().await {
-                    None | Some(Err(_)) => self.closed = true,
-                    Some(Ok(Message::Text(t))) => {
-                        self.last_ws_binary = Some(false);
-                        self.buf.extend_from_slice(t.as_bytes());
+                Ok(Incoming::Closed(code)) => {
+                    if code.is_some() && self.buf.is_empty() {
+                        return Ok(Event::Closed(code));
                     }
-                    Some(Ok(Message::Binary(b))) => {
-                        self.last_ws_binary = Some(true);
-                        self.buf.extend_from_slice(&b);
-                    }
-                    Some(Ok(Message::Close(cf))) => {
-                        if self.buf.is_empty() {
-                            return Ok(Event::Closed(cf.map(|c| u16::from(c.code))));
-                        }
-                        self.closed = true;
-                    }
-                    Some(Ok(_)) => {}
-                },
+                    self.closed = true;
+                }
             }
         }
     }
@@ -475,6 +449,24 @@ impl TestBroker {
         let mut c = self.raw(kind).await;
         c.connect_default().await.expect("CONNECTED");
         c
+    }
+
+    /// The URL of this broker for `kind` (`tcp://...` or `ws://.../ws`).
+    pub fn url(&self, kind: Kind) -> String {
+        match kind {
+            Kind::Tcp => format!("tcp://{}", self.stomp),
+            Kind::Ws => self.ws_url(),
+        }
+    }
+
+    /// The full client (`stomp_client`: receipts, subscription streams, acks,
+    /// transactions, heart-beats) connected over `kind`, without heart-beats.
+    pub async fn stomp_client(&self, kind: Kind) -> stomp_client::Client {
+        stomp_client::Client::builder(self.url(kind))
+            .heart_beat(0, 0)
+            .connect()
+            .await
+            .expect("stomp_client connects")
     }
 }
 
