@@ -145,6 +145,9 @@ pub struct Client {
     buf: BytesMut,
     /// Whether the last WebSocket message was binary (for text/binary tests).
     pub last_ws_binary: Option<bool>,
+    /// WebSocket text and binary messages received (frames may be packed
+    /// several to a message).
+    pub ws_messages: u64,
     /// Negotiated version.
     pub version: Version,
     /// WebSocket subprotocol the server chose.
@@ -162,6 +165,7 @@ impl Client {
             decoder: Decoder::new(limits),
             buf: BytesMut::new(),
             last_ws_binary: None,
+            ws_messages: 0,
             version: Version::V1_2,
             subprotocol: None,
             closed: false,
@@ -261,10 +265,12 @@ impl Client {
                     None | Some(Err(_)) => self.closed = true,
                     Some(Ok(Message::Text(t))) => {
                         self.last_ws_binary = Some(false);
+                        self.ws_messages += 1;
                         self.buf.extend_from_slice(t.as_bytes());
                     }
                     Some(Ok(Message::Binary(b))) => {
                         self.last_ws_binary = Some(true);
+                        self.ws_messages += 1;
                         self.buf.extend_from_slice(&b);
                     }
                     Some(Ok(Message::Close(cf))) => {
