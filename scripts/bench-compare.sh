@@ -14,6 +14,10 @@
 #   SCENARIOS="s3 s4 s1 s2 s5"
 #   S1_SUBS="100 1000 10000"   S2_SUBS=10000  S2_RATE=50000
 #   S3_CONNS=10000  S4_TOTAL=20000  S5_SUBS=1000  S5_RATE=10
+#   S1_FRAME_PER_MESSAGE=1 (ours also with --ws-frame-per-message)
+#   S2_STATUS=1 (ours also with a /topic/broker.stats subscriber)
+#   TCP variants (ours only; RabbitMQ's STOMP/TCP is not started): add
+#   s1tcp s2tcp to SCENARIOS
 #   BROKER_CPU=0 GEN_CPU=1 BENCH_NICE=-10  OUT=docs
 #   BENCH_NO_BUILD=1 to reuse built binaries
 # Quick smoke run: ROUNDS=1 DURATION=2 S1_SUBS=100 S2_SUBS=1000 S2_RATE=5000 S3_CONNS=1000 S4_TOTAL=2000 S5_SUBS=100
@@ -31,6 +35,8 @@ S3_CONNS="${S3_CONNS:-10000}"
 S4_TOTAL="${S4_TOTAL:-20000}"
 S5_SUBS="${S5_SUBS:-1000}"
 S5_RATE="${S5_RATE:-10}"
+S1_FRAME_PER_MESSAGE="${S1_FRAME_PER_MESSAGE:-1}"
+S2_STATUS="${S2_STATUS:-1}"
 OUT="${OUT:-$ROOT/docs}"
 mkdir -p "$OUT"
 RESULTS="$OUT/bench-results.jsonl"
@@ -60,9 +66,30 @@ run_scenarios() {
                     if [[ "$who" == rabbit ]]; then wait_idle "$RABBIT_PID"; fi
                     "$lg" s1 --subscribers "$n" "${common[@]}" >/dev/null \
                         || blog "s1 $n failed on $who (see above)"
+                done
+                # Ours again with one MESSAGE per WebSocket message, as
+                # RabbitMQ sends them (listen.ws_frame_per_message).
+                if [[ "$who" == ours && "$S1_FRAME_PER_MESSAGE" == 1 ]]; then
+                    stop_ours; start_ours --ws-frame-per-message; wait_idle "$OURS_PID"
+                    for n in $S1_SUBS; do
+                        "$lg" s1 --subscribers "$n" --variant ws-frame-per-message "${common[@]}" \
+                            >/dev/null || blog "s1 $n (frame per message) failed"
+                    done
+                fi ;;
+            s2tcp) [[ "$who" == ours ]] && "$lg" s2 --transport tcp --subscribers "$S2_SUBS" \
+                    --rate "$S2_RATE" "${common[@]}" >/dev/null || blog "s2 tcp: ours only" ;;
+            s1tcp) [[ "$who" == ours ]] && for n in $S1_SUBS; do
+                    "$lg" s1 --transport tcp --subscribers "$n" "${common[@]}" >/dev/null \
+                        || blog "s1 tcp $n failed"
                 done ;;
             s2) "$lg" s2 --subscribers "$S2_SUBS" --rate "$S2_RATE" "${common[@]}" >/dev/null \
-                    || blog "s2 failed on $who" ;;
+                    || blog "s2 failed on $who"
+                # With the live status page open (ours: /topic/broker.stats).
+                if [[ "$who" == ours && "$S2_STATUS" == 1 ]]; then
+                    "$lg" s2 --subscribers "$S2_SUBS" --rate "$S2_RATE" --status-subscriber \
+                        --variant status-page-open "${common[@]}" >/dev/null \
+                        || blog "s2 with status subscriber failed"
+                fi ;;
             s3) "$lg" s3 --connections "$S3_CONNS" --read-buffer 4096 --connect-concurrency 128 \
                     "${common[@]}" >/dev/null || blog "s3 failed on $who" ;;
             s4) "$lg" s4 --total "$S4_TOTAL" --read-buffer 4096 "${common[@]}" >/dev/null \

@@ -40,6 +40,14 @@ run() { start_ours; loadgen_ours "$@" "${common[@]}" || blog "failed: $*"; stop_
 for round in $(seq 1 "$ROUNDS"); do
     blog "round $round"
     run s1 --subscribers 1000
+    start_ours --ws-frame-per-message
+    loadgen_ours s1 --subscribers 1000 --variant ws-frame-per-message "${common[@]}" \
+        || blog "s1 frame per message failed"
+    stop_ours
+    run s1 --subscribers 1000 --transport tcp
+    run s2 --subscribers 10000 --rate 50000 --transport tcp
+    run s2 --subscribers 10000 --rate 50000 --status-subscriber --variant status-page-open
+    run s8
     for r in $S2_RATES; do run s2 --subscribers 10000 --rate "$r"; done
     start_ours
     loadgen_ours s3 --connections "$S3_CONNS" --read-buffer 4096 --connect-concurrency 128 \

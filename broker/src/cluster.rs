@@ -405,35 +405,40 @@ impl Cluster {
 
     /// Prometheus text.
     pub fn write_prometheus(&self, out: &mut String) {
-        use std::fmt::Write as _;
+        use crate::metrics::{PromText, PromType};
         let s = &self.stats;
-        let _ = write!(
-            out,
-            "# HELP stomp_cluster_info This node's id in the cluster.\n\
-             # TYPE stomp_cluster_info gauge\n\
-             stomp_cluster_info{{node_id=\"{}\"}} 1\n\
-             # HELP stomp_cluster_nodes Nodes heard within the last 3 heartbeat intervals, self included.\n\
-             # TYPE stomp_cluster_nodes gauge\n\
-             stomp_cluster_nodes {}\n\
-             # HELP stomp_cluster_lag Records behind on the cluster topic.\n\
-             # TYPE stomp_cluster_lag gauge\n\
-             stomp_cluster_lag {}\n\
-             # HELP stomp_cluster_relayed_out_total Messages relayed to the other nodes (acknowledged by Kafka).\n\
-             # TYPE stomp_cluster_relayed_out_total counter\n\
-             stomp_cluster_relayed_out_total {}\n\
-             # HELP stomp_cluster_relayed_in_total Messages from other nodes delivered here.\n\
-             # TYPE stomp_cluster_relayed_in_total counter\n\
-             stomp_cluster_relayed_in_total {}\n\
-             # HELP stomp_cluster_produce_failures_total Messages not relayed (in-flight limit, Kafka errors).\n\
-             # TYPE stomp_cluster_produce_failures_total counter\n\
-             stomp_cluster_produce_failures_total {}\n",
-            escape_label(&self.node_id),
-            self.nodes().len(),
-            s.lag.load(Relaxed).max(0),
-            s.relayed_out.load(Relaxed),
-            s.relayed_in.load(Relaxed),
-            s.produce_failures.load(Relaxed),
-        );
+        PromText::new(out)
+            .header(
+                "stomp_cluster_info",
+                PromType::Gauge,
+                "This node's id in the cluster.",
+            )
+            .sample("stomp_cluster_info", Some(("node_id", &self.node_id)), 1)
+            .gauge(
+                "stomp_cluster_nodes",
+                "Nodes heard within the last 3 heartbeat intervals, self included.",
+                self.nodes().len() as i64,
+            )
+            .gauge(
+                "stomp_cluster_lag",
+                "Records behind on the cluster topic.",
+                s.lag.load(Relaxed).max(0),
+            )
+            .counter(
+                "stomp_cluster_relayed_out_total",
+                "Messages relayed to the other nodes (acknowledged by Kafka).",
+                s.relayed_out.load(Relaxed),
+            )
+            .counter(
+                "stomp_cluster_relayed_in_total",
+                "Messages from other nodes delivered here.",
+                s.relayed_in.load(Relaxed),
+            )
+            .counter(
+                "stomp_cluster_produce_failures_total",
+                "Messages not relayed (in-flight limit, Kafka errors).",
+                s.produce_failures.load(Relaxed),
+            );
         self.queues.write_prometheus(out);
     }
 
@@ -451,12 +456,6 @@ impl Cluster {
             "queues": self.queues.json(),
         })
     }
-}
-
-fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// One attempt to join: the topic exists, and `consumer` is assigned every

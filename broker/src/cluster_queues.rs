@@ -644,23 +644,23 @@ impl ClusterQueues {
 
     /// Prometheus text.
     pub fn write_prometheus(&self, out: &mut String) {
-        use std::fmt::Write as _;
         let s = &self.stats;
-        let _ = write!(
-            out,
-            "# HELP stomp_cluster_queue_dispatched_total Queue messages this node (as owner) handed to a consumer, here or on another node.\n\
-             # TYPE stomp_cluster_queue_dispatched_total counter\n\
-             stomp_cluster_queue_dispatched_total {}\n\
-             # HELP stomp_cluster_queue_redelivered_total Of them, redeliveries (NACK, consumer or node gone, new owner).\n\
-             # TYPE stomp_cluster_queue_redelivered_total counter\n\
-             stomp_cluster_queue_redelivered_total {}\n\
-             # HELP stomp_cluster_queue_owned_partitions Queue topic partitions this node owns.\n\
-             # TYPE stomp_cluster_queue_owned_partitions gauge\n\
-             stomp_cluster_queue_owned_partitions {}\n",
-            s.dispatched.load(Relaxed),
-            s.redelivered.load(Relaxed),
-            s.owned.load(Relaxed).max(0),
-        );
+        crate::metrics::PromText::new(out)
+            .counter(
+                "stomp_cluster_queue_dispatched_total",
+                "Queue messages this node (as owner) handed to a consumer, here or on another node.",
+                s.dispatched.load(Relaxed),
+            )
+            .counter(
+                "stomp_cluster_queue_redelivered_total",
+                "Of them, redeliveries (NACK, consumer or node gone, new owner).",
+                s.redelivered.load(Relaxed),
+            )
+            .gauge(
+                "stomp_cluster_queue_owned_partitions",
+                "Queue topic partitions this node owns.",
+                s.owned.load(Relaxed).max(0),
+            );
     }
 
     /// The `queues` part of `/stats.json`'s `cluster` object.

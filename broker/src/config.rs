@@ -169,6 +169,10 @@ pub struct ListenConfig {
     /// Listen backlog of every listener: connections the kernel queues
     /// before the broker accepts them (capped by `net.core.somaxconn`).
     pub backlog: u32,
+    /// Send every frame as its own WebSocket message instead of packing
+    /// the frames of one flush into one message (RabbitMQ Web-STOMP's
+    /// behaviour; for benchmark comparisons and clients that need it).
+    pub ws_frame_per_message: bool,
 }
 
 /// Access to the operator endpoints: `GET /`, `/stats.json` and `/metrics`
@@ -475,6 +479,7 @@ impl Default for ListenConfig {
             .to_vec(),
             port_file: None,
             backlog: 1024,
+            ws_frame_per_message: false,
         }
     }
 }
@@ -771,6 +776,9 @@ pub struct Args {
     /// WebSocket endpoint path [default: /ws].
     #[arg(long, env = "STOMP_BROKER_WS_PATH")]
     pub ws_path: Option<String>,
+    /// Send each frame as its own WebSocket message (listen.ws_frame_per_message).
+    #[arg(long, env = "STOMP_BROKER_WS_FRAME_PER_MESSAGE")]
+    pub ws_frame_per_message: bool,
     /// SockJS endpoint path prefix (sockjs.path).
     #[arg(long, env = "STOMP_BROKER_SOCKJS_PATH")]
     pub sockjs_path: Option<String>,
@@ -881,6 +889,9 @@ impl Args {
         set!(self.stomp_listen => cfg.listen.stomp);
         set!(self.http_listen => cfg.listen.http);
         set!(self.ws_path => cfg.listen.ws_path);
+        if self.ws_frame_per_message {
+            cfg.listen.ws_frame_per_message = true;
+        }
         set!(self.sockjs_path => cfg.sockjs.path);
         if self.port_file.is_some() {
             cfg.listen.port_file = self.port_file;

@@ -29,6 +29,7 @@ pub mod sockjs;
 pub mod status;
 pub mod tls;
 pub mod transport;
+pub mod wildcard;
 
 use std::{net::SocketAddr, sync::atomic::Ordering::Relaxed, sync::Arc, time::Duration};
 

@@ -1,8 +1,18 @@
 //! Broker-wide counters, rendered as Prometheus text on `GET /metrics`.
+//!
+//! The counters bumped for every frame and every delivery are
+//! [`ShardedCounter`]s: one cache-line-padded cell per shard, each thread
+//! adding to its own shard and readers summing them, so runtime workers on
+//! many cores do not all write one cache line. Everything else is a plain
+//! atomic. [`PromText`] is the one Prometheus text renderer (also used by
+//! the cluster's metrics).
 
 use std::{
     fmt::Write,
-    sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
+    sync::{
+        atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering, Ordering::Relaxed},
+        OnceLock,
+    },
 };
 
 use dashmap::DashMap;
@@ -11,6 +21,143 @@ use stomp_codec::Command;
 use crate::budget::MemoryBudget;
 
 const COMMANDS: [Command; 15] = Command::ALL;
+
+/// One shard's cell, alone on its cache line (128 bytes: x86 prefetches
+/// lines in pairs).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Cell(AtomicU64);
+
+/// Shards per counter: the CPUs available, rounded up to a power of two,
+/// at most 64 (and at least 1).
+fn shard_count() -> usize {
+    static N: OnceLock<usize> = OnceLock::new();
+    *N.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .next_power_of_two()
+            .min(64)
+    })
+}
+
+/// This thread's shard number (threads are numbered in the order they
+/// first count; runtime workers live for the whole run).
+fn thread_shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Relaxed);
+    }
+    SHARD.with(|s| *s)
+}
+
+/// A monotonic counter split over per-thread shards: adding touches only
+/// the calling thread's cache line, reading sums every shard (reads are
+/// rare: `/metrics`, the status sampler). Its methods mirror
+/// [`AtomicU64`]'s so call sites read the same.
+#[derive(Debug)]
+pub struct ShardedCounter {
+    cells: Box<[Cell]>,
+}
+
+impl Default for ShardedCounter {
+    fn default() -> Self {
+        ShardedCounter {
+            cells: (0..shard_count()).map(|_| Cell::default()).collect(),
+        }
+    }
+}
+
+impl ShardedCounter {
+    /// Adds `n` (the ordering is always relaxed: counters order nothing).
+    #[inline]
+    pub fn fetch_add(&self, n: u64, _order: Ordering) {
+        let cells = &self.cells;
+        // `cells.len()` is a power of two.
+        cells[thread_shard() & (cells.len() - 1)]
+            .0
+            .fetch_add(n, Relaxed);
+    }
+
+    /// The sum over all shards.
+    pub fn load(&self, _order: Ordering) -> u64 {
+        self.cells
+            .iter()
+            .fold(0u64, |a, c| a.wrapping_add(c.0.load(Relaxed)))
+    }
+}
+
+/// Prometheus text exposition (format 0.0.4): `# HELP`/`# TYPE` once per
+/// metric, then its samples. Label values are escaped.
+#[derive(Debug)]
+pub struct PromText<'a> {
+    out: &'a mut String,
+}
+
+/// A metric's type.
+#[derive(Debug, Clone, Copy)]
+pub enum PromType {
+    /// Only goes up (`_total`).
+    Counter,
+    /// Goes up and down.
+    Gauge,
+}
+
+impl<'a> PromText<'a> {
+    /// Appends to `out`.
+    pub fn new(out: &'a mut String) -> Self {
+        PromText { out }
+    }
+
+    /// The `# HELP` and `# TYPE` lines of `name`.
+    pub fn header(&mut self, name: &str, kind: PromType, help: &str) -> &mut Self {
+        let kind = match kind {
+            PromType::Counter => "counter",
+            PromType::Gauge => "gauge",
+        };
+        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        self
+    }
+
+    /// One sample; `label` is an optional `(name, value)`.
+    pub fn sample(
+        &mut self,
+        name: &str,
+        label: Option<(&str, &str)>,
+        v: impl std::fmt::Display,
+    ) -> &mut Self {
+        let _ = match label {
+            Some((k, val)) => writeln!(self.out, "{name}{{{k}=\"{}\"}} {v}", escape_label(val)),
+            None => writeln!(self.out, "{name} {v}"),
+        };
+        self
+    }
+
+    /// A counter with one unlabelled sample.
+    pub fn counter(&mut self, name: &str, help: &str, v: u64) -> &mut Self {
+        self.header(name, PromType::Counter, help)
+            .sample(name, None, v)
+    }
+
+    /// A gauge with one unlabelled sample.
+    pub fn gauge(&mut self, name: &str, help: &str, v: i64) -> &mut Self {
+        self.header(name, PromType::Gauge, help)
+            .sample(name, None, v)
+    }
+}
+
+/// Escapes a Prometheus label value (backslash, quote, newline).
+pub fn escape_label(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
 
 fn command_index(c: Command) -> usize {
     COMMANDS.iter().position(|&x| x == c).unwrap_or(0)
@@ -114,12 +261,12 @@ pub struct Metrics {
     connections_rejected: [AtomicU64; 3],
     /// Active subscriptions.
     pub subscriptions: AtomicI64,
-    frames_in: [AtomicU64; 15],
-    frames_out: [AtomicU64; 15],
+    frames_in: [ShardedCounter; 15],
+    frames_out: [ShardedCounter; 15],
     /// Messages published (SEND, bridge, in-process).
-    pub messages_published: AtomicU64,
+    pub messages_published: ShardedCounter,
     /// MESSAGE frames handed to subscribers.
-    pub messages_delivered: AtomicU64,
+    pub messages_delivered: ShardedCounter,
     /// Messages dropped (slow-consumer drop policy, queue overflow, no route).
     pub messages_dropped: AtomicU64,
     /// Queue messages redelivered after NACK or disconnect.
@@ -135,9 +282,9 @@ pub struct Metrics {
     /// Heart-beat timeouts.
     pub heartbeat_timeouts: AtomicU64,
     /// Bytes read from clients.
-    pub bytes_in: AtomicU64,
+    pub bytes_in: ShardedCounter,
     /// Bytes written to clients.
-    pub bytes_out: AtomicU64,
+    pub bytes_out: ShardedCounter,
     /// Password hashes verified (argon2; unknown users hash a dummy).
     pub auth_hashes: AtomicU64,
     /// Password hashes running now.
@@ -218,58 +365,48 @@ impl Metrics {
 
     /// Prometheus text exposition.
     pub fn render(&self, out: &mut String) {
-        let gauge = |out: &mut String, name: &str, help: &str, v: i64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        };
-        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
-        };
-        gauge(
-            out,
+        use PromType::Counter;
+        let mut p = PromText::new(out);
+        p.gauge(
             "stomp_connections",
             "Open connections.",
             self.connections.load(Relaxed),
-        );
-        counter(
-            out,
+        )
+        .counter(
             "stomp_connections_total",
             "Connections accepted.",
             self.connections_total.load(Relaxed),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP stomp_connections_rejected_total Connections and HTTP sockets refused at admission, by reason (the limit reached).\n# TYPE stomp_connections_rejected_total counter"
+        )
+        .header(
+            "stomp_connections_rejected_total",
+            Counter,
+            "Connections and HTTP sockets refused at admission, by reason (the limit reached).",
         );
         for r in ConnRefusal::ALL {
-            let _ = writeln!(
-                out,
-                "stomp_connections_rejected_total{{reason=\"{}\"}} {}",
-                r.as_str(),
-                self.connections_refused_of(r)
+            p.sample(
+                "stomp_connections_rejected_total",
+                Some(("reason", r.as_str())),
+                self.connections_refused_of(r),
             );
         }
-        gauge(
-            out,
+        p.gauge(
             "stomp_sockjs_sessions",
             "Open SockJS sessions.",
             self.sockjs_sessions.load(Relaxed),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP stomp_sockjs_sessions_total SockJS sessions opened, by transport.\n# TYPE stomp_sockjs_sessions_total counter"
+        )
+        .header(
+            "stomp_sockjs_sessions_total",
+            Counter,
+            "SockJS sessions opened, by transport.",
         );
         for t in SOCKJS_TRANSPORTS {
-            let _ = writeln!(
-                out,
-                "stomp_sockjs_sessions_total{{transport=\"{t}\"}} {}",
-                self.sockjs_opened_of(t)
+            p.sample(
+                "stomp_sockjs_sessions_total",
+                Some(("transport", t)),
+                self.sockjs_opened_of(t),
             );
         }
-        gauge(
-            out,
+        p.gauge(
             "stomp_subscriptions",
             "Active subscriptions.",
             self.subscriptions.load(Relaxed),
@@ -286,155 +423,129 @@ impl Metrics {
                 "Frames sent by command.",
             ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            p.header(name, Counter, help);
             for (i, c) in COMMANDS.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "{name}{{command=\"{}\"}} {}",
-                    c.as_str(),
-                    arr[i].load(Relaxed)
-                );
+                p.sample(name, Some(("command", c.as_str())), arr[i].load(Relaxed));
             }
         }
-        counter(
-            out,
+        p.counter(
             "stomp_messages_published_total",
             "Messages published.",
             self.messages_published.load(Relaxed),
-        );
-        counter(
-            out,
+        )
+        .counter(
             "stomp_messages_delivered_total",
             "MESSAGE frames delivered to subscribers.",
             self.messages_delivered.load(Relaxed),
-        );
-        counter(
-            out,
+        )
+        .counter(
             "stomp_messages_dropped_total",
             "Messages dropped (slow consumer drop policy, queue overflow).",
             self.messages_dropped.load(Relaxed),
-        );
-        counter(
-            out,
+        )
+        .counter(
             "stomp_messages_redelivered_total",
             "Queue messages redelivered.",
             self.messages_redelivered.load(Relaxed),
-        );
-        counter(
-            out,
+        )
+        .counter(
             "stomp_messages_replayed_total",
             "Retained messages replayed to new subscriptions.",
             self.messages_replayed.load(Relaxed),
-        );
-        gauge(
-            out,
+        )
+        .gauge(
             "stomp_retained_destinations",
             "Destinations with retained messages.",
             self.retained_destinations.load(Relaxed),
-        );
-        counter(
-            out,
+        )
+        .counter(
             "stomp_retained_evicted_total",
             "Retained destinations evicted at the cap.",
             self.retained_evicted.load(Relaxed),
-        );
-        gauge(
-            out,
+        )
+        .gauge(
             "stomp_retained_bytes",
             "Bytes held by the retained store.",
             self.retained_bytes.load(Relaxed),
-        );
-        counter(
-            out,
+        )
+        .counter(
             "stomp_replay_skipped_total",
             "Retained messages not replayed: over the subscriber's byte budget.",
             self.replay_skipped.load(Relaxed),
-        );
-        gauge(
-            out,
+        )
+        .gauge(
             "stomp_queues",
             "Queues (/queue/...) that exist.",
             self.queues.load(Relaxed),
-        );
-        gauge(
-            out,
+        )
+        .gauge(
             "stomp_memory_budget_bytes",
             "The broker-wide memory budget (limits.memory_budget_bytes).",
             i64::try_from(self.memory.limit()).unwrap_or(i64::MAX),
-        );
-        gauge(
-            out,
+        )
+        .gauge(
             "stomp_memory_used_bytes",
             "Bytes charged to the memory budget: outbound, unacked, queues, transactions, retained.",
             i64::try_from(self.memory.used()).unwrap_or(i64::MAX),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP stomp_publish_refused_total Publishes refused, by reason.\n# TYPE stomp_publish_refused_total counter"
+        )
+        .header(
+            "stomp_publish_refused_total",
+            Counter,
+            "Publishes refused, by reason.",
         );
         for r in Refusal::ALL {
-            let _ = writeln!(
-                out,
-                "stomp_publish_refused_total{{reason=\"{}\"}} {}",
-                r.as_str(),
-                self.refused_of(r)
+            p.sample(
+                "stomp_publish_refused_total",
+                Some(("reason", r.as_str())),
+                self.refused_of(r),
             );
         }
-        counter(
-            out,
+        p.counter(
             "stomp_slow_consumer_disconnects_total",
             "Connections closed as slow consumers.",
             self.slow_consumer_disconnects.load(Relaxed),
-        );
-        counter(
-            out,
+        )
+        .counter(
             "stomp_heartbeat_timeouts_total",
             "Connections closed for missing heart-beats.",
             self.heartbeat_timeouts.load(Relaxed),
-        );
-        counter(
-            out,
+        )
+        .counter(
             "stomp_bytes_in_total",
             "Bytes read from clients.",
             self.bytes_in.load(Relaxed),
-        );
-        counter(
-            out,
+        )
+        .counter(
             "stomp_bytes_out_total",
             "Bytes written to clients.",
             self.bytes_out.load(Relaxed),
-        );
-        counter(
-            out,
+        )
+        .counter(
             "stomp_auth_hashes_total",
             "Password hashes verified (unknown users hash a dummy).",
             self.auth_hashes.load(Relaxed),
-        );
-        gauge(
-            out,
+        )
+        .gauge(
             "stomp_auth_hashes_in_flight",
             "Password hashes running now (at most auth.max_concurrent_hashes).",
             self.auth_hashes_in_flight.load(Relaxed),
-        );
-        gauge(
-            out,
+        )
+        .gauge(
             "stomp_auth_waiting",
             "CONNECTs waiting for a hash slot or their address's failure budget.",
             self.auth_waiting.load(Relaxed),
-        );
-        counter(
-            out,
+        )
+        .counter(
             "stomp_auth_throttled_total",
             "CONNECTs refused without a check (address failure budget spent).",
             self.auth_throttled.load(Relaxed),
-        );
-        counter(
-            out,
+        )
+        .counter(
             "stomp_http_timeouts_total",
             "HTTP connections closed by the header-read or idle keep-alive timeout.",
             self.http_timeouts.load(Relaxed),
-        );
-        let _ = writeln!(out, "# HELP stomp_errors_total ERROR frames sent, by kind.\n# TYPE stomp_errors_total counter");
+        )
+        .header("stomp_errors_total", Counter, "ERROR frames sent, by kind.");
         let mut errors: Vec<(&'static str, u64)> = self
             .errors
             .iter()
@@ -442,7 +553,49 @@ impl Metrics {
             .collect();
         errors.sort_unstable();
         for (kind, v) in errors {
-            let _ = writeln!(out, "stomp_errors_total{{kind=\"{kind}\"}} {v}");
+            p.sample("stomp_errors_total", Some(("kind", kind)), v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sharded_counter_sums_every_thread() {
+        let c = ShardedCounter::default();
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..1000 {
+                        c.fetch_add(2, Relaxed);
+                    }
+                });
+            }
+        });
+        c.fetch_add(5, Relaxed);
+        assert_eq!(c.load(Relaxed), 16_005);
+    }
+
+    #[test]
+    fn hot_counters_render_under_their_names() {
+        let m = Metrics::default();
+        m.messages_delivered.fetch_add(3, Relaxed);
+        m.frame_in(Command::Send);
+        m.frames_out(Command::Message, 4);
+        m.bytes_out.fetch_add(7, Relaxed);
+        m.error("bad\"kind");
+        let mut out = String::new();
+        m.render(&mut out);
+        for line in [
+            "# HELP stomp_messages_delivered_total MESSAGE frames delivered to subscribers.\n# TYPE stomp_messages_delivered_total counter\nstomp_messages_delivered_total 3\n",
+            "stomp_frames_in_total{command=\"SEND\"} 1\n",
+            "stomp_frames_out_total{command=\"MESSAGE\"} 4\n",
+            "stomp_bytes_out_total 7\n",
+            "stomp_errors_total{kind=\"bad\\\"kind\"} 1\n",
+        ] {
+            assert!(out.contains(line), "{line:?} missing from:\n{out}");
         }
     }
 }

@@ -5,7 +5,8 @@
 //! TCP writes the buffer as it is (one `write_all`, no per-frame copies or
 //! allocations); WebSocket sends one message per run of frames of the same
 //! kind (STOMP over WebSocket allows several frames per message), as
-//! zero-copy slices of the buffer.
+//! zero-copy slices of the buffer. With `listen.ws_frame_per_message` runs
+//! never merge, so every frame is its own WebSocket message.
 
 use bytes::{Bytes, BytesMut};
 
@@ -47,12 +48,22 @@ pub struct Output {
     buf: BytesMut,
     segments: Vec<Segment>,
     cost: usize,
+    frame_per_segment: bool,
 }
 
 /// Capacity kept between flushes; more is released so idle connections stay small.
 const KEEP_CAPACITY: usize = 64 * 1024;
 
 impl Output {
+    /// Pending output; with `frame_per_segment` every committed frame
+    /// stays its own segment (one WebSocket message per frame).
+    pub fn new(frame_per_segment: bool) -> Self {
+        Output {
+            frame_per_segment,
+            ..Output::default()
+        }
+    }
+
     /// The buffer to encode the next frame into (then call [`Output::commit`]).
     pub fn buf(&mut self) -> &mut BytesMut {
         &mut self.buf
@@ -68,7 +79,7 @@ impl Output {
         }
         self.cost += cost;
         match self.segments.last_mut() {
-            Some(last) if last.text == text => last.end = end,
+            Some(last) if last.text == text && !self.frame_per_segment => last.end = end,
             _ => self.segments.push(Segment { end, text }),
         }
     }
@@ -139,5 +150,22 @@ mod tests {
             ]
         );
         assert!(o.is_empty());
+    }
+
+    #[test]
+    fn frame_per_segment_keeps_frames_apart() {
+        let mut o = Output::new(true);
+        o.buf().extend_from_slice(b"A\0");
+        o.commit(true, 1);
+        o.buf().extend_from_slice(b"B\0");
+        o.commit(true, 1);
+        let runs: Vec<(Bytes, bool)> = o.take().runs().collect();
+        assert_eq!(
+            runs,
+            vec![
+                (Bytes::from_static(b"A\0"), true),
+                (Bytes::from_static(b"B\0"), true)
+            ]
+        );
     }
 }

@@ -8,20 +8,27 @@
 //!
 //! Memory is bounded: at most `max_destinations` destinations and
 //! `max_bytes` bytes of messages are kept; the least recently updated
-//! destination is evicted first and counted. The bytes are charged to the
+//! destination is evicted first and counted (a `hashlink` linked hash map
+//! keeps destinations in update order). The bytes are charged to the
 //! broker-wide memory budget ([`crate::budget`]).
+//!
+//! A wildcard subscription finds the retained `/topic/` destinations it
+//! matches through a segment trie of their names ([`NameIndex`]), walking
+//! only what the pattern can reach instead of every retained destination.
 //!
 //! A replay is paced by the subscriber's outbound byte budget: the session
 //! replays the newest messages that fit and counts the rest in
 //! `stomp_replay_skipped_total` (see `Session::on_frame`).
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::VecDeque,
     sync::{atomic::Ordering::Relaxed, Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use crate::{metrics::Metrics, router::pattern_matches, router::Message};
+use hashlink::LinkedHashMap;
+
+use crate::{metrics::Metrics, router::Message, wildcard::NameIndex};
 
 /// How long and how many messages to keep per destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,12 +48,14 @@ struct Entry {
 
 #[derive(Debug, Default)]
 struct Inner {
-    map: HashMap<Box<str>, Entry>,
+    /// Destinations by last update, least recent first.
+    map: LinkedHashMap<Box<str>, Entry>,
     /// Bytes of all retained messages.
     bytes: usize,
-    /// Destinations by last update, oldest first.
-    order: BTreeMap<u64, Box<str>>,
+    /// Update counter: `Entry::seq` orders a wildcard replay.
     seq: u64,
+    /// Names of the retained `/topic/` destinations (without `/topic/`).
+    topics: NameIndex,
 }
 
 /// The retained-message store. One per broker.
@@ -84,27 +93,22 @@ impl RetainStore {
         inner.seq += 1;
         let seq = inner.seq;
         let dest: &str = &msg.destination;
-        let old_seq = match inner.map.get_mut(dest) {
-            Some(e) => {
-                let old = e.seq;
-                e.seq = seq;
-                Some(old)
+        match inner.map.to_back(dest) {
+            Some(e) => e.seq = seq,
+            None => {
+                inner.map.insert(
+                    dest.into(),
+                    Entry {
+                        seq,
+                        msgs: VecDeque::new(),
+                        bytes: 0,
+                    },
+                );
+                if let Some(name) = dest.strip_prefix("/topic/") {
+                    inner.topics.insert(name);
+                }
             }
-            None => None,
-        };
-        if let Some(old) = old_seq {
-            inner.order.remove(&old);
-        } else {
-            inner.map.insert(
-                dest.into(),
-                Entry {
-                    seq,
-                    msgs: VecDeque::new(),
-                    bytes: 0,
-                },
-            );
         }
-        inner.order.insert(seq, dest.into());
         let mut delta: isize = 0;
         if let Some(e) = inner.map.get_mut(dest) {
             e.msgs.push_back((now + policy.ttl, msg.clone()));
@@ -126,18 +130,16 @@ impl RetainStore {
             memory.release(delta.unsigned_abs());
         }
         // Evict expired destinations from the old end, then enforce the cap.
-        while let Some((&oldest, name)) = inner.order.first_key_value() {
-            let name = name.clone();
-            let expired = inner
-                .map
-                .get(&name)
-                .is_none_or(|e| e.msgs.back().is_none_or(|(exp, _)| *exp <= now));
+        while let Some((_, e)) = inner.map.front() {
+            let expired = e.msgs.back().is_none_or(|(exp, _)| *exp <= now);
             let over = inner.map.len() > self.max_destinations || inner.bytes > self.max_bytes;
             if !expired && !over {
                 break;
             }
-            inner.order.remove(&oldest);
-            if let Some(e) = inner.map.remove(&name) {
+            if let Some((name, e)) = inner.map.pop_front() {
+                if let Some(t) = name.strip_prefix("/topic/") {
+                    inner.topics.remove(t);
+                }
                 inner.bytes -= e.bytes;
                 memory.release(e.bytes);
             }
@@ -170,16 +172,17 @@ impl RetainStore {
             .filter(|p| p.split('.').any(|s| s == "*" || s == "#"));
         let out: Vec<Arc<Message>> = match pattern {
             None => inner.map.get(destination).map(live).unwrap_or_default(),
-            Some(p) => inner
-                .order
-                .values()
-                .filter(|d| {
-                    d.strip_prefix("/topic/")
-                        .is_some_and(|t| pattern_matches(p, t))
-                })
-                .filter_map(|d| inner.map.get(d))
-                .flat_map(live)
-                .collect(),
+            Some(p) => {
+                let mut found: Vec<&Entry> = inner
+                    .topics
+                    .matching(p)
+                    .iter()
+                    .filter_map(|name| inner.map.get(format!("/topic/{name}").as_str()))
+                    .collect();
+                // Least recently updated destination first, as before.
+                found.sort_unstable_by_key(|e| e.seq);
+                found.into_iter().flat_map(live).collect()
+            }
         };
         self.metrics
             .messages_replayed
@@ -313,5 +316,25 @@ mod tests {
         let mut got = bodies(s.replay("/topic/order.*"));
         got.sort();
         assert_eq!(got, vec!["1", "2"]);
+    }
+
+    #[test]
+    fn wildcard_replay_follows_evictions_in_update_order() {
+        let metrics = Arc::new(Metrics::default());
+        let s = RetainStore::new(3, usize::MAX, metrics.clone());
+        s.retain(msg("/topic/order.1", "1"), policy(1));
+        s.retain(msg("/topic/order.2", "2"), policy(1));
+        s.retain(msg("/topic/other.9", "9"), policy(1));
+        s.retain(msg("/topic/order.1", "1b"), policy(1));
+        // Over the cap: order.2, least recently updated, goes.
+        s.retain(msg("/topic/order.3", "3"), policy(1));
+        assert_eq!(metrics.retained_evicted.load(Relaxed), 1);
+        assert_eq!(bodies(s.replay("/topic/order.*")), vec!["1b", "3"]);
+        assert_eq!(bodies(s.replay("/topic/#")), vec!["9", "1b", "3"]);
+        // Evicted names leave the index (other.9 goes now); a new message
+        // brings one back.
+        s.retain(msg("/topic/order.2", "2b"), policy(1));
+        assert_eq!(bodies(s.replay("/topic/order.*")), vec!["1b", "3", "2b"]);
+        assert_eq!(bodies(s.replay("/topic/other.*")), Vec::<String>::new());
     }
 }

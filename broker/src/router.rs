@@ -4,7 +4,8 @@
 //!   map of copy-on-write subscriber lists (publishers clone an `Arc`
 //!   snapshot and release the shard before delivering); wildcard
 //!   subscriptions (`*` one dot-segment, `#` zero or more, RabbitMQ style)
-//!   are matched against every published topic.
+//!   live in a segment trie with a match cache ([`crate::wildcard`]), so a
+//!   publish costs what it matches, not the number of wildcards.
 //! * `/queue/...`: competing consumers, round-robin, with a buffer bounded
 //!   by `queues.max_messages`/`max_bytes` while no consumer can take a
 //!   message (none subscribed, or all at their prefetch or byte limit). A
@@ -31,7 +32,7 @@ use std::{
     collections::VecDeque,
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
-        Arc, Mutex, RwLock,
+        Arc, Mutex,
     },
 };
 
@@ -43,6 +44,7 @@ use crate::{
     config::{Config, QueueMode, QueueOverflow},
     conn::{ConnShared, DeliveryKind, Outbound},
     metrics::{Metrics, Refusal},
+    wildcard::PatternIndex,
 };
 
 /// A published message: the shared MESSAGE part, encoded once.
@@ -334,8 +336,7 @@ type Hasher = foldhash::fast::RandomState;
 #[derive(Debug)]
 pub struct Router {
     topics: DashMap<Box<str>, Arc<Vec<Subscriber>>, Hasher>,
-    wildcards: RwLock<Vec<(Box<str>, Subscriber)>>,
-    wildcard_count: AtomicUsize,
+    wildcards: PatternIndex<Subscriber>,
     queues: DashMap<Box<str>, Arc<Mutex<QueueState>>, Hasher>,
     queue_count: AtomicUsize,
     max_queues: usize,
@@ -375,8 +376,7 @@ impl Router {
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Router {
         Router {
             topics: DashMap::with_hasher(Hasher::default()),
-            wildcards: RwLock::new(Vec::new()),
-            wildcard_count: AtomicUsize::new(0),
+            wildcards: PatternIndex::default(),
             queues: DashMap::with_hasher(Hasher::default()),
             queue_count: AtomicUsize::new(0),
             max_queues: config.queues.max_queues,
@@ -432,11 +432,7 @@ impl Router {
             key: self.next_key.fetch_add(1, Relaxed),
         };
         match route {
-            Route::Pattern(name) => {
-                let mut w = self.wildcards.write().unwrap_or_else(|e| e.into_inner());
-                w.push((name.into(), sub.clone()));
-                self.wildcard_count.store(w.len(), Relaxed);
-            }
+            Route::Pattern(name) => self.wildcards.insert(name, sub.clone()),
             Route::Exact { .. } => {
                 let mut entry = self.topics.entry(destination.into()).or_default();
                 Arc::make_mut(entry.value_mut()).push(sub.clone());
@@ -462,13 +458,7 @@ impl Router {
     /// Removes a subscription.
     pub fn unsubscribe(&self, handle: &SubscriptionHandle) {
         let removed = match self.route(&handle.destination) {
-            Ok(Route::Pattern(_)) => {
-                let mut w = self.wildcards.write().unwrap_or_else(|e| e.into_inner());
-                let before = w.len();
-                w.retain(|(_, s)| s.key != handle.key);
-                self.wildcard_count.store(w.len(), Relaxed);
-                before != w.len()
-            }
+            Ok(Route::Pattern(name)) => self.wildcards.remove(name, |s| s.key == handle.key),
             Ok(Route::Exact { .. }) => {
                 let name: &str = &handle.destination;
                 let mut removed = false;
@@ -626,14 +616,8 @@ impl Router {
         if let Some(subs) = exact {
             delivered += self.fan_out(&subs, msg);
         }
-        if let Some(name) = name.filter(|_| self.wildcard_count.load(Relaxed) > 0) {
-            let matched: Vec<Subscriber> = {
-                let w = self.wildcards.read().unwrap_or_else(|e| e.into_inner());
-                w.iter()
-                    .filter(|(p, _)| pattern_matches(p, name))
-                    .map(|(_, s)| s.clone())
-                    .collect()
-            };
+        if let Some(name) = name.filter(|_| !self.wildcards.is_empty()) {
+            let matched = self.wildcards.matches(name);
             delivered += self.fan_out(&matched, msg);
         }
         self.metrics
@@ -859,19 +843,12 @@ impl Router {
                 st.buffer.len(),
             ));
         }
-        {
-            let w = self.wildcards.read().unwrap_or_else(|e| e.into_inner());
-            let mut patterns: std::collections::HashMap<&str, usize> =
-                std::collections::HashMap::new();
-            for (p, _) in w.iter() {
-                *patterns.entry(p).or_default() += 1;
-            }
-            all.extend(
-                patterns
-                    .into_iter()
-                    .map(|(p, c)| (format!("/topic/{p}"), c, 0)),
-            );
-        }
+        all.extend(
+            self.wildcards
+                .patterns()
+                .into_iter()
+                .map(|(p, c)| (format!("/topic/{p}"), c, 0)),
+        );
         all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(b.2.cmp(&a.2)).then(a.0.cmp(&b.0)));
         all.truncate(n);
         all

@@ -387,6 +387,7 @@ impl Session {
     /// A session for a freshly accepted connection.
     pub fn new(core: Arc<BrokerCore>, conn: Arc<ConnShared>) -> Session {
         let per_sec = f64::from(core.config.limits.max_frames_per_second);
+        let out = Output::new(core.config.listen.ws_frame_per_message);
         Session {
             core,
             conn,
@@ -403,7 +404,7 @@ impl Session {
             transactions: HashMap::new(),
             tx_bytes: 0,
             next_ack: 1,
-            out: Output::default(),
+            out,
             disconnect_receipt: None,
             disconnecting: false,
             disconnect_ready: false,

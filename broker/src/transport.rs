@@ -81,8 +81,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for StreamTransport<S> 
     }
 }
 
-/// STOMP over WebSocket: each outgoing frame is one WebSocket message;
-/// incoming text and binary messages are concatenated into the byte stream
+/// STOMP over WebSocket: each run of same-kind (text or binary) frames of
+/// one write is one WebSocket message, or each frame its own message with
+/// `listen.ws_frame_per_message` (see [`crate::output`]); incoming text and binary messages are concatenated into the byte stream
 /// (a frame may span messages, a message may hold several frames).
 #[derive(Debug)]
 pub struct WsTransport<S> {

@@ -11,6 +11,7 @@
 
 mod net;
 mod s6;
+mod s8;
 mod scenarios;
 mod soak;
 mod stats;
@@ -89,6 +90,10 @@ struct Cli {
     /// Label for the result row (e.g. stomp-broker, rabbitmq).
     #[arg(long, global = true, default_value = "broker")]
     label: String,
+    /// How the broker was configured, put in the result row as `variant`
+    /// (e.g. ws-frame-per-message); rows of a variant are reported apart.
+    #[arg(long, global = true)]
+    variant: Option<String>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -131,6 +136,10 @@ enum Scenario {
         /// Destination prefix.
         #[arg(long, default_value = "order")]
         prefix: String,
+        /// Keep a `/topic/broker.stats` subscriber open (the live status
+        /// page) for the whole run.
+        #[arg(long)]
+        status_subscriber: bool,
     },
     /// S3 idle: N connections exchanging only heart-beats.
     S3 {
@@ -154,7 +163,7 @@ enum Scenario {
         workers: usize,
     },
     /// S5 slow consumer among N subscribers (phase A undisturbed, phase B
-    /// with one stalled subscriber).
+    /// with one subscriber reading at a tenth of the rate for the whole phase).
     S5 {
         /// Subscribers that keep reading.
         #[arg(long, default_value_t = 1000)]
@@ -204,6 +213,30 @@ enum Scenario {
         /// Body bytes (fan-out and per-order).
         #[arg(long, default_value_t = 200)]
         body: usize,
+    },
+    /// S8 wildcard subscriptions: N `/topic/<prefix>.<id>.*` subscribers
+    /// and M `--hash-pattern` subscribers, open-loop publishing to
+    /// `/topic/<prefix>.<id>.created` spread over the ids.
+    S8 {
+        /// Subscribers on `/topic/<prefix>.<id>.*` (= distinct ids).
+        #[arg(long, default_value_t = 10_000)]
+        star_subscribers: usize,
+        /// Subscribers on --hash-pattern.
+        #[arg(long, default_value_t = 1_000)]
+        hash_subscribers: usize,
+        /// Their pattern (`<prefix>` = --prefix; `{id}` = the subscriber's
+        /// number, so each matches one id instead of every message).
+        #[arg(long, default_value = "/topic/<prefix>.#")]
+        hash_pattern: String,
+        /// Publish rate, messages/s.
+        #[arg(long, default_value_t = 50_000.0)]
+        rate: f64,
+        /// Body bytes.
+        #[arg(long, default_value_t = 200)]
+        body: usize,
+        /// Destination prefix.
+        #[arg(long, default_value = "order")]
+        prefix: String,
     },
     /// S6 Kafka → WebSocket: an open-loop Kafka producer keyed by order id,
     /// WebSocket subscribers on the destinations the broker's bridge route
@@ -318,6 +351,7 @@ fn main() -> Result<()> {
         conns_per_task: cli.conns_per_task,
         warmup: cli.warmup,
         duration: cli.duration,
+        variant: cli.variant.clone(),
     };
     let rt = if cli.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -345,7 +379,19 @@ fn main() -> Result<()> {
                 body,
                 publishers,
                 prefix,
-            } => scenarios::s2(&common, *subscribers, *rate, *body, *publishers, prefix).await,
+                status_subscriber,
+            } => {
+                scenarios::s2(
+                    &common,
+                    *subscribers,
+                    *rate,
+                    *body,
+                    *publishers,
+                    prefix,
+                    *status_subscriber,
+                )
+                .await
+            }
             Scenario::S3 {
                 connections,
                 heart_beat_ms,
@@ -392,6 +438,24 @@ fn main() -> Result<()> {
                     body: *body,
                 };
                 soak::soak(&common, &p).await
+            }
+            Scenario::S8 {
+                star_subscribers,
+                hash_subscribers,
+                hash_pattern,
+                rate,
+                body,
+                prefix,
+            } => {
+                let p = s8::S8Params {
+                    star_subscribers: *star_subscribers,
+                    hash_subscribers: *hash_subscribers,
+                    hash_pattern: hash_pattern.clone(),
+                    rate: *rate,
+                    body: *body,
+                    prefix: prefix.clone(),
+                };
+                s8::s8(&common, &p).await
             }
             Scenario::S6 {
                 kafka_bootstrap,

@@ -18,7 +18,7 @@ use tokio::{sync::Notify, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    net::{absorb, body_stamp, describe, Conn, SendTemplate, Session, Target},
+    net::{absorb, body_stamp, describe, Conn, SendTemplate, Session, Target, Transport},
     stats::{
         instant_at, new_hist, now_ns, percentiles, round, snapshot, Measured, Row, Snapshot, Window,
     },
@@ -42,6 +42,8 @@ pub struct Common {
     pub warmup: f64,
     /// Seconds measured.
     pub duration: f64,
+    /// Free-form broker variant put in the row (e.g. `ws-frame-per-message`).
+    pub variant: Option<String>,
 }
 
 impl Common {
@@ -53,6 +55,9 @@ impl Common {
                 "transport",
                 format!("{:?}", self.target.transport).to_lowercase(),
             );
+        if let Some(v) = &self.variant {
+            r.put("variant", v.as_str());
+        }
         r
     }
 
@@ -159,6 +164,7 @@ async fn subscriber_group(sessions: Vec<Session>, ctx: Arc<RunCtx>) -> Measured 
             Some(Ok(chunk)) => {
                 let now = now_ns();
                 let mut n = 0;
+                m.reads += 1;
                 let windows = &ctx.windows;
                 let res = absorb(
                     &mut bufs[i],
@@ -224,7 +230,7 @@ pub(crate) struct Published {
     pub(crate) sent: u64,
     /// Actual send time minus scheduled send time (open loop only): the
     /// generator's own lateness, included in the reported latencies.
-    lag: Histogram<u64>,
+    pub(crate) lag: Histogram<u64>,
 }
 
 /// Open-loop publisher: message `k` (k = first, first + step, ...) is due
@@ -364,7 +370,10 @@ async fn publish_windowed(
 
 /// Samples broker and generator at the window edges (and every second
 /// when `series` is set, for memory over time).
-fn spawn_sampler(pid: Option<u32>, windows: Vec<Window>) -> JoinHandle<Vec<(Snapshot, Snapshot)>> {
+pub(crate) fn spawn_sampler(
+    pid: Option<u32>,
+    windows: Vec<Window>,
+) -> JoinHandle<Vec<(Snapshot, Snapshot)>> {
     tokio::spawn(async move {
         let mut edges = Vec::new();
         for w in &windows {
@@ -485,8 +494,16 @@ pub async fn s1(
     row.put("published", published.sent)
         .put("delivered", m.total)
         .put("lost", expected.saturating_sub(m.total))
-        .put("deliveries_per_s", round(m.count[0] as f64 / c.duration))
-        .latency("", &m.hist[0]);
+        .put("deliveries_per_s", round(m.count[0] as f64 / c.duration));
+    if c.target.transport == Transport::Ws {
+        // RabbitMQ sends one MESSAGE per WebSocket message; stomp-broker
+        // packs what one write holds unless --ws-frame-per-message.
+        row.put(
+            "frames_per_ws_message",
+            crate::stats::round3(m.total as f64 / m.reads.max(1) as f64),
+        );
+    }
+    row.latency("", &m.hist[0]);
     if rate.is_some() {
         row.latency("pub_lag_", &published.lag);
     }
@@ -506,9 +523,22 @@ pub async fn s2(
     body: usize,
     publishers: usize,
     prefix: &str,
+    status_subscriber: bool,
 ) -> Result<()> {
     let dest = |i: usize| format!("/topic/{prefix}.{}", i - publishers);
     let subs = open_many(c, publishers, subscribers, (0, 0), Some(&dest)).await?;
+    // The live status page: a `/topic/broker.stats` subscriber open for the
+    // whole run, as a browser showing the page would be.
+    let status = if status_subscriber {
+        let mut s = c
+            .target
+            .open_stomp(publishers + subscribers, (0, 0))
+            .await?;
+        s.subscribe("stats", STATS_TOPIC).await?;
+        Some(s)
+    } else {
+        None
+    };
     // Spread ids with a stride coprime to the id count so consecutive
     // messages hit different subscribers (and different broker shards).
     let n = subscribers;
@@ -528,6 +558,7 @@ pub async fn s2(
     };
     let ctx = RunCtx::new(vec![w]);
     let groups = spawn_groups(subs, c.conns_per_task, &ctx);
+    let status = status.map(|s| tokio::spawn(count_messages(s, ctx.stop.clone())));
     let sampler = spawn_sampler(c.broker_pid, vec![w]);
     let mut tasks = Vec::new();
     for p in 0..publishers {
@@ -557,8 +588,12 @@ pub async fn s2(
     let mut row = c.row("s2");
     row.put("connections", (subscribers + publishers) as u64)
         .put("subscribers", subscribers as u64)
-        .put("publishers", publishers as u64)
-        .put("publish_rate", rate)
+        .put("publishers", publishers as u64);
+    if let Some(t) = status {
+        row.put("status_subscriber", true)
+            .put("status_messages", t.await?);
+    }
+    row.put("publish_rate", rate)
         .put("body_bytes", body as u64)
         .put("published", sent)
         .put("delivered", m.total)
@@ -571,7 +606,29 @@ pub async fn s2(
     row.emit(c.json.as_deref())
 }
 
-fn gcd(a: usize, b: usize) -> usize {
+/// Where the broker publishes its statistics (the status page's feed).
+const STATS_TOPIC: &str = "/topic/broker.stats";
+
+/// Reads a session until `stop`, counting MESSAGE frames (not measured:
+/// their bodies carry no stamp).
+async fn count_messages(mut s: Session, stop: CancellationToken) -> u64 {
+    let mut n = 0u64;
+    loop {
+        let chunk = tokio::select! {
+            _ = stop.cancelled() => break,
+            c = s.conn.next() => c,
+        };
+        match chunk {
+            Some(Ok(chunk)) => {
+                let _ = absorb(&mut s.buf, &chunk, |_, _| n += 1, |_| {});
+            }
+            _ => break,
+        }
+    }
+    n
+}
+
+pub(crate) fn gcd(a: usize, b: usize) -> usize {
     if b == 0 {
         a
     } else {
@@ -731,8 +788,9 @@ pub async fn s4(c: &Common, total: usize, workers: usize) -> Result<()> {
 // ------------------------------------------------------------------ S5
 
 /// S5 slow consumer: `subscribers` on one topic at an open-loop `rate`;
-/// phase A undisturbed, phase B with one extra subscriber that stops
-/// reading. Reports the others' latency in both phases, broker RSS over
+/// phase A undisturbed, phase B with one extra subscriber that reads at a
+/// tenth of its phase-A byte rate for the whole phase (reconnecting when
+/// the broker cuts it off). Reports the others' latency in both phases, broker RSS over
 /// time and what happened to the stalled subscriber.
 #[allow(clippy::too_many_arguments)]
 pub async fn s5(
@@ -753,12 +811,10 @@ pub async fn s5(
         None
     };
     // The victim: a small receive buffer so that it backs up into the
-    // broker quickly once it stops reading, as a stuck browser tab would.
-    let mut victim = Session::new(c.target.open_with(1, Some(4096)).await?);
-    victim.handshake(&c.target, (0, 0)).await?;
-    victim.subscribe("0", topic).await?;
+    // broker once it reads slowly, as a struggling browser tab would.
+    let mut victim_topics = vec![topic.to_string()];
     if victim_publisher.is_some() {
-        victim.subscribe("1", &victim_topic).await?;
+        victim_topics.push(victim_topic.clone());
     }
 
     let t0 = now_ns() + 200_000_000;
@@ -774,10 +830,15 @@ pub async fn s5(
     let groups = spawn_groups(subs, c.conns_per_task, &ctx);
     let sampler = spawn_sampler(c.broker_pid, vec![a_w, b_w]);
     let series = spawn_series(c.broker_pid, b_w.end + 2_000_000_000);
-    let victim_task = tokio::spawn(stalling_reader(victim, b_w.start, ctx.stop.clone()));
+    let victim_task = tokio::spawn(slow_reader(
+        c.target.clone(),
+        victim_topics,
+        b_w.start,
+        ctx.stop.clone(),
+    ));
     // The victim's own heavy stream (both phases, so the only difference
-    // between A and B is that the victim stops reading): its backlog grows
-    // by victim_rate × victim_body bytes/s once it stalls.
+    // between A and B is that the victim reads at a tenth of the rate): its
+    // backlog grows by 0.9 × victim_rate × victim_body bytes/s in phase B.
     let victim_pub = victim_publisher.map(|s| {
         tokio::spawn(publish_open_loop(
             s,
@@ -811,7 +872,7 @@ pub async fn s5(
     let m = join_groups(groups, 2).await?;
     let edges = sampler.await?;
     let rss = series.await?;
-    let victim = victim_task.await?;
+    let victim = victim_task.await??;
     let mut row = c.row("s5");
     row.put("subscribers", subscribers as u64)
         .put("publish_rate", rate)
@@ -846,6 +907,9 @@ pub async fn s5(
         .put("victim_stream_body_bytes", victim_body as u64)
         .put("victim_stream_published", victim_sent)
         .put("victim_received", victim.received)
+        .put("victim_read_bps_undisturbed", round(victim.fast_bps))
+        .put("victim_read_bps_slow", round(victim.slow_bps))
+        .put("victim_cut_off", victim.cut_off)
         .put("victim_outcome", victim.outcome);
     put_errors(&mut row, &m);
     row.emit(c.json.as_deref())
@@ -853,57 +917,100 @@ pub async fn s5(
 
 struct VictimReport {
     received: u64,
+    /// Bytes/s it read while keeping up (phase A) and in phase B.
+    fast_bps: f64,
+    slow_bps: f64,
+    /// Times the broker closed it during phase B (it reconnects each time,
+    /// so the disturbance lasts the whole phase).
+    cut_off: u64,
     outcome: String,
 }
 
-/// Reads normally until `stall_at`, then stops reading until `stop`, then
-/// reads what is left (up to 10 s) to learn whether the broker cut it off.
-async fn stalling_reader(mut s: Session, stall_at: u64, stop: CancellationToken) -> VictimReport {
+/// The slow subscriber: reads normally until `slow_from`, then for the
+/// whole of phase B at a tenth of the byte rate it read before (sleeping
+/// after each chunk; its small receive buffer makes the broker hold the
+/// rest). When the broker closes it as a slow consumer it connects and
+/// subscribes again at once, so phase B is disturbed from start to end.
+async fn slow_reader(
+    target: Target,
+    topics: Vec<String>,
+    slow_from: u64,
+    stop: CancellationToken,
+) -> Result<VictimReport> {
+    let open = || async {
+        let mut s = Session::new(target.open_with(1, Some(4096)).await?);
+        s.handshake(&target, (0, 0)).await?;
+        for (i, t) in topics.iter().enumerate() {
+            s.subscribe(&i.to_string(), t).await?;
+        }
+        anyhow::Ok(s)
+    };
+    let mut s = open().await?;
     let mut received = 0u64;
-    let mut outcome = None;
-    // Phase 1: keep up.
+    let mut errors = Vec::new();
+    let started = now_ns();
+    let mut fast_bytes = 0u64;
+    // Phase A: keep up.
     loop {
-        let left = stall_at.saturating_sub(now_ns());
+        let left = slow_from.saturating_sub(now_ns());
         if left == 0 {
             break;
         }
         match tokio::time::timeout(Duration::from_nanos(left), s.conn.next()).await {
             Err(_) => break,
             Ok(Some(Ok(chunk))) => {
-                let mut errs = Vec::new();
-                let _ = absorb(&mut s.buf, &chunk, |_, _| received += 1, |f| errs.push(f));
-                if let Some(Some(f)) = errs.into_iter().next() {
-                    outcome = Some(format!("{} before stalling", describe(&f)));
-                }
+                fast_bytes += chunk.len() as u64;
+                let _ = absorb(&mut s.buf, &chunk, |_, _| received += 1, |f| errors.push(f));
             }
             Ok(_) => {
-                outcome = Some("closed before stalling".into());
-                break;
+                s = open().await?;
             }
         }
     }
-    // Phase 2: stalled.
-    stop.cancelled().await;
-    // Phase 3: see what the broker did.
-    let until = now_ns() + 10_000_000_000;
-    while outcome.is_none() && now_ns() < until {
-        match tokio::time::timeout(Duration::from_secs(2), s.conn.next()).await {
-            Err(_) => {
-                outcome = Some("still connected, no more data".into());
-            }
-            Ok(Some(Ok(chunk))) => {
-                let mut errs = Vec::new();
-                let _ = absorb(&mut s.buf, &chunk, |_, _| received += 1, |f| errs.push(f));
-                if let Some(Some(f)) = errs.into_iter().next() {
-                    outcome = Some(format!("{} after stalling", describe(&f)));
+    let fast_bps = fast_bytes as f64 / ((slow_from.saturating_sub(started)) as f64 / 1e9).max(1e-3);
+    let slow_rate = (fast_bps / 10.0).max(1.0);
+    // Phase B: a tenth of the rate until the run stops.
+    let mut slow_bytes = 0u64;
+    let mut cut_off = 0u64;
+    loop {
+        let item = tokio::select! {
+            _ = stop.cancelled() => break,
+            item = s.conn.next() => item,
+        };
+        match item {
+            Some(Ok(chunk)) => {
+                slow_bytes += chunk.len() as u64;
+                let _ = absorb(&mut s.buf, &chunk, |_, _| received += 1, |f| errors.push(f));
+                let pause = Duration::from_secs_f64(chunk.len() as f64 / slow_rate);
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(pause) => {}
                 }
             }
-            Ok(Some(Err(e))) => outcome = Some(format!("read error after stalling: {e:#}")),
-            Ok(None) => outcome = Some("closed by broker after stalling".into()),
+            _ => {
+                cut_off += 1;
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    r = open() => s = r?,
+                }
+            }
         }
     }
-    VictimReport {
+    let slow_bps =
+        slow_bytes as f64 / ((now_ns().saturating_sub(slow_from)) as f64 / 1e9).max(1e-3);
+    let last_error = errors.iter().rev().find_map(|f| f.as_ref().map(describe));
+    let outcome = match (cut_off, last_error) {
+        (0, _) => "connected, reading slowly, for the whole phase".to_string(),
+        (n, Some(e)) => {
+            format!("closed by the broker {n} times (last: {e}), reconnected each time")
+        }
+        (n, None) => format!("closed by the broker {n} times, reconnected each time"),
+    };
+    Ok(VictimReport {
         received,
-        outcome: outcome.unwrap_or_else(|| "still connected, data still flowing after 10 s".into()),
-    }
+        fast_bps,
+        slow_bps,
+        cut_off,
+        outcome,
+    })
 }

@@ -55,6 +55,9 @@ pub struct Measured {
     pub first_error: Option<String>,
     /// Connections that were closed by the broker before the end.
     pub closed: u64,
+    /// Reads that brought data: WebSocket messages on WebSocket (the
+    /// broker may pack several frames into one), socket reads on TCP.
+    pub reads: u64,
 }
 
 impl Measured {
@@ -67,6 +70,7 @@ impl Measured {
             errors: 0,
             first_error: None,
             closed: 0,
+            reads: 0,
         }
     }
 
@@ -103,6 +107,7 @@ impl Measured {
         self.total += other.total;
         self.errors += other.errors;
         self.closed += other.closed;
+        self.reads += other.reads;
         if self.first_error.is_none() {
             self.first_error.clone_from(&other.first_error);
         }
@@ -209,7 +214,8 @@ impl Row {
     }
 
     /// Adds broker CPU and memory columns for a measurement between two
-    /// snapshots; `deliveries` scales CPU per million deliveries and
+    /// snapshots; `deliveries` gives CPU per million deliveries and
+    /// deliveries per broker CPU-second, and
     /// `conns`/`base_rss` give memory per connection.
     pub fn resources(
         &mut self,
@@ -227,6 +233,12 @@ impl Row {
                 self.put(
                     "broker_cpu_s_per_m",
                     round3(cpu / (deliveries as f64 / 1e6)),
+                );
+                // The figure that does not depend on how many cores the
+                // broker had (utime + stime from /proc/<pid>/stat).
+                self.put(
+                    "deliveries_per_cpu_s",
+                    round(deliveries as f64 / cpu.max(1e-9)),
                 );
             }
             self.put("broker_rss_mib", round(y.rss_kib as f64 / 1024.0));

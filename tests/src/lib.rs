@@ -142,6 +142,9 @@ pub struct Client {
     buf: BytesMut,
     /// Whether the last WebSocket message was binary (for text/binary tests).
     pub last_ws_binary: Option<bool>,
+    /// WebSocket text and binary messages received (frames may be packed
+    /// several to a message).
+    pub ws_messages: u64,
     /// Negotiated version.
     pub version: Version,
     /// WebSocket subprotocol the server chose.
@@ -159,6 +162,7 @@ impl Client {
             decoder: Decoder::new(limits),
             buf: BytesMut::new(),
             last_ws_binary: None,
+            ws_messages: 0,
             version: Version::V1_2,
             subprotocol: None,
             closed: false,
@@ -241,6 +245,7 @@ impl Client {
                 Ok(Incoming::Data { binary }) => {
                     if binary.is_some() {
                         self.last_ws_binary = binary;
+                        self.ws_messages += 1;
                     }
                 }
                 Ok(Incoming::Closed(code)) => {

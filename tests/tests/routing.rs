@@ -332,3 +332,36 @@ async fn late_subscriber_gets_retained_messages_replayed_first() -> Result<()> {
     ensure!(got == ["other", "shipped"], "{got:?}");
     Ok(())
 }
+
+/// Publishes `n` messages back to back to one WebSocket subscriber and
+/// returns how many WebSocket messages carried them.
+async fn ws_messages_for_burst(frame_per_message: bool, n: usize) -> Result<u64> {
+    let b = TestBroker::start_with(|c| c.listen.ws_frame_per_message = frame_per_message).await;
+    let mut c = b.ws_client().await;
+    c.subscribe("s", "/topic/burst", "auto").await?;
+    let before = c.ws_messages;
+    // No await between publishes: they queue up for one write.
+    for i in 0..n {
+        b.core
+            .publish("/topic/burst", Headers::new(), Bytes::from(format!("m{i}")))?;
+    }
+    for i in 0..n {
+        ensure!(body(&c.message().await?) == format!("m{i}"));
+    }
+    Ok(c.ws_messages - before)
+}
+
+#[tokio::test]
+async fn websocket_frames_are_packed_unless_one_frame_per_message_is_configured() -> Result<()> {
+    let packed = ws_messages_for_burst(false, 50).await?;
+    ensure!(
+        packed < 50,
+        "by default frames of one write share a WebSocket message ({packed} messages)"
+    );
+    let apart = ws_messages_for_burst(true, 50).await?;
+    ensure!(
+        apart == 50,
+        "ws_frame_per_message: one WebSocket message per frame, got {apart}"
+    );
+    Ok(())
+}
