@@ -152,13 +152,10 @@ pub fn readiness(core: &BrokerCore) -> Result<(), String> {
 /// The status part of `/metrics`: `stomp_ready` (1 when [`readiness`] is
 /// `Ok`, else 0), so that alerting need not probe `/readyz` separately.
 pub fn write_prometheus(core: &BrokerCore, out: &mut String) {
-    use std::fmt::Write as _;
-    let _ = write!(
-        out,
-        "# HELP stomp_ready 1 when the broker is ready for traffic (GET /readyz answers 200), else 0.\n\
-         # TYPE stomp_ready gauge\n\
-         stomp_ready {}\n",
-        u8::from(readiness(core).is_ok())
+    crate::metrics::PromText::new(out).gauge(
+        "stomp_ready",
+        "1 when the broker is ready for traffic (GET /readyz answers 200), else 0.",
+        i64::from(readiness(core).is_ok()),
     );
 }
 
