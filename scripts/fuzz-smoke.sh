@@ -16,6 +16,10 @@ SECONDS_PER_TARGET="${FUZZ_SECONDS:-25}"
 TARGETS=(decode decode_split)
 log() { printf '[fuzz-smoke] %s\n' "$*" >&2; }
 
+# A stale fuzz Cargo.lock would be rewritten by the build below: refuse instead,
+# so the run leaves the work tree as it found it.
+bash "$ROOT/scripts/fuzz-locks.sh" check
+
 if ! command -v rustup >/dev/null 2>&1 || ! rustup toolchain list | grep -q '^nightly'; then
   log "no nightly toolchain: cargo-fuzz cannot run; running the stable proptest equivalent"
   cd "$ROOT"

@@ -34,6 +34,9 @@ cargo fmt --all --check
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "fuzz crates' Cargo.lock current (scripts/fuzz-locks.sh check)"
+bash scripts/fuzz-locks.sh check
+
 started_kafka=0
 if ! bash scripts/kafka.sh status >/dev/null 2>&1; then
   step "start Apache Kafka (scripts/kafka.sh start)"

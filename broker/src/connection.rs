@@ -90,29 +90,26 @@ pub async fn serve<T: Transport>(core: Arc<BrokerCore>, transport: T, info: Conn
     drop(info);
 }
 
+/// The connection loop, one turn at a time: work out the deadlines and arm
+/// the timer ([`Task::deadlines`]), wait for the next event
+/// ([`Task::next_event`]), handle it ([`Task::handle`]: input goes through
+/// [`Task::on_read`], deliveries through [`Task::on_outbound`]), then write
+/// what the turn produced ([`Task::finish_turn`]). When the loop ends,
+/// [`Task::close`] closes the transport and requeues unsent queue messages.
 async fn run<T: Transport>(
     core: Arc<BrokerCore>,
-    mut transport: T,
-    mut session: Session,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<Outbound>,
+    transport: T,
+    session: Session,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Outbound>,
     info: &ConnInfo,
 ) {
-    let mut decoder = Decoder::new(core.limits);
-    let mut rbuf = BytesMut::new();
-    let connect_deadline = deadline_after(Instant::now(), core.config.connect_timeout());
-    let mut last_read = Instant::now();
-    let mut last_write = Instant::now();
-    let tolerance = core.config.heartbeat.tolerance;
-    let grace = Duration::from_millis(core.config.heartbeat.grace_ms);
-    let frame_timeout = Duration::from_millis(core.config.limits.frame_timeout_ms);
-    // When a partial frame started waiting in the read buffer.
-    let mut frame_deadline: Option<Instant> = None;
+    let mut task = Task::new(core, transport, session, rx);
     tracing::debug!("connection opened");
     // Created once: a fresh `cancelled()` per iteration would register and
     // unregister a waiter on the shared token for every message delivered.
     // Polled last (only when nothing else is ready); `is_cancelled`, an
     // atomic load, keeps a busy connection from missing it.
-    let shutdown = core.shutdown.clone();
+    let shutdown = task.core.shutdown.clone();
     let shutdown = shutdown.cancelled();
     tokio::pin!(shutdown);
     // One timer for every deadline, armed at the earliest and re-armed only
@@ -126,216 +123,335 @@ async fn run<T: Transport>(
     let mut read_first = false;
 
     let end = loop {
-        let hb = session.heart_beats();
-        let read_deadline = match (session.version(), hb.recv) {
-            (None, _) => Some(connect_deadline),
-            (Some(_), Some(every)) => Some(deadline_after(
-                last_read,
-                silence_allowed(every, tolerance, grace),
-            )),
-            (Some(_), None) => None,
-        };
-        let write_deadline = hb.send.map(|every| deadline_after(last_write, every));
-        let expiry = session
-            .expires_at()
-            .map(|at| expiry_deadline(at, std::time::SystemTime::now(), Instant::now()));
-        let next = [read_deadline, write_deadline, expiry, frame_deadline]
-            .into_iter()
-            .flatten()
-            .min();
-        if let Some(n) = next {
+        let deadlines = task.deadlines();
+        if let Some(n) = deadlines.earliest() {
             if armed.is_none_or(|a| n < a) {
                 timer.as_mut().reset(n);
                 armed = Some(n);
             }
         }
-        // Fairness: the socket and the outbound queue take turns at
-        // priority, and each turn does bounded work (one read, or one batch
-        // of at most MAX_BATCH_BYTES), so a flood of messages to this client
-        // cannot leave its own ACK, DISCONNECT or heart-beats unread, and a
-        // client that floods us cannot starve its own deliveries. The timer
-        // goes first: it is ready only when a deadline is due, and a flood
-        // must not postpone a heart-beat or token-expiry deadline either.
         read_first = !read_first;
-        let event = if core.shutdown.is_cancelled() {
-            Event::Shutdown
-        } else if read_first {
+        let event = task
+            .next_event(
+                read_first,
+                timer.as_mut(),
+                armed.is_some(),
+                shutdown.as_mut(),
+            )
+            .await;
+        let event = match event {
+            Event::Timer => {
+                armed = None;
+                match deadlines.due(Instant::now()) {
+                    Some(event) => event,
+                    // Fired for a deadline that has since moved.
+                    None => continue,
+                }
+            }
+            other => other,
+        };
+        let ended = task.handle(event, info).await;
+        if let Some(end) = task.finish_turn(ended).await {
+            break end;
+        }
+    };
+    task.close(end).await;
+    tracing::debug!("connection closed");
+}
+
+/// The connection's deadlines for one turn; `None` = not pending.
+struct Deadlines {
+    /// CONNECT due (before CONNECT) or client heart-beat due (after).
+    read: Option<Instant>,
+    /// Our heart-beat due.
+    write: Option<Instant>,
+    /// The session's token expires.
+    expiry: Option<Instant>,
+    /// A partial frame must be complete.
+    frame: Option<Instant>,
+}
+
+impl Deadlines {
+    fn earliest(&self) -> Option<Instant> {
+        [self.read, self.write, self.expiry, self.frame]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// The event for the first deadline that is due at `now`, in order of
+    /// precedence (a dead peer before a heart-beat we owe it).
+    fn due(&self, now: Instant) -> Option<Event> {
+        let due = |d: Option<Instant>| d.is_some_and(|d| d <= now);
+        if due(self.read) {
+            Some(Event::ReadTimeout)
+        } else if due(self.frame) {
+            Some(Event::FrameTimeout)
+        } else if due(self.expiry) {
+            Some(Event::TokenExpired)
+        } else if due(self.write) {
+            Some(Event::HeartBeat)
+        } else {
+            None
+        }
+    }
+}
+
+/// Everything one connection task owns.
+struct Task<T> {
+    core: Arc<BrokerCore>,
+    transport: T,
+    session: Session,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Outbound>,
+    decoder: Decoder,
+    rbuf: BytesMut,
+    connect_deadline: Instant,
+    last_read: Instant,
+    last_write: Instant,
+    tolerance: f64,
+    grace: Duration,
+    frame_timeout: Duration,
+    /// When a partial frame started waiting in the read buffer, plus
+    /// `frame_timeout`.
+    frame_deadline: Option<Instant>,
+}
+
+impl<T: Transport> Task<T> {
+    fn new(
+        core: Arc<BrokerCore>,
+        transport: T,
+        session: Session,
+        rx: tokio::sync::mpsc::UnboundedReceiver<Outbound>,
+    ) -> Self {
+        let now = Instant::now();
+        Task {
+            decoder: Decoder::new(core.limits),
+            rbuf: BytesMut::new(),
+            connect_deadline: deadline_after(now, core.config.connect_timeout()),
+            last_read: now,
+            last_write: now,
+            tolerance: core.config.heartbeat.tolerance,
+            grace: Duration::from_millis(core.config.heartbeat.grace_ms),
+            frame_timeout: Duration::from_millis(core.config.limits.frame_timeout_ms),
+            frame_deadline: None,
+            core,
+            transport,
+            session,
+            rx,
+        }
+    }
+
+    fn deadlines(&self) -> Deadlines {
+        let hb = self.session.heart_beats();
+        let read = match (self.session.version(), hb.recv) {
+            (None, _) => Some(self.connect_deadline),
+            (Some(_), Some(every)) => Some(deadline_after(
+                self.last_read,
+                silence_allowed(every, self.tolerance, self.grace),
+            )),
+            (Some(_), None) => None,
+        };
+        Deadlines {
+            read,
+            write: hb.send.map(|every| deadline_after(self.last_write, every)),
+            expiry: self
+                .session
+                .expires_at()
+                .map(|at| expiry_deadline(at, std::time::SystemTime::now(), Instant::now())),
+            frame: self.frame_deadline,
+        }
+    }
+
+    /// Waits for the next event. Fairness: the socket and the outbound
+    /// queue take turns at priority (`read_first`), and each turn does
+    /// bounded work (one read, or one batch of at most MAX_BATCH_BYTES), so
+    /// a flood of messages to this client cannot leave its own ACK,
+    /// DISCONNECT or heart-beats unread, and a client that floods us cannot
+    /// starve its own deliveries. The timer goes first: it is ready only
+    /// when a deadline is due, and a flood must not postpone a heart-beat or
+    /// token-expiry deadline either.
+    async fn next_event(
+        &mut self,
+        read_first: bool,
+        mut timer: std::pin::Pin<&mut tokio::time::Sleep>,
+        armed: bool,
+        mut shutdown: std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
+    ) -> Event {
+        if self.core.shutdown.is_cancelled() {
+            return Event::Shutdown;
+        }
+        let (transport, rbuf, rx) = (&mut self.transport, &mut self.rbuf, &mut self.rx);
+        if read_first {
             tokio::select! {
                 biased;
-                _ = &mut timer, if armed.is_some() => Event::Timer,
-                r = transport.read(&mut rbuf) => Event::Read(r),
+                _ = &mut timer, if armed => Event::Timer,
+                r = transport.read(rbuf) => Event::Read(r),
                 out = rx.recv() => Event::Out(out),
                 _ = &mut shutdown => Event::Shutdown,
             }
         } else {
             tokio::select! {
                 biased;
-                _ = &mut timer, if armed.is_some() => Event::Timer,
+                _ = &mut timer, if armed => Event::Timer,
                 out = rx.recv() => Event::Out(out),
-                r = transport.read(&mut rbuf) => Event::Read(r),
+                r = transport.read(rbuf) => Event::Read(r),
                 _ = &mut shutdown => Event::Shutdown,
             }
-        };
-        let event = match event {
-            Event::Timer => {
-                armed = None;
-                let now = Instant::now();
-                let due = |d: Option<Instant>| d.is_some_and(|d| d <= now);
-                if due(read_deadline) {
-                    Event::ReadTimeout
-                } else if due(frame_deadline) {
-                    Event::FrameTimeout
-                } else if due(expiry) {
-                    Event::TokenExpired
-                } else if due(write_deadline) {
-                    Event::HeartBeat
-                } else {
-                    // Fired for a deadline that has since moved.
-                    continue;
-                }
-            }
-            other => other,
-        };
-        let mut ended = None;
+        }
+    }
+
+    /// Handles one event; `Some` when the connection ends.
+    async fn handle(&mut self, event: Event, info: &ConnInfo) -> Option<End> {
         match event {
-            Event::Shutdown => {
-                ended = Some(End::Error(
-                    StompError::new(
-                        "shutdown",
-                        "server shutting down",
-                        "The server is shutting down; reconnect later.",
-                    ),
-                    CloseKind::GoingAway,
-                ));
-            }
-            Event::Read(Ok(0)) => ended = Some(End::Gone),
+            Event::Shutdown => Some(End::Error(
+                StompError::new(
+                    "shutdown",
+                    "server shutting down",
+                    "The server is shutting down; reconnect later.",
+                ),
+                CloseKind::GoingAway,
+            )),
+            Event::Read(Ok(0)) => Some(End::Gone),
             Event::Read(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
                 tracing::debug!(error = %e, "transport protocol violation");
-                ended = Some(End::Error(
+                Some(End::Error(
                     StompError::new("protocol", "transport protocol violation", e.to_string()),
                     CloseKind::ProtocolError,
-                ));
+                ))
             }
             Event::Read(Err(e)) => {
                 tracing::debug!(error = %e, "read failed");
-                ended = Some(End::Gone);
+                Some(End::Gone)
             }
-            Event::Read(Ok(n)) => {
-                core.metrics.bytes_in.fetch_add(n as u64, Relaxed);
-                last_read = Instant::now();
-                ended = loop {
-                    match process_input(&mut decoder, &mut rbuf, &mut session) {
-                        Step::Idle => break None,
-                        Step::End(end) => break Some(end),
-                        Step::Authenticate(frame) => {
-                            let result = authenticate(&core, &frame, info).await;
-                            match session.on_connect(frame, result) {
-                                Ok(_) => {
-                                    if let Some(v) = session.version() {
-                                        decoder.set_version(v);
-                                    }
-                                    // Once per connection: the log formatter
-                                    // appends a field on every `record`.
-                                    if let Some(login) = session.login() {
-                                        tracing::Span::current().record("login", login);
-                                        // No longer counted as unauthenticated.
-                                        info.admission.authenticated(login);
-                                    }
-                                }
-                                Err(e) => break Some(End::Error(e, CloseKind::ProtocolError)),
-                            }
-                        }
-                    }
-                };
-                if rbuf.is_empty() && rbuf.capacity() > 64 * 1024 {
-                    rbuf = BytesMut::new();
-                }
-                frame_deadline = match (rbuf.is_empty(), frame_deadline) {
-                    (true, _) => None,
-                    (false, None) if !frame_timeout.is_zero() => {
-                        Some(deadline_after(Instant::now(), frame_timeout))
-                    }
-                    (false, d) => d,
-                };
-            }
-            Event::Out(None) => ended = Some(End::Gone),
-            Event::Out(Some(item)) => {
-                let mut next = Some(item);
-                while let Some(item) = next.take() {
-                    if let Err(e) = session.on_outbound(item) {
-                        ended = Some(End::Error(e, CloseKind::Normal));
-                        break;
-                    }
-                    if session.output_len() >= MAX_BATCH_BYTES {
-                        break;
-                    }
-                    next = rx.try_recv().ok();
-                }
-                if ended.is_none() && session.disconnect_ready() {
-                    ended = Some(End::Close);
-                }
-            }
+            Event::Read(Ok(n)) => self.on_read(n, info).await,
+            Event::Out(None) => Some(End::Gone),
+            Event::Out(Some(item)) => self.on_outbound(item),
             Event::ReadTimeout => {
-                let (message, detail, kind) = if session.version().is_none() {
+                let (message, detail, kind) = if self.session.version().is_none() {
                     (
                         "connect timeout",
                         "No CONNECT frame received in time.",
                         "connect_timeout",
                     )
                 } else {
-                    core.metrics.heartbeat_timeouts.fetch_add(1, Relaxed);
+                    self.core.metrics.heartbeat_timeouts.fetch_add(1, Relaxed);
                     ("heart-beat timeout", "No data received from the client within the negotiated heart-beat interval.", "heartbeat_timeout")
                 };
-                ended = Some(End::Error(
+                Some(End::Error(
                     StompError::new(kind, message, detail),
                     CloseKind::Normal,
-                ));
+                ))
             }
-            Event::FrameTimeout => {
-                ended = Some(End::Error(
-                    StompError::new(
-                        "frame_timeout",
-                        "frame timeout",
-                        "A frame was started but not completed in time.",
-                    ),
-                    CloseKind::ProtocolError,
-                ));
+            Event::FrameTimeout => Some(End::Error(
+                StompError::new(
+                    "frame_timeout",
+                    "frame timeout",
+                    "A frame was started but not completed in time.",
+                ),
+                CloseKind::ProtocolError,
+            )),
+            Event::HeartBeat => {
+                self.session.push_heartbeat();
+                None
             }
-            Event::HeartBeat => session.push_heartbeat(),
-            // Resolved into one of the deadline events above.
-            Event::Timer => {}
-            Event::TokenExpired => {
-                ended = Some(End::Error(
-                    StompError::new(
-                        "token_expired",
-                        "token expired",
-                        "The session's token has expired; reconnect with a fresh one.",
-                    ),
-                    CloseKind::Normal,
-                ));
-            }
+            // Resolved into one of the deadline events by `Deadlines::due`.
+            Event::Timer => None,
+            Event::TokenExpired => Some(End::Error(
+                StompError::new(
+                    "token_expired",
+                    "token expired",
+                    "The session's token has expired; reconnect with a fresh one.",
+                ),
+                CloseKind::Normal,
+            )),
         }
-        if let Some(v) = session.version() {
-            decoder.set_version(v);
+    }
+
+    /// `n` bytes arrived: decodes and hands every complete frame to the
+    /// session (authenticating a CONNECT first), then restarts or clears
+    /// the frame timeout for what is left in the buffer.
+    async fn on_read(&mut self, n: usize, info: &ConnInfo) -> Option<End> {
+        self.core.metrics.bytes_in.fetch_add(n as u64, Relaxed);
+        self.last_read = Instant::now();
+        let ended = loop {
+            match process_input(&mut self.decoder, &mut self.rbuf, &mut self.session) {
+                Step::Idle => break None,
+                Step::End(end) => break Some(end),
+                Step::Authenticate(frame) => {
+                    let result = authenticate(&self.core, &frame, info).await;
+                    match self.session.on_connect(frame, result) {
+                        Ok(_) => {
+                            if let Some(v) = self.session.version() {
+                                self.decoder.set_version(v);
+                            }
+                            // Once per connection: the log formatter
+                            // appends a field on every `record`.
+                            if let Some(login) = self.session.login() {
+                                tracing::Span::current().record("login", login);
+                                // No longer counted as unauthenticated.
+                                info.admission.authenticated(login);
+                            }
+                        }
+                        Err(e) => break Some(End::Error(e, CloseKind::ProtocolError)),
+                    }
+                }
+            }
+        };
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 64 * 1024 {
+            self.rbuf = BytesMut::new();
+        }
+        self.frame_deadline = match (self.rbuf.is_empty(), self.frame_deadline) {
+            (true, _) => None,
+            (false, None) if !self.frame_timeout.is_zero() => {
+                Some(deadline_after(Instant::now(), self.frame_timeout))
+            }
+            (false, d) => d,
+        };
+        ended
+    }
+
+    /// Deliveries: encodes `item` and whatever else is queued into the
+    /// session's output, up to MAX_BATCH_BYTES.
+    fn on_outbound(&mut self, item: Outbound) -> Option<End> {
+        let mut next = Some(item);
+        while let Some(item) = next.take() {
+            if let Err(e) = self.session.on_outbound(item) {
+                return Some(End::Error(e, CloseKind::Normal));
+            }
+            if self.session.output_len() >= MAX_BATCH_BYTES {
+                break;
+            }
+            next = self.rx.try_recv().ok();
+        }
+        self.session.disconnect_ready().then_some(End::Close)
+    }
+
+    /// Writes what the turn produced: for a DISCONNECT, the messages queued
+    /// before it and its RECEIPT; for an error, the ERROR frame. `Some` when
+    /// the loop ends: `ended`, or `Gone` when the write failed (a slow
+    /// consumer is told why first, if the socket still takes it).
+    async fn finish_turn(&mut self, ended: Option<End>) -> Option<End> {
+        if let Some(v) = self.session.version() {
+            self.decoder.set_version(v);
         }
         if matches!(ended, Some(End::Close)) {
             // DISCONNECT: messages already queued for this connection were
             // published before the receipt was due; write them first.
-            while let Ok(item) = rx.try_recv() {
+            while let Ok(item) = self.rx.try_recv() {
                 if let Outbound::Message { .. } = item {
-                    let _ = session.on_outbound(item);
+                    let _ = self.session.on_outbound(item);
                 }
             }
-            session.finish_disconnect();
+            self.session.finish_disconnect();
         }
         if let Some(End::Error(e, _)) = &ended {
             tracing::info!(error = %e.message, "closing with ERROR");
-            session.push_error(e);
+            self.session.push_error(e);
         }
-        if session.has_output() && !matches!(ended, Some(End::Gone)) {
-            match flush(&core, &mut transport, &mut session).await {
-                Ok(()) => last_write = Instant::now(),
-                Err(e) if session.conn().is_slow() && ended.is_none() => {
+        if self.session.has_output() && !matches!(ended, Some(End::Gone)) {
+            match flush(&self.core, &mut self.transport, &mut self.session).await {
+                Ok(()) => self.last_write = Instant::now(),
+                Err(e) if self.session.conn().is_slow() && ended.is_none() => {
                     // Blocked writing to a peer that stopped reading: say why
                     // if the socket still takes it, then close.
                     tracing::info!("slow consumer disconnected");
@@ -344,53 +460,53 @@ async fn run<T: Transport>(
                         "slow consumer",
                         "The connection is closed: slow consumer.",
                     );
-                    session.discard_output();
-                    session.push_error(&err);
+                    self.session.discard_output();
+                    self.session.push_error(&err);
                     let _ = tokio::time::timeout(
                         Duration::from_secs(1),
-                        flush(&core, &mut transport, &mut session),
+                        flush(&self.core, &mut self.transport, &mut self.session),
                     )
                     .await;
                     tracing::debug!(error = %e, "write abandoned");
-                    break End::Gone;
+                    return Some(End::Gone);
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "write failed");
-                    break End::Gone;
+                    return Some(End::Gone);
                 }
             }
         }
-        if let Some(end) = ended {
-            break end;
-        }
-    };
-
-    match end {
-        End::Gone => {}
-        End::Close => transport.close(CloseKind::Normal).await,
-        End::Error(_, kind) => transport.close(kind).await,
+        ended
     }
-    session.discard_output();
-    // Unsubscribe first so requeued messages go to other consumers, then
-    // return queue messages that were queued for us but never written.
-    session.close();
-    rx.close();
-    let mut unsent = Vec::new();
-    while let Ok(item) = rx.try_recv() {
-        if let Outbound::Message { msg, .. } = item {
-            session.conn().written(msg.cost);
-            if matches!(
-                crate::router::parse_destination(&msg.destination),
-                Ok(crate::router::DestKind::Queue(_))
-            ) {
-                unsent.push(msg);
+
+    /// Closes the transport as `end` says, ends the session (unsubscribing
+    /// first so requeued messages go to other consumers) and returns queue
+    /// messages that were queued for this connection but never written.
+    async fn close(mut self, end: End) {
+        match end {
+            End::Gone => {}
+            End::Close => self.transport.close(CloseKind::Normal).await,
+            End::Error(_, kind) => self.transport.close(kind).await,
+        }
+        self.session.discard_output();
+        self.session.close();
+        self.rx.close();
+        let mut unsent = Vec::new();
+        while let Ok(item) = self.rx.try_recv() {
+            if let Outbound::Message { msg, .. } = item {
+                self.session.conn().written(msg.cost);
+                if matches!(
+                    crate::router::parse_destination(&msg.destination),
+                    Ok(crate::router::DestKind::Queue(_))
+                ) {
+                    unsent.push(msg);
+                }
             }
         }
+        if !unsent.is_empty() {
+            self.core.router.requeue(unsent, None);
+        }
     }
-    if !unsent.is_empty() {
-        core.router.requeue(unsent, None);
-    }
-    tracing::debug!("connection closed");
 }
 
 /// `at + after`, saturating at [`FAR_FUTURE`] from `at`: no setting or

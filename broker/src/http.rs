@@ -454,16 +454,23 @@ pub fn origin_allowed(allowed: &[String], origin: &str) -> bool {
     })
 }
 
-/// A token from the URL query (`?access_token=…`), undoing the percent
-/// escapes a JWT may need.
+/// A token from the URL query (`?access_token=…`), percent-decoded (every
+/// `%XX` escape, either case; a literal `+` stays `+`, since tokens are not
+/// form text). A value that does not decode to UTF-8 is no token.
 pub(crate) fn url_token(req: &Request<Incoming>, param: &str) -> Option<String> {
-    req.uri().query()?.split('&').find_map(|kv| {
+    query_param(req.uri().query()?, param)
+}
+
+fn query_param(query: &str, param: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=')?;
-        (k == param && !v.is_empty()).then(|| {
-            v.replace("%2B", "+")
-                .replace("%2F", "/")
-                .replace("%3D", "=")
-        })
+        if k != param || v.is_empty() {
+            return None;
+        }
+        percent_encoding::percent_decode_str(v)
+            .decode_utf8()
+            .ok()
+            .map(|v| v.into_owned())
     })
 }
 
@@ -600,6 +607,29 @@ mod tests {
         assert!(!origin_allowed(&allowed, "https://evil.example.com"));
         assert!(!origin_allowed(&allowed, "null"));
         assert!(origin_allowed(&["*".to_owned()], "https://anything"));
+    }
+
+    #[test]
+    fn url_token_undoes_every_percent_escape() {
+        // %2B and %25 were missed by the old three-escape replacement.
+        assert_eq!(
+            query_param("x=1&access_token=a%2Bb%25c%2fd%3D", "access_token").as_deref(),
+            Some("a+b%c/d=")
+        );
+        // Decoded once: an escaped escape stays an escape.
+        assert_eq!(
+            query_param("access_token=%252F", "access_token").as_deref(),
+            Some("%2F")
+        );
+        // A literal '+' is kept (tokens are not form text).
+        assert_eq!(
+            query_param("access_token=a+b", "access_token").as_deref(),
+            Some("a+b")
+        );
+        assert_eq!(query_param("access_token=", "access_token"), None);
+        assert_eq!(query_param("other=t", "access_token"), None);
+        // Not UTF-8 after decoding: no token.
+        assert_eq!(query_param("access_token=%FF", "access_token"), None);
     }
 
     #[test]

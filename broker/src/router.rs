@@ -854,7 +854,7 @@ impl Router {
         all
     }
 
-    /// Messages waiting in a queue (for tests and the status page).
+    /// Messages waiting in a queue (for tests).
     pub fn queue_depth(&self, destination: &str) -> usize {
         match self.route(destination) {
             Ok(Route::Queue(name)) => self

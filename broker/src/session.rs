@@ -197,31 +197,14 @@ pub fn negotiate_heart_beats(
     ((sx, sy), beats)
 }
 
-/// Per-connection frame-rate limiter: a token bucket holding one second of
-/// frames.
-#[derive(Debug)]
-struct RateLimit {
-    per_sec: f64,
-    tokens: f64,
-    last: std::time::Instant,
-}
+/// Per-connection frame-rate limiter: `governor`'s GCRA, equivalent to a
+/// token bucket holding one second of frames (`None` = no limit). Lives in
+/// the session, so it is per connection and allocates nothing per frame.
+type RateLimit = Option<governor::DefaultDirectRateLimiter>;
 
-impl RateLimit {
-    fn allow(&mut self) -> bool {
-        if self.per_sec <= 0.0 {
-            return true;
-        }
-        let now = std::time::Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * self.per_sec;
-        self.tokens = (self.tokens + refill).min(self.per_sec);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
+fn rate_limit(per_sec: u32) -> RateLimit {
+    std::num::NonZeroU32::new(per_sec)
+        .map(|n| governor::RateLimiter::direct(governor::Quota::per_second(n)))
 }
 
 /// Longest `unconfirmed-receipt-ids` value; ids that do not fit are left
@@ -386,18 +369,14 @@ pub struct Session {
 impl Session {
     /// A session for a freshly accepted connection.
     pub fn new(core: Arc<BrokerCore>, conn: Arc<ConnShared>) -> Session {
-        let per_sec = f64::from(core.config.limits.max_frames_per_second);
+        let rate = rate_limit(core.config.limits.max_frames_per_second);
         let out = Output::new(core.config.listen.ws_frame_per_message);
         Session {
             core,
             conn,
             version: None,
             identity: Identity::default(),
-            rate: RateLimit {
-                per_sec,
-                tokens: per_sec,
-                last: std::time::Instant::now(),
-            },
+            rate,
             backend_writes: Arc::default(),
             heart_beats: HeartBeats::default(),
             subs: HashMap::default(),
@@ -467,7 +446,7 @@ impl Session {
         // A system login (a Spring relay's "system" connection carries every
         // message the application sends) is not frame-rate limited.
         if self.login().is_some_and(|l| self.core.is_system_login(l)) {
-            self.rate.per_sec = 0.0;
+            self.rate = None;
         }
         self.receipt(receipt.as_deref());
         Ok(Flow::Continue)
@@ -571,7 +550,7 @@ impl Session {
             return Ok(Flow::Continue);
         }
         let receipt = frame.header_str("receipt").map(str::to_owned);
-        if !self.rate.allow() {
+        if self.rate.as_ref().is_some_and(|r| r.check().is_err()) {
             return Err(StompError::new(
                 "rate_limit",
                 "rate limit exceeded",

@@ -5,10 +5,7 @@ use std::{future::Future, io};
 
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
-use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    net::TcpStream,
-};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::{
     tungstenite::{
         protocol::{frame::coding::CloseCode, CloseFrame},
@@ -50,14 +47,6 @@ pub struct StreamTransport<S> {
     stream: S,
 }
 
-impl StreamTransport<TcpStream> {
-    /// Wraps an accepted TCP stream (sets `TCP_NODELAY`).
-    pub fn tcp(stream: TcpStream) -> Self {
-        let _ = stream.set_nodelay(true);
-        StreamTransport { stream }
-    }
-}
-
 impl<S> StreamTransport<S> {
     /// Wraps any byte stream.
     pub fn new(stream: S) -> Self {
@@ -81,10 +70,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for StreamTransport<S> 
     }
 }
 
-/// STOMP over WebSocket: each run of same-kind (text or binary) frames of
-/// one write is one WebSocket message, or each frame its own message with
-/// `listen.ws_frame_per_message` (see [`crate::output`]); incoming text and binary messages are concatenated into the byte stream
-/// (a frame may span messages, a message may hold several frames).
+/// STOMP over WebSocket: each outgoing run of same-kind frames (see
+/// [`Batch::runs`]: consecutive text frames, or consecutive binary ones) is
+/// one WebSocket message, so a message may hold several frames — or each
+/// frame its own message with `listen.ws_frame_per_message` (see
+/// [`crate::output`]); incoming text and binary messages are concatenated
+/// into the byte stream (a frame may span messages, a message may hold
+/// several frames).
 #[derive(Debug)]
 pub struct WsTransport<S> {
     ws: WebSocketStream<S>,

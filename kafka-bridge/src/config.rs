@@ -255,7 +255,8 @@ impl fmt::Display for RouteConfig {
 }
 
 /// Serde adapter for durations: an integer or float number of seconds
-/// (`300`, `0.5`) or a string with a unit (`"500ms"`, `"10s"`, `"5m"`, `"1h"`).
+/// (`300`, `0.5`) or a string: a bare number of seconds (`"7"`) or a
+/// [`humantime`] duration (`"500ms"`, `"10s"`, `"5m"`, `"1h"`, `"1h 30m"`).
 pub(crate) mod duration {
     use std::time::Duration;
 
@@ -275,24 +276,14 @@ pub(crate) mod duration {
         }
     }
 
-    /// Parses `"500ms"`, `"10s"`, `"5m"`, `"1h"` or a bare number of seconds.
+    /// Parses a bare number of seconds or a `humantime` duration.
     pub(crate) fn parse(text: &str) -> Result<Duration, String> {
         let t = text.trim();
-        let split = t
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(t.len());
-        let (num, unit) = t.split_at(split);
-        let n: f64 = num
-            .parse()
-            .map_err(|_| format!("invalid duration {text:?}"))?;
-        let secs = match unit.trim() {
-            "" | "s" => n,
-            "ms" => n / 1000.0,
-            "m" | "min" => n * 60.0,
-            "h" => n * 3600.0,
-            other => return Err(format!("unknown duration unit {other:?} in {text:?}")),
-        };
-        Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {text:?}: {e}"))
+        if let Ok(secs) = t.parse::<f64>() {
+            return Duration::try_from_secs_f64(secs)
+                .map_err(|e| format!("invalid duration {text:?}: {e}"));
+        }
+        humantime::parse_duration(t).map_err(|e| format!("invalid duration {text:?}: {e}"))
     }
 }
 
@@ -435,7 +426,12 @@ mod tests {
         assert_eq!(duration::parse("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(duration::parse("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(duration::parse("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(duration::parse("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(duration::parse("2min"), Ok(Duration::from_secs(120)));
+        assert_eq!(duration::parse("1h 30m"), Ok(Duration::from_secs(5400)));
         assert!(duration::parse("5 parsecs").is_err());
+        assert!(duration::parse("-1").is_err());
+        assert!(duration::parse("NaN").is_err());
         assert!(duration::parse("").is_err());
     }
 }

@@ -4,7 +4,8 @@
 //!   topics, turns every record into one message per matching route (see
 //!   [`map_record`]) and hands it to the broker through [`Sink::publish`].
 //!   Offsets are stored only after the sink accepted the record for every
-//!   route (at-least-once); a full sink pauses the partition until it drains.
+//!   route (at-least-once); a sink that is not accepting (see [`Sink::publish`])
+//!   pauses the partition until it accepts again.
 //!   When partitions are assigned (at start, after a crash), the records of
 //!   the retain window up to the committed offset are read again and handed
 //!   to [`Sink::retain_only`], so late subscribers still get them replayed.
@@ -83,13 +84,20 @@ fn producer_config(config: &BridgeConfig, client_id: &str) -> ClientConfig {
 /// Implemented by the broker: accept a message for fan-out without waiting.
 pub trait Sink: Send + Sync + 'static {
     /// Takes the message for delivery to the destination's subscribers.
-    /// `Ok` means the broker is done with it — delivered, or refused for
-    /// good (e.g. an invalid destination; the sink counts and logs that) —
-    /// and the bridge stores the record's offset. `Err(SinkFull)` means the
-    /// broker cannot take more **now** (a full `reject-publish` queue, its
-    /// memory budget, shutdown): the bridge pauses the record's partition,
+    /// `Ok` means the broker is done with it — routed (queued to each
+    /// matching subscriber's outbound queue or stored in a `/queue/...`; not
+    /// necessarily written to any socket yet), or refused for good (e.g. an
+    /// invalid destination; the sink counts and logs that) — and the bridge
+    /// stores the record's offset. `Err(SinkFull)` means the broker is not
+    /// accepting **now** (a full `reject-publish` queue, its memory budget,
+    /// too many queues, shutdown): the bridge pauses the record's partition,
     /// does not store its offset and offers the same message again later
     /// (with backoff), so the sink must not keep a message it refused.
+    ///
+    /// Slow subscribers never make the sink refuse: a subscriber whose
+    /// outbound queue is over its budget is handled by the broker's
+    /// slow-consumer policy (disconnected, or its messages dropped), so topic
+    /// fan-out puts no back-pressure on Kafka; only the refusals above do.
     fn publish(&self, msg: BridgeMessage) -> Result<(), SinkFull>;
 
     /// The largest MESSAGE the broker delivers, in bytes of body plus
@@ -164,8 +172,10 @@ pub struct Retain {
     pub ttl: Duration,
 }
 
-/// Returned by [`Sink::publish`] when the broker cannot take the message now
-/// (not accepting: full, over budget or closing); the bridge retries it.
+/// Returned by [`Sink::publish`] when the broker is not accepting the message
+/// now (a full `reject-publish` queue, over the memory budget, too many
+/// queues, or closing); the bridge retries it. Not a signal of slow
+/// subscribers: those never cause it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SinkFull;
 

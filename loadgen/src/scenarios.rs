@@ -368,8 +368,8 @@ async fn publish_windowed(
     })
 }
 
-/// Samples broker and generator at the window edges (and every second
-/// when `series` is set, for memory over time).
+/// Samples broker and generator at the window edges (memory over time,
+/// sampled every second, is [`spawn_series`]'s job).
 pub(crate) fn spawn_sampler(
     pid: Option<u32>,
     windows: Vec<Window>,
@@ -386,6 +386,7 @@ pub(crate) fn spawn_sampler(
     })
 }
 
+/// Samples the broker every second until `until` (memory over time).
 fn spawn_series(pid: Option<u32>, until: u64) -> JoinHandle<Vec<Snapshot>> {
     tokio::spawn(async move {
         let mut v = Vec::new();

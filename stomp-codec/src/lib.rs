@@ -39,11 +39,6 @@ mod escape;
 mod frame;
 mod view;
 
-#[cfg(feature = "tokio-codec")]
-mod codec;
-
-#[cfg(feature = "tokio-codec")]
-pub use codec::StompCodec;
 pub use decode::{Decoded, Decoder, Limits};
 pub use encode::{encode, encode_heartbeat, MessageTemplate};
 pub use error::Error;

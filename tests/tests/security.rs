@@ -148,6 +148,12 @@ async fn valid_tokens_of_each_algorithm_and_transport_form_are_accepted() -> Res
     let mut c = Client::ws(&format!("{}?access_token={token}", b.ws_url())).await?;
     let f = c.connect_default().await?;
     ensure!(f.header_str("user-name") == Some("carol"));
+    // The same token with every character percent-escaped (lowercase hex, as
+    // some URL builders emit it) is decoded in full.
+    let escaped: String = token.bytes().map(|b| format!("%{b:02x}")).collect();
+    let mut c = Client::ws(&format!("{}?access_token={escaped}", b.ws_url())).await?;
+    let f = c.connect_default().await?;
+    ensure!(f.header_str("user-name") == Some("carol"));
     Ok(())
 }
 
