@@ -9,8 +9,8 @@ use tokio::time::{sleep_until, Instant};
 use tracing::Instrument;
 
 use crate::{
-    conn::Outbound,
     core::{AdmitGuard, BrokerCore},
+    outbound::Outbound,
     session::{Flow, Session, StompError},
     transport::{CloseKind, Transport},
 };
@@ -638,7 +638,7 @@ async fn flush<T: Transport>(
 /// Resolves once the connection is flagged as a slow consumer while a write
 /// is blocked, so a peer that stopped reading cannot pin the task. Polls
 /// only while a write is pending.
-async fn condemned(conn: &crate::conn::ConnShared) {
+async fn condemned(conn: &crate::outbound::ConnShared) {
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
         if conn.is_slow() {
@@ -712,7 +712,7 @@ mod tests {
     /// lets the outbound queue run dry.
     struct FloodedTransport {
         script: std::collections::VecDeque<&'static [u8]>,
-        conn: Arc<crate::conn::ConnShared>,
+        conn: Arc<crate::outbound::ConnShared>,
         log: Arc<std::sync::Mutex<WriteLog>>,
     }
 

@@ -20,8 +20,8 @@ use crate::{
     acl::Acl,
     auth::Authenticator,
     config::Config,
-    conn::{ConnShared, DeliveryKind, Outbound},
     metrics::{ConnRefusal, Metrics},
+    outbound::{ConnShared, DeliveryKind, Outbound},
     retain::{RetainPolicy, RetainStore},
     router::{Message, RouteError, Router, SubscriptionHandle},
 };

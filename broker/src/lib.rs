@@ -16,11 +16,11 @@ pub mod budget;
 pub mod cluster;
 pub mod cluster_queues;
 pub mod config;
-pub mod conn;
 pub mod connection;
 pub mod core;
 pub mod http;
 pub mod metrics;
+pub mod outbound;
 pub mod output;
 pub mod retain;
 pub mod router;
@@ -96,17 +96,17 @@ enum Listener {
 struct CoreSink(std::sync::Weak<BrokerCore>);
 
 impl kafka_bridge::Sink for CoreSink {
-    /// `Err(SinkFull)` — the bridge pauses the partition and does not store
+    /// `Err(NotAccepting)` — the bridge pauses the partition and does not store
     /// the offset — while shutting down and when the router says the
     /// broker is only full now ([`router::RouteError::is_retryable`]: a
     /// `reject-publish` queue at its limit); any other refusal is final:
     /// counted, logged, `Ok` (the record is skipped).
-    fn publish(&self, msg: kafka_bridge::BridgeMessage) -> Result<(), kafka_bridge::SinkFull> {
+    fn publish(&self, msg: kafka_bridge::BridgeMessage) -> Result<(), kafka_bridge::NotAccepting> {
         let Some(core) = self.0.upgrade() else {
-            return Err(kafka_bridge::SinkFull);
+            return Err(kafka_bridge::NotAccepting);
         };
         if core.draining.load(Relaxed) {
-            return Err(kafka_bridge::SinkFull);
+            return Err(kafka_bridge::NotAccepting);
         }
         let mut headers = stomp_codec::Headers::with_capacity(msg.headers.len());
         for (n, v) in msg.headers {
@@ -118,7 +118,7 @@ impl kafka_bridge::Sink for CoreSink {
         });
         match core.publish_retained(&msg.destination, headers, msg.body, retain) {
             Ok(_) => Ok(()),
-            Err(e) if e.is_retryable() => Err(kafka_bridge::SinkFull),
+            Err(e) if e.is_retryable() => Err(kafka_bridge::NotAccepting),
             Err(e) => {
                 core.metrics.messages_dropped.fetch_add(1, Relaxed);
                 tracing::warn!(destination = %msg.destination, error = %e, "bridge message not routable");

@@ -24,7 +24,7 @@
 //! Every publish is first admitted against the broker-wide memory budget
 //! ([`crate::budget`]); queue buffers are charged to it.
 //!
-//! Delivery is always `ConnShared::deliver`, which never blocks: a publisher
+//! Delivery is always `ConnShared::push`, which never blocks: a publisher
 //! never waits for a subscriber, and no lock is held across an `.await`
 //! (there are none in this module).
 
@@ -42,8 +42,8 @@ use stomp_codec::{AckMode, Headers, MessageTemplate};
 
 use crate::{
     config::{Config, QueueMode, QueueOverflow},
-    conn::{ConnShared, DeliveryKind, Outbound},
     metrics::{Metrics, Refusal},
+    outbound::{ConnShared, DeliveryKind, Outbound},
     wildcard::PatternIndex,
 };
 
@@ -639,14 +639,14 @@ impl Router {
                 sub: s.sub_id.clone(),
                 kind: DeliveryKind::Live,
             };
-            delivered += usize::from(s.conn.deliver_precharged(out, msg.cost));
+            delivered += usize::from(s.conn.push_precharged(out, msg.cost));
         }
         self.metrics.memory.release(all - delivered * msg.cost);
         delivered
     }
 
-    fn deliver(&self, s: &Subscriber, msg: &Arc<Message>, redelivered: bool) -> bool {
-        s.conn.deliver(
+    fn offer_to(&self, s: &Subscriber, msg: &Arc<Message>, redelivered: bool) -> bool {
+        s.conn.push(
             Outbound::Message {
                 msg: msg.clone(),
                 sub: s.sub_id.clone(),
@@ -708,7 +708,7 @@ impl Router {
             {
                 continue;
             }
-            if self.deliver(c, msg, redelivered) {
+            if self.offer_to(c, msg, redelivered) {
                 if prefetch {
                     c.inflight.fetch_add(1, Relaxed);
                 }

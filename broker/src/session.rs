@@ -16,9 +16,9 @@ use stomp_codec::{
 use crate::{
     acl::Permission,
     auth::{AuthError, Identity},
-    conn::{ConnShared, DeliveryKind, Outbound},
     core::BrokerCore,
     metrics::Refusal,
+    outbound::{ConnShared, DeliveryKind, Outbound},
     output::{Batch, Output},
     router::{
         parse_destination, DestKind, Message, RouteError, Subscriber, SubscriptionHandle,
@@ -580,7 +580,7 @@ impl Session {
                     .fetch_add(skipped as u64, Relaxed);
             }
             for msg in msgs.into_iter().skip(skipped) {
-                self.deliver(msg, &sub, DeliveryKind::Replayed);
+                self.encode_message(msg, &sub, DeliveryKind::Replayed);
             }
         }
         Ok(flow)
@@ -1532,7 +1532,7 @@ impl Session {
     pub fn on_outbound(&mut self, item: Outbound) -> Result<(), StompError> {
         match item {
             Outbound::Message { msg, sub, kind } => {
-                self.deliver(msg, &sub, kind);
+                self.encode_message(msg, &sub, kind);
                 Ok(())
             }
             Outbound::Frame(f) => {
@@ -1547,7 +1547,7 @@ impl Session {
         }
     }
 
-    fn deliver(&mut self, msg: Arc<Message>, sub: &Arc<str>, kind: DeliveryKind) {
+    fn encode_message(&mut self, msg: Arc<Message>, sub: &Arc<str>, kind: DeliveryKind) {
         let cost = msg.cost;
         let version = self.version.unwrap_or(Version::V1_2);
         let max_unacked = self.core.config.limits.max_unacked_per_subscription;

@@ -46,8 +46,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::mapping::{map_record, CompiledRoute, RecordView};
 use crate::{
-    BridgeConfig, BridgeMessage, BridgeState, OffsetReset, Retain, RouteConfig, Shared, Sink,
-    SinkFull,
+    BridgeConfig, BridgeMessage, BridgeState, NotAccepting, OffsetReset, Retain, RouteConfig,
+    Shared, Sink,
 };
 
 /// First and largest wait before offering a refused message again.
@@ -775,7 +775,7 @@ impl State {
         }
     }
 
-    /// Offers `messages` to the sink in order; on `SinkFull` pauses the
+    /// Offers `messages` to the sink in order; on `NotAccepting` pauses the
     /// partition and keeps the rest as pending. Stores the offset when all
     /// were accepted. `prev` is the backoff of an earlier refusal.
     fn deliver(
@@ -794,7 +794,7 @@ impl State {
                         metrics.routed.fetch_add(1, Ordering::Relaxed);
                         true
                     }
-                    Err(SinkFull) => {
+                    Err(NotAccepting) => {
                         metrics.sink_full.fetch_add(1, Ordering::Relaxed);
                         false
                     }

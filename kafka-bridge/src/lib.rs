@@ -88,7 +88,7 @@ pub trait Sink: Send + Sync + 'static {
     /// matching subscriber's outbound queue or stored in a `/queue/...`; not
     /// necessarily written to any socket yet), or refused for good (e.g. an
     /// invalid destination; the sink counts and logs that) — and the bridge
-    /// stores the record's offset. `Err(SinkFull)` means the broker is not
+    /// stores the record's offset. `Err(NotAccepting)` means the broker is not
     /// accepting **now** (a full `reject-publish` queue, its memory budget,
     /// too many queues, shutdown): the bridge pauses the record's partition,
     /// does not store its offset and offers the same message again later
@@ -98,7 +98,7 @@ pub trait Sink: Send + Sync + 'static {
     /// outbound queue is over its budget is handled by the broker's
     /// slow-consumer policy (disconnected, or its messages dropped), so topic
     /// fan-out puts no back-pressure on Kafka; only the refusals above do.
-    fn publish(&self, msg: BridgeMessage) -> Result<(), SinkFull>;
+    fn publish(&self, msg: BridgeMessage) -> Result<(), NotAccepting>;
 
     /// The largest MESSAGE the broker delivers, in bytes of body plus
     /// headers (see [`BridgeMessage::size`]); `None` = no limit (the
@@ -177,7 +177,7 @@ pub struct Retain {
 /// queues, or closing); the bridge retries it. Not a signal of slow
 /// subscribers: those never cause it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SinkFull;
+pub struct NotAccepting;
 
 /// Connection state of the bridge, for `/readyz`.
 #[derive(Debug, Clone, PartialEq, Eq)]

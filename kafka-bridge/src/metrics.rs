@@ -37,7 +37,7 @@ impl BridgeMetrics {
     pub fn unroutable(&self) -> u64 {
         self.unroutable.load(Ordering::Relaxed)
     }
-    /// Times the sink answered [`crate::SinkFull`].
+    /// Times the sink answered [`crate::NotAccepting`].
     pub fn sink_full(&self) -> u64 {
         self.sink_full.load(Ordering::Relaxed)
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use kafka_bridge::{BridgeMessage, BridgeState, Sink, SinkFull};
+use kafka_bridge::{BridgeMessage, BridgeState, NotAccepting, Sink};
 use tokio::sync::mpsc;
 
 const WITHIN: Duration = Duration::from_secs(60);
@@ -127,7 +127,7 @@ struct FlakySink {
 }
 
 impl Sink for FlakySink {
-    fn publish(&self, msg: BridgeMessage) -> Result<(), SinkFull> {
+    fn publish(&self, msg: BridgeMessage) -> Result<(), NotAccepting> {
         let started = *self
             .started
             .lock()
@@ -135,7 +135,7 @@ impl Sink for FlakySink {
             .get_or_insert_with(Instant::now);
         let call = self.calls.fetch_add(1, Ordering::Relaxed);
         if started.elapsed() < self.refuse_for || call % 3 == 1 {
-            return Err(SinkFull);
+            return Err(NotAccepting);
         }
         let _ = self.tx.send(msg);
         Ok(())

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use common::*;
-use kafka_bridge::{BridgeHandle, BridgeMessage, OffsetReset, Sink, SinkFull};
+use kafka_bridge::{BridgeHandle, BridgeMessage, NotAccepting, OffsetReset, Sink};
 
 const WITHIN: Duration = Duration::from_secs(60);
 
@@ -124,7 +124,7 @@ impl EventSink {
 }
 
 impl Sink for EventSink {
-    fn publish(&self, _msg: BridgeMessage) -> Result<(), SinkFull> {
+    fn publish(&self, _msg: BridgeMessage) -> Result<(), NotAccepting> {
         self.push(Event::Publish {
             ready: self.ready(),
         });

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
-use kafka_bridge::{BridgeMessage, Retain, Sink, SinkFull};
+use kafka_bridge::{BridgeMessage, NotAccepting, Retain, Sink};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::mpsc;
 
@@ -31,7 +31,7 @@ struct RecordingSink {
 }
 
 impl Sink for RecordingSink {
-    fn publish(&self, msg: BridgeMessage) -> Result<(), SinkFull> {
+    fn publish(&self, msg: BridgeMessage) -> Result<(), NotAccepting> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let _ = self.live.send(Seen { seq, msg });
         Ok(())

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kafka_bridge::{
-    Bridge, BridgeConfig, BridgeHandle, BridgeMessage, OffsetReset, RouteConfig, Sink, SinkFull,
+    Bridge, BridgeConfig, BridgeHandle, BridgeMessage, NotAccepting, OffsetReset, RouteConfig, Sink,
 };
 pub use kafka_test_support::*;
 use tokio::sync::mpsc;
@@ -31,7 +31,7 @@ pub async fn poll_until(what: &str, within: Duration, mut cond: impl FnMut() -> 
 pub struct ChannelSink(pub mpsc::UnboundedSender<BridgeMessage>);
 
 impl Sink for ChannelSink {
-    fn publish(&self, msg: BridgeMessage) -> Result<(), SinkFull> {
+    fn publish(&self, msg: BridgeMessage) -> Result<(), NotAccepting> {
         let _ = self.0.send(msg);
         Ok(())
     }

@@ -91,20 +91,20 @@ impl ConnShared {
     /// Queues a message of `cost` bytes, charged to the broker-wide memory
     /// budget. Returns false when it was not queued (connection closed,
     /// flagged slow, or dropped by policy). Never blocks, never awaits.
-    pub fn deliver(&self, out: Outbound, cost: usize) -> bool {
+    pub fn push(&self, out: Outbound, cost: usize) -> bool {
         self.metrics.memory.charge(cost);
-        let queued = self.deliver_precharged(out, cost);
+        let queued = self.push_precharged(out, cost);
         if !queued {
             self.metrics.memory.release(cost);
         }
         queued
     }
 
-    /// [`ConnShared::deliver`] for a caller that already charged `cost` to
+    /// [`ConnShared::push`] for a caller that already charged `cost` to
     /// the memory budget (a fan-out charges all its deliveries at once) and
     /// releases it when this returns false. Charging before the push keeps
     /// the account from dipping below zero when the write is quicker.
-    pub fn deliver_precharged(&self, out: Outbound, cost: usize) -> bool {
+    pub fn push_precharged(&self, out: Outbound, cost: usize) -> bool {
         if self.slow.load(Relaxed) {
             return false;
         }
