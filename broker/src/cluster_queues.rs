@@ -24,7 +24,9 @@
 //!   partition now. Given back → redelivered (`redelivered:true`), to
 //!   another node first.
 //! * **Window**: per partition at most `cluster.queue_window` records are
-//!   taken and not done (the partition is paused beyond); the committed
+//!   taken and not done (the partition is paused beyond, and while the
+//!   memory budget — which the held records are charged to — admits
+//!   nothing more); the committed
 //!   offset is the lowest record not done. A new owner resumes there:
 //!   records below the end it found at assignment are marked redelivered.
 //! * **Nodes gone**: a node not announcing for 3 heartbeat intervals (or
@@ -34,7 +36,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     sync::{
-        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed},
         Arc, Mutex, Weak,
     },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -190,6 +192,11 @@ pub struct QueueStats {
     pub window: AtomicI64,
     /// The queue consumer group has assigned (possibly nothing) at least once.
     pub joined: AtomicBool,
+    /// Bytes the records taken and not done are charged to the memory budget.
+    pub held_bytes: AtomicUsize,
+    /// Times a partition was paused because the memory budget admitted
+    /// nothing more (window-full pauses not counted).
+    pub budget_pauses: AtomicU64,
 }
 
 /// What a `qmsg` delivery report needs: (target node, partition, offset).
@@ -419,6 +426,7 @@ impl ClusterQueues {
                         last_commit: Instant::now(),
                         last_announce: None,
                         announced_epoch: u64::MAX,
+                        held: 0,
                     }
                     .run(&shutdown);
                 });
@@ -673,6 +681,8 @@ impl ClusterQueues {
             "window": s.window.load(Relaxed).max(0),
             "dispatched": s.dispatched.load(Relaxed),
             "redelivered": s.redelivered.load(Relaxed),
+            "held_bytes": s.held_bytes.load(Relaxed),
+            "budget_pauses": s.budget_pauses.load(Relaxed),
         })
     }
 }
@@ -783,6 +793,8 @@ struct Owner {
     last_commit: Instant,
     last_announce: Option<Instant>,
     announced_epoch: u64,
+    /// Bytes charged to the memory budget for the records in `parts`.
+    held: usize,
 }
 
 impl Owner {
@@ -803,7 +815,7 @@ impl Owner {
             self.drain_inbox(&core);
             self.expire_nodes();
             self.dispatch(&core);
-            self.flow();
+            self.flow(&core);
             self.commit();
             self.announce(&core);
         }
@@ -819,6 +831,8 @@ impl Owner {
                 .sum();
             core.metrics.memory.release(held);
         }
+        self.held = 0;
+        self.q.stats.held_bytes.store(0, Relaxed);
         self.q.stats.owned.store(0, Relaxed);
     }
 
@@ -839,6 +853,7 @@ impl Owner {
             if let Some(part) = self.parts.remove(&p) {
                 for (off, e) in part.entries {
                     core.metrics.memory.release(e.cost);
+                    self.held = self.held.saturating_sub(e.cost);
                     if let Some(set) = self.pending.get_mut(&e.queue) {
                         set.remove(&(p, off));
                     }
@@ -927,6 +942,7 @@ impl Owner {
         if let Some(core) = self.core.upgrade() {
             core.metrics.memory.charge(cost);
         }
+        self.held += cost;
         let queue: Arc<str> = Arc::from(queue);
         part.entries.insert(
             off,
@@ -1025,6 +1041,7 @@ impl Owner {
                 return;
             };
             core.metrics.memory.release(e.cost);
+            self.held = self.held.saturating_sub(e.cost);
             if let Some(set) = self.pending.get_mut(&e.queue) {
                 set.remove(&(p, off));
             }
@@ -1272,28 +1289,42 @@ impl Owner {
         true
     }
 
-    /// Pauses partitions whose window is full, resumes them at half.
-    fn flow(&mut self) {
+    /// Pauses partitions whose window is full or while the memory budget
+    /// admits nothing more (the records held are charged to it); resumes
+    /// them once the window is down to half and the budget has a tenth of
+    /// its limit free again (hysteresis, so a budget at the edge does not
+    /// pause and resume on every record).
+    fn flow(&mut self, core: &BrokerCore) {
         let window = self.q.window;
+        let memory = &core.metrics.memory;
+        let over = !memory.admits(1);
+        let headroom = memory.admits(memory.limit() / 10);
         let mut total = 0i64;
         for (p, part) in self.parts.iter_mut() {
             total += part.entries.len() as i64;
-            let full = part.entries.len() >= window;
-            let low = part.entries.len() <= window / 2;
-            if full == part.paused && (full || !low || !part.paused) {
+            let window_full = part.entries.len() >= window;
+            let full = window_full || over;
+            let low = part.entries.len() <= window / 2 && headroom;
+            let pause = full && !part.paused;
+            let resume = part.paused && !full && low;
+            if !pause && !resume {
                 continue;
             }
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition(&self.q.queue_topic, *p);
-            if full && !part.paused {
+            if pause {
                 if self.consumer.pause(&tpl).is_ok() {
                     part.paused = true;
+                    if !window_full {
+                        self.q.stats.budget_pauses.fetch_add(1, Relaxed);
+                    }
                 }
-            } else if part.paused && low && self.consumer.resume(&tpl).is_ok() {
+            } else if self.consumer.resume(&tpl).is_ok() {
                 part.paused = false;
             }
         }
         self.q.stats.window.store(total, Relaxed);
+        self.q.stats.held_bytes.store(self.held, Relaxed);
     }
 
     fn commit(&mut self) {
