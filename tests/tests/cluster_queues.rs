@@ -581,7 +581,8 @@ async fn consumer_node_sigkill_redelivers_its_unacked_messages() -> Result<()> {
     while Instant::now() < deadline && complete.is_none() {
         if let Ok(f) = cc.recv_within(Duration::from_millis(100)).await {
             ensure!(f.command == Cmd::Message, "C: {:?}", f.command);
-            let redelivered = frame_headers(&f).get("redelivered").map(String::as_str) == Some("true");
+            let redelivered =
+                frame_headers(&f).get("redelivered").map(String::as_str) == Some("true");
             seen.entry(body(&f)).or_default().push(redelivered);
             if seen.len() == N + M {
                 complete = Some(killed.elapsed());
@@ -591,7 +592,8 @@ async fn consumer_node_sigkill_redelivers_its_unacked_messages() -> Result<()> {
     // Late duplicates.
     while let Ok(f) = cc.recv_within(Duration::from_millis(500)).await {
         if f.command == Cmd::Message {
-            let redelivered = frame_headers(&f).get("redelivered").map(String::as_str) == Some("true");
+            let redelivered =
+                frame_headers(&f).get("redelivered").map(String::as_str) == Some("true");
             seen.entry(body(&f)).or_default().push(redelivered);
         }
     }
@@ -615,7 +617,10 @@ async fn consumer_node_sigkill_redelivers_its_unacked_messages() -> Result<()> {
     ensure!(complete.is_some(), "not all at C within {within:?}");
     for i in 0..N {
         let v = &seen[&format!("h{i}")];
-        ensure!(v.iter().all(|r| *r), "h{i} held by B came without redelivered:true: {v:?}");
+        ensure!(
+            v.iter().all(|r| *r),
+            "h{i} held by B came without redelivered:true: {v:?}"
+        );
     }
     let after = metric_at(ahttp, "stomp_cluster_queue_redelivered_total")
         .await
@@ -731,7 +736,10 @@ async fn owner_pauses_the_partition_while_the_memory_budget_is_exhausted() -> Re
          {pauses} budget pauses, {} delivered, {redelivered} redelivered",
         got.len()
     );
-    ensure!(got == want, "delivered out of order, lost or twice: {got:?}");
+    ensure!(
+        got == want,
+        "delivered out of order, lost or twice: {got:?}"
+    );
     ensure!(redelivered == 0);
     // Paused once the budget admits nothing: at most one record beyond it.
     let record = (BODY + 4 + 512) as u64;
@@ -739,11 +747,15 @@ async fn owner_pauses_the_partition_while_the_memory_budget_is_exhausted() -> Re
         max_held <= BUDGET as u64 + record,
         "O held {max_held} B with a {BUDGET}-byte budget"
     );
-    wait_for("O holds nothing once all is acknowledged", JOIN, || async move {
-        queue_stats(ohttp)
-            .await
-            .is_some_and(|q| q["held_bytes"] == 0 && q["window"] == 0)
-    })
+    wait_for(
+        "O holds nothing once all is acknowledged",
+        JOIN,
+        || async move {
+            queue_stats(ohttp)
+                .await
+                .is_some_and(|q| q["held_bytes"] == 0 && q["window"] == 0)
+        },
+    )
     .await?;
     o.stop().await;
     p.stop().await;
