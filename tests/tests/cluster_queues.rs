@@ -1,8 +1,9 @@
 //! Cluster mode, `/queue/...`: competing consumers across nodes through a
 //! real Kafka (unique cluster topic per test): each message to exactly one
 //! consumer in the cluster, RECEIPT after Kafka's ack, NACK and disconnect
-//! redelivery across nodes, and no RECEIPT'd message lost when the owning
-//! node is SIGKILLed. See docs/cluster.md ("Queues across nodes").
+//! redelivery across nodes, no RECEIPT'd message lost when the owning node
+//! or a consumer node is SIGKILLed, and the owner pausing while its memory
+//! budget is exhausted. See docs/cluster.md ("Queues across nodes").
 
 use std::{
     collections::HashMap,
