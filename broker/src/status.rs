@@ -116,6 +116,7 @@ fn snapshot(core: &BrokerCore, prev: Option<&Sample>, now: &Sample) -> Value {
         "connections": m.connections.load(Relaxed),
         "subscriptions": m.subscriptions.load(Relaxed),
         "messages_published": now.published,
+        "messages_queued": m.messages_queued.load(Relaxed),
         "messages_delivered": now.delivered,
         "messages_dropped": m.messages_dropped.load(Relaxed),
         "slow_consumer_disconnects": m.slow_consumer_disconnects.load(Relaxed),
