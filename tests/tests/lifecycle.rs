@@ -283,13 +283,19 @@ async fn delivered_counts_written_messages_and_queued_counts_accepted_ones(
         "{text}"
     );
     ensure!(metric(&text, "stomp_messages_queued_total")? == N, "{text}");
-    let (status, json) = b.http_get("/stats.json").await?;
-    ensure!(status == 200, "{status} {json}");
-    let v: serde_json::Value = serde_json::from_str(&json)?;
-    ensure!(
-        v["messages_queued"] == N && v["messages_delivered"] == N,
-        "{json}"
-    );
+    // /stats.json shows the status sampler's latest sample (taken every
+    // second): poll until it has caught up.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, json) = b.http_get("/stats.json").await?;
+        ensure!(status == 200, "{status} {json}");
+        let v: serde_json::Value = serde_json::from_str(&json)?;
+        if v["messages_queued"] == N && v["messages_delivered"] == N {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "{json}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     Ok(())
 }
 
