@@ -1596,7 +1596,7 @@ impl Session {
         }
         msg.template
             .encode_for(version, &headers[..n], self.out.buf());
-        self.out.commit(msg.text, write_credit);
+        self.out.commit_message(msg.text, write_credit);
         if st.sub.ack == AckMode::Auto {
             // Cluster queue message: written is done.
             if let Some(t) = &msg.ticket {
