@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The fuzz crates (stomp-codec/fuzz, broker/fuzz) are their own workspaces with
+# The fuzz crates (stomp-codec/fuzz, stomp-client/fuzz, broker/fuzz) are their own workspaces with
 # their own Cargo.lock. When a dependency of stomp-codec or stomp-broker changes,
 # those locks go stale and the next `cargo fuzz` run rewrites them, leaving the
 # work tree dirty. This checks them without changing anything, or brings them
@@ -11,7 +11,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 mode="${1:-check}"
 stale=0
-for dir in stomp-codec/fuzz broker/fuzz; do
+for dir in stomp-codec/fuzz stomp-client/fuzz broker/fuzz; do
   manifest="$ROOT/$dir/Cargo.toml"
   [ -f "$manifest" ] || continue
   if cargo metadata --locked --format-version 1 --manifest-path "$manifest" >/dev/null 2>&1; then

@@ -25,6 +25,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::config::{AppHttpRoute, Config};
+use crate::metrics::{PromText, PromType};
 
 /// Prefix every `[[app_http]]` prefix must start with.
 pub const APP_PREFIX: &str = "/app/";
@@ -314,27 +315,39 @@ impl AppHttp {
         Ok(Some(Reply { content_type, body }))
     }
 
-    /// Prometheus text for `/metrics`.
+    /// Prometheus text for `/metrics` (through [`PromText`], the one renderer).
     pub fn render(&self, out: &mut String) {
-        let _ = writeln!(
-            out,
-            "# HELP stomp_app_http_requests_total Requests to [[app_http]] handlers, by route prefix and outcome (ok: 2xx; status: other HTTP status; timeout; error: unreachable, bad or oversize answer).\n# TYPE stomp_app_http_requests_total counter"
+        const REQUESTS: &str = "stomp_app_http_requests_total";
+        const LATENCY: &str = "stomp_app_http_latency_seconds";
+        let mut p = PromText::new(out);
+        p.header(
+            REQUESTS,
+            PromType::Counter,
+            "Requests to [[app_http]] handlers, by route prefix and outcome (ok: 2xx; status: other HTTP status; timeout; error: unreachable, bad or oversize answer).",
         );
         for r in &self.routes {
-            let prefix = r.prefix.replace('\\', "\\\\").replace('"', "\\\"");
             for (i, o) in OUTCOMES.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "stomp_app_http_requests_total{{prefix=\"{prefix}\",outcome=\"{o}\"}} {}",
-                    r.outcomes[i].load(Relaxed)
+                p.sample_labels(
+                    REQUESTS,
+                    &[("prefix", &r.prefix), ("outcome", o)],
+                    r.outcomes[i].load(Relaxed),
                 );
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP stomp_app_http_latency_seconds Time [[app_http]] requests took, answer body included.\n# TYPE stomp_app_http_latency_seconds summary\nstomp_app_http_latency_seconds_sum {}\nstomp_app_http_latency_seconds_count {}",
+        p.header(
+            LATENCY,
+            PromType::Summary,
+            "Time [[app_http]] requests took, answer body included.",
+        )
+        .sample(
+            "stomp_app_http_latency_seconds_sum",
+            None,
             self.latency_micros.load(Relaxed) as f64 / 1e6,
-            self.latency_count.load(Relaxed)
+        )
+        .sample(
+            "stomp_app_http_latency_seconds_count",
+            None,
+            self.latency_count.load(Relaxed),
         );
     }
 }
@@ -349,4 +362,53 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The text `render` wrote by hand before it went through `PromText`:
+    /// the output must not change.
+    #[test]
+    fn metrics_text_is_unchanged_by_the_shared_renderer() {
+        let mut config = Config::default();
+        for (prefix, url) in [
+            ("/app/orders/", "http://127.0.0.1:9/orders"),
+            ("/app/a", "https://example.invalid/a"),
+        ] {
+            config.app_http.push(AppHttpRoute {
+                prefix: prefix.into(),
+                url: url.into(),
+                timeout_ms: 1_000,
+                headers: Default::default(),
+            });
+        }
+        let app = AppHttp::new(&config).expect("valid").expect("routes");
+        // Longest prefix first: /app/orders/ is route 0.
+        app.routes[0].outcomes[0].fetch_add(5, Relaxed);
+        app.routes[0].outcomes[2].fetch_add(1, Relaxed);
+        app.routes[1].outcomes[3].fetch_add(2, Relaxed);
+        app.latency_micros.fetch_add(1_250_000, Relaxed);
+        app.latency_count.fetch_add(8, Relaxed);
+        let mut out = String::new();
+        app.render(&mut out);
+        assert_eq!(
+            out,
+            "# HELP stomp_app_http_requests_total Requests to [[app_http]] handlers, by route prefix and outcome (ok: 2xx; status: other HTTP status; timeout; error: unreachable, bad or oversize answer).\n\
+             # TYPE stomp_app_http_requests_total counter\n\
+             stomp_app_http_requests_total{prefix=\"/app/orders/\",outcome=\"ok\"} 5\n\
+             stomp_app_http_requests_total{prefix=\"/app/orders/\",outcome=\"status\"} 0\n\
+             stomp_app_http_requests_total{prefix=\"/app/orders/\",outcome=\"timeout\"} 1\n\
+             stomp_app_http_requests_total{prefix=\"/app/orders/\",outcome=\"error\"} 0\n\
+             stomp_app_http_requests_total{prefix=\"/app/a\",outcome=\"ok\"} 0\n\
+             stomp_app_http_requests_total{prefix=\"/app/a\",outcome=\"status\"} 0\n\
+             stomp_app_http_requests_total{prefix=\"/app/a\",outcome=\"timeout\"} 0\n\
+             stomp_app_http_requests_total{prefix=\"/app/a\",outcome=\"error\"} 2\n\
+             # HELP stomp_app_http_latency_seconds Time [[app_http]] requests took, answer body included.\n\
+             # TYPE stomp_app_http_latency_seconds summary\n\
+             stomp_app_http_latency_seconds_sum 1.25\n\
+             stomp_app_http_latency_seconds_count 8\n"
+        );
+    }
 }

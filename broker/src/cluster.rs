@@ -7,9 +7,15 @@
 //!   (as without a cluster) and handed to [`Cluster::relay`], which produces
 //!   it to the cluster topic without waiting (idempotent, `acks=all`, key =
 //!   the publishing session, so each publisher's messages keep their order
-//!   in one partition). At most `cluster.max_in_flight` records wait for
-//!   Kafka's acknowledgement; beyond that the message is not relayed and
-//!   `stomp_cluster_produce_failures_total` counts it.
+//!   in one partition). At most `cluster.max_in_flight` records and
+//!   `cluster.max_in_flight_bytes` bytes wait for Kafka's acknowledgement,
+//!   and their bytes are charged to the broker's memory budget until the
+//!   delivery report; beyond either limit, or with the budget spent, the
+//!   message is not relayed and `stomp_cluster_produce_failures_total`
+//!   (and `stomp_cluster_relay_refused_total{reason}`) counts it.
+//!   librdkafka's own queue and the consumer's prefetch are sized from
+//!   `cluster.max_in_flight_bytes` too, so the relay's memory is bounded in
+//!   bytes ([`producer_queue_kbytes`], [`consumer_prefetch_kbytes`]).
 //! * **In**: one thread per node reads every partition of the cluster topic
 //!   with `assign` (no consumer group) from its end as of joining, skips its
 //!   own records and publishes the others into the local router with their
@@ -41,7 +47,7 @@ use rdkafka::{
 use stomp_codec::Headers;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::ClusterConfig, core::BrokerCore};
+use crate::{config::ClusterConfig, core::BrokerCore, metrics::Metrics};
 
 /// Record header: the producing node's id.
 pub const H_ORIGIN: &str = "stomp-cluster-origin";
@@ -56,6 +62,25 @@ pub const H_USER: &str = "stomp-user";
 /// Prefix of record headers carrying the message's passed-through STOMP
 /// headers (`h.content-type`, ...).
 pub const H_PASS_PREFIX: &str = "h.";
+
+/// Bytes a relayed record is charged beyond its body, key and headers
+/// (librdkafka's per-message bookkeeping).
+const RECORD_OVERHEAD: usize = 128;
+/// Most the cluster consumer prefetches, whatever `max_in_flight_bytes`.
+const MAX_PREFETCH: usize = 16 << 20;
+
+/// `queue.buffering.max.kbytes` of the relay producer: the in-flight byte
+/// limit plus 1 MiB for heartbeats and librdkafka's own overhead.
+pub fn producer_queue_kbytes(cfg: &ClusterConfig) -> usize {
+    cfg.max_in_flight_bytes / 1024 + 1024
+}
+
+/// `queued.max.messages.kbytes` of the cluster consumer: a quarter of the
+/// in-flight byte limit, at most 16 MiB, at least 64 KiB. librdkafka
+/// derives `fetch.max.bytes` from it (never below `message.max.bytes`).
+pub fn consumer_prefetch_kbytes(cfg: &ClusterConfig) -> usize {
+    (cfg.max_in_flight_bytes / 4).clamp(64 << 10, MAX_PREFETCH) / 1024
+}
 
 /// How long the consumer waits for records per poll.
 const POLL: Duration = Duration::from_millis(100);
@@ -89,8 +114,21 @@ pub struct ClusterStats {
     pub relayed_out: AtomicU64,
     /// Messages from other nodes published locally.
     pub relayed_in: AtomicU64,
-    /// Messages not relayed: in-flight limit, queue full, Kafka errors.
+    /// Messages not relayed: in-flight limits, memory budget, queue full,
+    /// Kafka errors.
     pub produce_failures: AtomicU64,
+    /// Bytes of relayed records produced, not yet acknowledged (charged to
+    /// the memory budget).
+    pub in_flight_bytes: AtomicUsize,
+    /// Not relayed because `cluster.max_in_flight` records were in flight.
+    pub refused_in_flight: AtomicU64,
+    /// Not relayed because `cluster.max_in_flight_bytes` were in flight.
+    pub refused_in_flight_bytes: AtomicU64,
+    /// Not relayed because the broker's memory budget was spent.
+    pub refused_memory_budget: AtomicU64,
+    /// Not relayed because librdkafka refused the record (its queue full,
+    /// record too large).
+    pub refused_producer: AtomicU64,
     /// Records behind on the cluster topic (all partitions).
     pub lag: AtomicI64,
     /// Joined and caught up.
@@ -99,20 +137,23 @@ pub struct ClusterStats {
     seen: Mutex<HashMap<String, Instant>>,
 }
 
-/// Producer context: counts acknowledgements and failures.
+/// Producer context: counts acknowledgements and failures and gives a
+/// relayed record's bytes back to the memory budget.
 struct RelayContext {
     stats: Arc<ClusterStats>,
+    metrics: Arc<Metrics>,
 }
 
 impl ClientContext for RelayContext {}
 
 impl ProducerContext for RelayContext {
-    /// 1 for a relayed message, 0 for a heartbeat.
+    /// The bytes a relayed message was charged (always > 0); 0 for a
+    /// heartbeat.
     type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, is_message: usize) {
-        if is_message == 1 {
-            self.stats.in_flight.fetch_sub(1, Relaxed);
+    fn delivery(&self, result: &DeliveryResult<'_>, charged: usize) {
+        if charged > 0 {
+            self.release(charged);
             match result {
                 Ok(_) => self.stats.relayed_out.fetch_add(1, Relaxed),
                 Err(_) => self.stats.produce_failures.fetch_add(1, Relaxed),
@@ -121,11 +162,21 @@ impl ProducerContext for RelayContext {
     }
 }
 
+impl RelayContext {
+    /// Gives back one relayed record: its in-flight slot and its bytes.
+    fn release(&self, charged: usize) {
+        self.stats.in_flight.fetch_sub(1, Relaxed);
+        self.stats.in_flight_bytes.fetch_sub(charged, Relaxed);
+        self.metrics.memory.release(charged);
+    }
+}
+
 /// This node's membership in the cluster.
 pub struct Cluster {
     node_id: String,
     topic: String,
     max_in_flight: usize,
+    max_in_flight_bytes: usize,
     heartbeat: Duration,
     producer: ThreadedProducer<RelayContext>,
     stats: Arc<ClusterStats>,
@@ -133,7 +184,8 @@ pub struct Cluster {
     positions: Mutex<Vec<i64>>,
     warned: AtomicBool,
     /// `/queue/...` across the nodes (see [`crate::cluster_queues`]).
-    queues: Arc<crate::cluster_queues::ClusterQueues>,
+    /// `None` only for a `Cluster` built by [`Cluster::new`] alone (unit tests).
+    queues: Option<Arc<crate::cluster_queues::ClusterQueues>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -158,6 +210,55 @@ pub(crate) fn base_config(kafka: &kafka_bridge::BridgeConfig, client_id: &str) -
 }
 
 impl Cluster {
+    /// The cluster handle with its relay producer (nothing connects yet).
+    fn new(
+        kafka: &kafka_bridge::BridgeConfig,
+        cfg: &ClusterConfig,
+        node_id: &str,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Cluster> {
+        let stats = Arc::new(ClusterStats::default());
+        let mut pcfg = base_config(kafka, &format!("{node_id}-cluster-producer"));
+        pcfg.set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "1")
+            .set("socket.nagle.disable", "true")
+            .set(
+                "message.timeout.ms",
+                kafka
+                    .produce_timeout
+                    .as_millis()
+                    .clamp(1, i32::MAX as u128)
+                    .to_string(),
+            )
+            .set(
+                "queue.buffering.max.messages",
+                (cfg.max_in_flight + 1_000).to_string(),
+            )
+            .set(
+                "queue.buffering.max.kbytes",
+                producer_queue_kbytes(cfg).to_string(),
+            );
+        let producer: ThreadedProducer<RelayContext> = pcfg
+            .create_with_context(RelayContext {
+                stats: stats.clone(),
+                metrics,
+            })
+            .map_err(|e| anyhow::anyhow!("cluster producer: {e}"))?;
+        Ok(Cluster {
+            node_id: node_id.to_owned(),
+            topic: cfg.topic.clone(),
+            max_in_flight: cfg.max_in_flight,
+            max_in_flight_bytes: cfg.max_in_flight_bytes,
+            heartbeat: Duration::from_millis(cfg.heartbeat_ms),
+            producer,
+            stats,
+            positions: Mutex::new(Vec::new()),
+            warned: AtomicBool::new(false),
+            queues: None,
+        })
+    }
+
     /// Starts the cluster membership: creates the producer and consumer
     /// and joins in the background — creates the cluster topic if missing,
     /// assigns every partition from its current end, then starts the
@@ -175,40 +276,10 @@ impl Cluster {
             .kafka
             .clone()
             .ok_or_else(|| anyhow::anyhow!("cluster needs kafka.brokers"))?;
-        let stats = Arc::new(ClusterStats::default());
-        let mut pcfg = base_config(&kafka, &format!("{node_id}-cluster-producer"));
-        pcfg.set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "1")
-            .set("socket.nagle.disable", "true")
-            .set(
-                "message.timeout.ms",
-                kafka
-                    .produce_timeout
-                    .as_millis()
-                    .clamp(1, i32::MAX as u128)
-                    .to_string(),
-            )
-            .set(
-                "queue.buffering.max.messages",
-                (cfg.max_in_flight + 1_000).to_string(),
-            );
-        let producer: ThreadedProducer<RelayContext> = pcfg
-            .create_with_context(RelayContext {
-                stats: stats.clone(),
-            })
-            .map_err(|e| anyhow::anyhow!("cluster producer: {e}"))?;
         let queues = crate::cluster_queues::ClusterQueues::start(core, &node_id, shutdown.clone())?;
         let cluster = Arc::new(Cluster {
-            node_id: node_id.clone(),
-            topic: cfg.topic.clone(),
-            max_in_flight: cfg.max_in_flight,
-            heartbeat: Duration::from_millis(cfg.heartbeat_ms),
-            producer,
-            stats,
-            positions: Mutex::new(Vec::new()),
-            warned: AtomicBool::new(false),
-            queues,
+            queues: Some(queues),
+            ..Cluster::new(&kafka, &cfg, &node_id, core.metrics.clone())?
         });
         cluster.heard(&node_id);
         let mut ccfg = base_config(&kafka, &format!("{node_id}-cluster-consumer"));
@@ -219,6 +290,10 @@ impl Cluster {
             .set("enable.auto.offset.store", "false")
             .set("fetch.wait.max.ms", "5")
             .set("fetch.error.backoff.ms", "50")
+            .set(
+                "queued.max.messages.kbytes",
+                consumer_prefetch_kbytes(&cfg).to_string(),
+            )
             .set("socket.nagle.disable", "true");
         let consumer: BaseConsumer = ccfg
             .create()
@@ -283,12 +358,12 @@ impl Cluster {
 
     /// Joined (assigned at the end of the cluster topic) and not leaving.
     pub fn is_joined(&self) -> bool {
-        self.stats.joined.load(Relaxed) && self.queues.is_joined()
+        self.stats.joined.load(Relaxed) && self.queues.as_ref().is_none_or(|q| q.is_joined())
     }
 
     /// `/queue/...` across the nodes.
-    pub fn queues(&self) -> &Arc<crate::cluster_queues::ClusterQueues> {
-        &self.queues
+    pub fn queues(&self) -> Option<&Arc<crate::cluster_queues::ClusterQueues>> {
+        self.queues.as_ref()
     }
 
     /// Nodes heard within the last 3 heartbeat intervals, self included,
@@ -328,7 +403,10 @@ impl Cluster {
     /// Relays a message that a client on this node sent to a topic or user
     /// destination (already delivered locally): produced without waiting.
     /// `key` orders each publisher's messages (its session). Not relayed —
-    /// and counted — when `cluster.max_in_flight` records already wait.
+    /// and counted — when `cluster.max_in_flight` records or
+    /// `cluster.max_in_flight_bytes` bytes already wait, or when the memory
+    /// budget does not admit the record; otherwise the record's bytes are
+    /// charged to the budget until Kafka's delivery report.
     pub fn relay(
         &self,
         key: &str,
@@ -338,12 +416,30 @@ impl Cluster {
         pass: &Headers,
         body: &Bytes,
     ) {
-        if self.stats.in_flight.load(Relaxed) >= self.max_in_flight {
+        let size = RECORD_OVERHEAD
+            + key.len()
+            + body.len()
+            + H_KIND.len()
+            + 3
+            + H_ORIGIN.len()
+            + self.node_id.len()
+            + H_MESSAGE_ID.len()
+            + message_id.len()
+            + H_DESTINATION.len()
+            + destination.len()
+            + user.map_or(0, |u| H_USER.len() + u.len())
+            + pass
+                .iter()
+                .map(|(n, v)| H_PASS_PREFIX.len() + n.len() + v.len())
+                .sum::<usize>();
+        if let Err(reason) = self.reserve(size) {
             self.stats.produce_failures.fetch_add(1, Relaxed);
             if !self.warned.swap(true, Relaxed) {
                 tracing::warn!(
-                    max = self.max_in_flight,
-                    "cluster.max_in_flight reached: messages delivered locally only"
+                    reason,
+                    max_in_flight = self.max_in_flight,
+                    max_in_flight_bytes = self.max_in_flight_bytes,
+                    "cluster relay limit reached: messages delivered locally only"
                 );
             }
             return;
@@ -384,16 +480,44 @@ impl Cluster {
                 value: Some(v.as_ref()),
             });
         }
-        let record = BaseRecord::with_opaque_to(&self.topic, 1usize)
+        let record = BaseRecord::with_opaque_to(&self.topic, size)
             .key(key)
             .payload(body.as_ref())
             .headers(headers);
-        self.stats.in_flight.fetch_add(1, Relaxed);
         if let Err((e, _)) = self.producer.send(record) {
-            self.stats.in_flight.fetch_sub(1, Relaxed);
+            self.producer.context().release(size);
+            self.stats.refused_producer.fetch_add(1, Relaxed);
             self.stats.produce_failures.fetch_add(1, Relaxed);
             tracing::debug!(error = %e, "cluster produce refused");
         }
+    }
+
+    /// Takes an in-flight slot and `size` bytes (of the in-flight limit and
+    /// the memory budget) for one relayed record, or says which limit
+    /// refused it (counted) and takes nothing.
+    fn reserve(&self, size: usize) -> Result<(), &'static str> {
+        let s = &self.stats;
+        if s.in_flight.fetch_add(1, Relaxed) >= self.max_in_flight {
+            s.in_flight.fetch_sub(1, Relaxed);
+            s.refused_in_flight.fetch_add(1, Relaxed);
+            return Err("in_flight");
+        }
+        let before = s.in_flight_bytes.fetch_add(size, Relaxed);
+        // One record larger than the limit still goes alone.
+        if before > 0 && before.saturating_add(size) > self.max_in_flight_bytes {
+            s.in_flight_bytes.fetch_sub(size, Relaxed);
+            s.in_flight.fetch_sub(1, Relaxed);
+            s.refused_in_flight_bytes.fetch_add(1, Relaxed);
+            return Err("in_flight_bytes");
+        }
+        let budget = &self.producer.context().metrics.memory;
+        if !budget.try_charge(size) {
+            s.in_flight_bytes.fetch_sub(size, Relaxed);
+            s.in_flight.fetch_sub(1, Relaxed);
+            s.refused_memory_budget.fetch_add(1, Relaxed);
+            return Err("memory_budget");
+        }
+        Ok(())
     }
 
     /// Leaving (graceful shutdown): not ready any more; flushes what is
@@ -436,10 +560,47 @@ impl Cluster {
             )
             .counter(
                 "stomp_cluster_produce_failures_total",
-                "Messages not relayed (in-flight limit, Kafka errors).",
+                "Messages not relayed (in-flight limits, memory budget, Kafka errors).",
                 s.produce_failures.load(Relaxed),
+            )
+            .header(
+                "stomp_cluster_relay_refused_total",
+                PromType::Counter,
+                "Messages not relayed because a limit refused them (also in stomp_cluster_produce_failures_total).",
+            )
+            .sample(
+                "stomp_cluster_relay_refused_total",
+                Some(("reason", "in_flight")),
+                s.refused_in_flight.load(Relaxed),
+            )
+            .sample(
+                "stomp_cluster_relay_refused_total",
+                Some(("reason", "in_flight_bytes")),
+                s.refused_in_flight_bytes.load(Relaxed),
+            )
+            .sample(
+                "stomp_cluster_relay_refused_total",
+                Some(("reason", "memory_budget")),
+                s.refused_memory_budget.load(Relaxed),
+            )
+            .sample(
+                "stomp_cluster_relay_refused_total",
+                Some(("reason", "producer")),
+                s.refused_producer.load(Relaxed),
+            )
+            .gauge(
+                "stomp_cluster_in_flight",
+                "Relayed messages awaiting Kafka's acknowledgement.",
+                s.in_flight.load(Relaxed) as i64,
+            )
+            .gauge(
+                "stomp_cluster_in_flight_bytes",
+                "Bytes of relayed messages awaiting Kafka's acknowledgement (charged to the memory budget).",
+                s.in_flight_bytes.load(Relaxed) as i64,
             );
-        self.queues.write_prometheus(out);
+        if let Some(queues) = &self.queues {
+            queues.write_prometheus(out);
+        }
     }
 
     /// The `cluster` object of `/stats.json`.
@@ -453,7 +614,9 @@ impl Cluster {
             "relayed_in": s.relayed_in.load(Relaxed),
             "relayed_out": s.relayed_out.load(Relaxed),
             "produce_failures": s.produce_failures.load(Relaxed),
-            "queues": self.queues.json(),
+            "in_flight": s.in_flight.load(Relaxed),
+            "in_flight_bytes": s.in_flight_bytes.load(Relaxed),
+            "queues": self.queues.as_ref().map(|q| q.json()),
         })
     }
 }
@@ -594,7 +757,9 @@ fn consume_loop(
             Some(b"hb") => cluster.heard(origin),
             Some(k @ (b"qsub" | b"qmsg" | b"qack" | b"qnack")) => {
                 let Some(core) = core.upgrade() else { break };
-                cluster.queues.on_record(&core, k, origin, &msg);
+                if let Some(queues) = &cluster.queues {
+                    queues.on_record(&core, k, origin, &msg);
+                }
             }
             Some(b"msg") => {
                 let (Some(id), Some(destination)) = (id, destination) else {
@@ -681,5 +846,122 @@ fn heartbeat_loop(cluster: Arc<Cluster>, core: Weak<BrokerCore>, shutdown: Cance
         if ok {
             cluster.stats.lag.store(lag, Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cluster handle whose producer points at a closed port: records
+    /// stay in flight (nothing acknowledges them).
+    fn unreachable(max_in_flight: usize, max_bytes: usize, budget: usize) -> Cluster {
+        let mut kafka = kafka_bridge::BridgeConfig::default();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        kafka.brokers = format!("127.0.0.1:{port}");
+        kafka.produce_timeout = Duration::from_secs(300);
+        let cfg = ClusterConfig {
+            enabled: true,
+            max_in_flight,
+            max_in_flight_bytes: max_bytes,
+            ..ClusterConfig::default()
+        };
+        let metrics = Arc::new(Metrics::default());
+        metrics.memory.set_limit(budget);
+        Cluster::new(&kafka, &cfg, "unit-node", metrics).expect("cluster")
+    }
+
+    fn relay_n(c: &Cluster, n: usize, body: usize) {
+        let body = Bytes::from(vec![b'x'; body]);
+        let mut pass = Headers::new();
+        pass.push(
+            Bytes::from_static(b"content-type"),
+            Bytes::from_static(b"text/plain"),
+        );
+        for i in 0..n {
+            c.relay("1", "/topic/t", &format!("m-{i}"), Some("u"), &pass, &body);
+        }
+    }
+
+    fn refused(c: &Cluster) -> [u64; 4] {
+        let s = &c.stats;
+        [
+            s.refused_in_flight.load(Relaxed),
+            s.refused_in_flight_bytes.load(Relaxed),
+            s.refused_memory_budget.load(Relaxed),
+            s.refused_producer.load(Relaxed),
+        ]
+    }
+
+    #[test]
+    fn relay_is_bounded_by_in_flight_bytes_and_charges_the_budget() {
+        let c = unreachable(10_000, 16 * 1024, usize::MAX);
+        relay_n(&c, 100, 1000);
+        let bytes = c.stats.in_flight_bytes.load(Relaxed);
+        let n = c.stats.in_flight.load(Relaxed);
+        assert!(bytes <= 16 * 1024, "{bytes}");
+        assert!((10..16).contains(&n), "{n} records in flight");
+        assert_eq!(c.producer.context().metrics.memory.used(), bytes);
+        assert_eq!(refused(&c), [0, 100 - n as u64, 0, 0]);
+        assert_eq!(c.stats.produce_failures.load(Relaxed), 100 - n as u64);
+        let mut text = String::new();
+        c.write_prometheus(&mut text);
+        assert!(text.contains(&format!("stomp_cluster_in_flight_bytes {bytes}\n")));
+        assert!(text.contains(&format!(
+            "stomp_cluster_relay_refused_total{{reason=\"in_flight_bytes\"}} {}\n",
+            100 - n
+        )));
+    }
+
+    #[test]
+    fn relay_is_refused_when_the_memory_budget_is_spent() {
+        let c = unreachable(10_000, 64 << 20, 8 * 1024);
+        relay_n(&c, 50, 1000);
+        let used = c.producer.context().metrics.memory.used();
+        assert!(used <= 8 * 1024, "{used}");
+        assert_eq!(used, c.stats.in_flight_bytes.load(Relaxed));
+        let n = c.stats.in_flight.load(Relaxed) as u64;
+        assert!(n >= 5, "{n}");
+        assert_eq!(refused(&c), [0, 0, 50 - n, 0]);
+    }
+
+    #[test]
+    fn relay_is_bounded_by_in_flight_records() {
+        let c = unreachable(3, 64 << 20, usize::MAX);
+        relay_n(&c, 10, 10);
+        assert_eq!(c.stats.in_flight.load(Relaxed), 3);
+        assert_eq!(refused(&c), [7, 0, 0, 0]);
+    }
+
+    #[test]
+    fn a_record_that_librdkafka_refuses_gives_its_bytes_back() {
+        // Larger than librdkafka's message.max.bytes (1 MB): refused by
+        // send(), nothing stays charged.
+        let c = unreachable(10_000, 64 << 20, usize::MAX);
+        relay_n(&c, 1, 2_000_000);
+        assert_eq!(refused(&c), [0, 0, 0, 1]);
+        assert_eq!(c.stats.in_flight.load(Relaxed), 0);
+        assert_eq!(c.stats.in_flight_bytes.load(Relaxed), 0);
+        assert_eq!(c.producer.context().metrics.memory.used(), 0);
+    }
+
+    #[test]
+    fn librdkafka_queues_are_sized_from_max_in_flight_bytes() {
+        let cfg = ClusterConfig::default();
+        assert_eq!(producer_queue_kbytes(&cfg), 64 * 1024 + 1024);
+        assert_eq!(consumer_prefetch_kbytes(&cfg), 16 * 1024);
+        let small = ClusterConfig {
+            max_in_flight_bytes: 1 << 20,
+            ..ClusterConfig::default()
+        };
+        assert_eq!(consumer_prefetch_kbytes(&small), 256);
+        let tiny = ClusterConfig {
+            max_in_flight_bytes: 4096,
+            ..ClusterConfig::default()
+        };
+        assert_eq!(consumer_prefetch_kbytes(&tiny), 64);
     }
 }

@@ -120,6 +120,14 @@ pub struct ClusterConfig {
     /// beyond it a SEND is still delivered locally but not relayed
     /// (`stomp_cluster_produce_failures_total`).
     pub max_in_flight: usize,
+    /// Most bytes (body plus headers) of cluster records produced but not
+    /// yet acknowledged by Kafka; also charged to the memory budget while in
+    /// flight. Beyond it (or when the budget is spent) a SEND is still
+    /// delivered locally but not relayed. Sizes librdkafka's own producer
+    /// queue (`queue.buffering.max.kbytes`) and the cluster consumer's
+    /// prefetch (`queued.max.messages.kbytes`, a quarter of it, at most
+    /// 16 MiB).
+    pub max_in_flight_bytes: usize,
     /// How often this node announces itself on `topic`, ms; a node is
     /// "seen" if heard within 3 intervals.
     pub heartbeat_ms: u64,
@@ -138,6 +146,7 @@ impl Default for ClusterConfig {
             partitions: 6,
             replication_factor: -1,
             max_in_flight: 10_000,
+            max_in_flight_bytes: 64 << 20,
             heartbeat_ms: 1_000,
             queue_window: 1_000,
         }
@@ -692,6 +701,9 @@ impl Config {
             }
             if !(1..=1_000_000).contains(&cl.max_in_flight) {
                 anyhow::bail!("cluster.max_in_flight must be from 1 to 1000000");
+            }
+            if !(1024..=(1 << 31)).contains(&cl.max_in_flight_bytes) {
+                anyhow::bail!("cluster.max_in_flight_bytes must be from 1024 to 2147483648");
             }
             if !(100..=60_000).contains(&cl.heartbeat_ms) {
                 anyhow::bail!("cluster.heartbeat_ms must be from 100 to 60000");

@@ -612,6 +612,7 @@ async fn flush<T: Transport>(
     let batch = session.take_output();
     let bytes = batch.bytes.len();
     let cost = batch.cost;
+    let messages = batch.messages;
     let conn = session.conn().clone();
     let write = transport.write_batch(&batch);
     tokio::pin!(write);
@@ -632,6 +633,9 @@ async fn flush<T: Transport>(
     };
     conn.written(cost);
     core.metrics.bytes_out.fetch_add(bytes as u64, Relaxed);
+    if result.is_ok() && messages > 0 {
+        core.metrics.messages_delivered.fetch_add(messages, Relaxed);
+    }
     result
 }
 

@@ -100,6 +100,8 @@ pub enum PromType {
     Counter,
     /// Goes up and down.
     Gauge,
+    /// `_sum` and `_count` samples.
+    Summary,
 }
 
 impl<'a> PromText<'a> {
@@ -113,6 +115,7 @@ impl<'a> PromText<'a> {
         let kind = match kind {
             PromType::Counter => "counter",
             PromType::Gauge => "gauge",
+            PromType::Summary => "summary",
         };
         let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         self
@@ -125,10 +128,32 @@ impl<'a> PromText<'a> {
         label: Option<(&str, &str)>,
         v: impl std::fmt::Display,
     ) -> &mut Self {
-        let _ = match label {
-            Some((k, val)) => writeln!(self.out, "{name}{{{k}=\"{}\"}} {v}", escape_label(val)),
-            None => writeln!(self.out, "{name} {v}"),
-        };
+        match label {
+            Some(l) => self.sample_labels(name, &[l], v),
+            None => self.sample_labels(name, &[], v),
+        }
+    }
+
+    /// One sample with any number of labels (`name{k1="v1",k2="v2"} v`;
+    /// none renders `name v`).
+    pub fn sample_labels(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        v: impl std::fmt::Display,
+    ) -> &mut Self {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, val)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{k}=\"{}\"", escape_label(val));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {v}");
         self
     }
 
@@ -265,7 +290,12 @@ pub struct Metrics {
     frames_out: [ShardedCounter; 15],
     /// Messages published (SEND, bridge, in-process).
     pub messages_published: ShardedCounter,
-    /// MESSAGE frames handed to subscribers.
+    /// MESSAGE frames queued to subscribers' connections (counted by the
+    /// router when a connection accepts one; not yet written).
+    pub messages_queued: ShardedCounter,
+    /// MESSAGE frames written to clients' sockets (counted by the
+    /// connection task once per successful write, see
+    /// [`crate::output::Batch::messages`]).
     pub messages_delivered: ShardedCounter,
     /// Messages dropped (slow-consumer drop policy, queue overflow, no route).
     pub messages_dropped: AtomicU64,
@@ -434,8 +464,13 @@ impl Metrics {
             self.messages_published.load(Relaxed),
         )
         .counter(
+            "stomp_messages_queued_total",
+            "MESSAGE frames queued to subscribers' connections, not yet written.",
+            self.messages_queued.load(Relaxed),
+        )
+        .counter(
             "stomp_messages_delivered_total",
-            "MESSAGE frames delivered to subscribers.",
+            "MESSAGE frames written to subscribers' sockets.",
             self.messages_delivered.load(Relaxed),
         )
         .counter(
@@ -582,6 +617,7 @@ mod tests {
     fn hot_counters_render_under_their_names() {
         let m = Metrics::default();
         m.messages_delivered.fetch_add(3, Relaxed);
+        m.messages_queued.fetch_add(5, Relaxed);
         m.frame_in(Command::Send);
         m.frames_out(Command::Message, 4);
         m.bytes_out.fetch_add(7, Relaxed);
@@ -589,7 +625,8 @@ mod tests {
         let mut out = String::new();
         m.render(&mut out);
         for line in [
-            "# HELP stomp_messages_delivered_total MESSAGE frames delivered to subscribers.\n# TYPE stomp_messages_delivered_total counter\nstomp_messages_delivered_total 3\n",
+            "# HELP stomp_messages_queued_total MESSAGE frames queued to subscribers' connections, not yet written.\n# TYPE stomp_messages_queued_total counter\nstomp_messages_queued_total 5\n",
+            "# HELP stomp_messages_delivered_total MESSAGE frames written to subscribers' sockets.\n# TYPE stomp_messages_delivered_total counter\nstomp_messages_delivered_total 3\n",
             "stomp_frames_in_total{command=\"SEND\"} 1\n",
             "stomp_frames_out_total{command=\"MESSAGE\"} 4\n",
             "stomp_bytes_out_total 7\n",
@@ -597,5 +634,22 @@ mod tests {
         ] {
             assert!(out.contains(line), "{line:?} missing from:\n{out}");
         }
+    }
+
+    #[test]
+    fn samples_with_several_labels_escape_each_value() {
+        let mut out = String::new();
+        PromText::new(&mut out)
+            .header("m_total", PromType::Counter, "Help.")
+            .sample_labels("m_total", &[("a", "x\"y"), ("b", "z\\")], 2)
+            .sample_labels("m_total", &[], 3)
+            .header("s", PromType::Summary, "Sum.")
+            .sample("s_sum", None, 0.5)
+            .sample_labels("s_count", &[("only", "one")], 1);
+        assert_eq!(
+            out,
+            "# HELP m_total Help.\n# TYPE m_total counter\nm_total{a=\"x\\\"y\",b=\"z\\\\\"} 2\nm_total 3\n\
+             # HELP s Sum.\n# TYPE s summary\ns_sum 0.5\ns_count{only=\"one\"} 1\n"
+        );
     }
 }

@@ -28,6 +28,9 @@ pub struct Batch {
     pub segments: Vec<Segment>,
     /// Bytes to credit to the connection's outbound budget once written.
     pub cost: usize,
+    /// MESSAGE frames among the frames (`stomp_messages_delivered_total`
+    /// counts them once the write succeeds).
+    pub messages: u64,
 }
 
 impl Batch {
@@ -48,6 +51,7 @@ pub struct Output {
     buf: BytesMut,
     segments: Vec<Segment>,
     cost: usize,
+    messages: u64,
     frame_per_segment: bool,
 }
 
@@ -84,6 +88,13 @@ impl Output {
         }
     }
 
+    /// [`Output::commit`] for a MESSAGE frame: also counted in the batch's
+    /// [`Batch::messages`].
+    pub fn commit_message(&mut self, text: bool, cost: usize) {
+        self.commit(text, cost);
+        self.messages += 1;
+    }
+
     /// Like [`Output::commit`], deciding text or binary by whether the new
     /// bytes are UTF-8.
     pub fn commit_checked(&mut self, cost: usize) {
@@ -108,6 +119,7 @@ impl Output {
             bytes: self.buf.split().freeze(),
             segments: std::mem::take(&mut self.segments),
             cost: std::mem::take(&mut self.cost),
+            messages: std::mem::take(&mut self.messages),
         };
         if self.buf.capacity() > KEEP_CAPACITY {
             self.buf = BytesMut::new();
@@ -119,6 +131,7 @@ impl Output {
     pub fn discard(&mut self) -> usize {
         self.buf.clear();
         self.segments.clear();
+        self.messages = 0;
         std::mem::take(&mut self.cost)
     }
 }
@@ -133,13 +146,14 @@ mod tests {
         o.buf().extend_from_slice(b"A\0");
         o.commit(true, 1);
         o.buf().extend_from_slice(b"B\0");
-        o.commit(true, 1);
+        o.commit_message(true, 1);
         o.buf().extend_from_slice(&[0xff, 0]);
-        o.commit(false, 5);
+        o.commit_message(false, 5);
         o.buf().extend_from_slice(b"\n");
         o.commit_checked(0);
         let b = o.take();
         assert_eq!(b.cost, 7);
+        assert_eq!(b.messages, 2);
         let runs: Vec<(Bytes, bool)> = b.runs().collect();
         assert_eq!(
             runs,
@@ -150,6 +164,18 @@ mod tests {
             ]
         );
         assert!(o.is_empty());
+        assert_eq!(o.take().messages, 0, "take starts a new count");
+    }
+
+    #[test]
+    fn discard_forgets_the_message_count() {
+        let mut o = Output::default();
+        o.buf().extend_from_slice(b"M\0");
+        o.commit_message(true, 3);
+        assert_eq!(o.discard(), 3);
+        o.buf().extend_from_slice(b"R\0");
+        o.commit(true, 0);
+        assert_eq!(o.take().messages, 0);
     }
 
     #[test]

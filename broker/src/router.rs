@@ -621,7 +621,7 @@ impl Router {
             delivered += self.fan_out(&matched, msg);
         }
         self.metrics
-            .messages_delivered
+            .messages_queued
             .fetch_add(delivered as u64, Relaxed);
         delivered
     }
@@ -713,7 +713,7 @@ impl Router {
                     c.inflight.fetch_add(1, Relaxed);
                 }
                 st.next = (idx + 1) % n;
-                self.metrics.messages_delivered.fetch_add(1, Relaxed);
+                self.metrics.messages_queued.fetch_add(1, Relaxed);
                 return true;
             }
         }

@@ -827,12 +827,13 @@ impl Session {
         {
             return self.send_to_kafka(bridge.clone(), frame, destination, receipt);
         }
-        if let Some(cluster) = self
+        if let Some(queues) = self
             .core
             .cluster()
+            .and_then(|c| c.queues())
             .filter(|_| self.core.router.is_competing_queue(destination))
         {
-            return self.send_to_cluster_queue(cluster.clone(), frame, destination, receipt);
+            return self.send_to_cluster_queue(queues.clone(), frame, destination, receipt);
         }
         let mut pass = Headers::with_capacity(frame.headers.len());
         for (n, v) in frame.headers.iter() {
@@ -1073,7 +1074,7 @@ impl Session {
     /// naming the unconfirmed receipts.
     fn send_to_cluster_queue(
         &mut self,
-        cluster: Arc<crate::cluster::Cluster>,
+        queues: Arc<crate::cluster_queues::ClusterQueues>,
         frame: &Frame,
         destination: &str,
         receipt: Option<&str>,
@@ -1122,7 +1123,7 @@ impl Session {
         }
         let id = self.core.next_message_id();
         let queue = destination.strip_prefix("/queue/").unwrap_or(destination);
-        let sent = cluster.queues().send(
+        let sent = queues.send(
             queue,
             destination,
             &id,
@@ -1595,7 +1596,7 @@ impl Session {
         }
         msg.template
             .encode_for(version, &headers[..n], self.out.buf());
-        self.out.commit(msg.text, write_credit);
+        self.out.commit_message(msg.text, write_credit);
         if st.sub.ack == AckMode::Auto {
             // Cluster queue message: written is done.
             if let Some(t) = &msg.ticket {

@@ -60,6 +60,7 @@ impl StatusBoard {
 struct Sample {
     at: Instant,
     published: u64,
+    queued: u64,
     delivered: u64,
     bytes_in: u64,
     bytes_out: u64,
@@ -70,6 +71,9 @@ fn sample(core: &BrokerCore) -> Sample {
     Sample {
         at: Instant::now(),
         published: m.messages_published.load(Relaxed),
+        // Queued before delivered: a snapshot never shows more delivered
+        // than queued (replays aside).
+        queued: m.messages_queued.load(Relaxed),
         delivered: m.messages_delivered.load(Relaxed),
         bytes_in: m.bytes_in.load(Relaxed),
         bytes_out: m.bytes_out.load(Relaxed),
@@ -116,6 +120,7 @@ fn snapshot(core: &BrokerCore, prev: Option<&Sample>, now: &Sample) -> Value {
         "connections": m.connections.load(Relaxed),
         "subscriptions": m.subscriptions.load(Relaxed),
         "messages_published": now.published,
+        "messages_queued": now.queued,
         "messages_delivered": now.delivered,
         "messages_dropped": m.messages_dropped.load(Relaxed),
         "slow_consumer_disconnects": m.slow_consumer_disconnects.load(Relaxed),

@@ -238,6 +238,31 @@ enum Scenario {
         #[arg(long, default_value = "order")]
         prefix: String,
     },
+    /// S7 cluster (docs/benchmarks.md): one publisher on the node of
+    /// --ws-url, subscribers on one topic spread round-robin over the nodes
+    /// given with --sub-url (default: the publisher's node). Latency from
+    /// the scheduled send time with --rate; deliveries/s without it.
+    S7 {
+        /// A subscriber node's WebSocket URL (repeatable; subscribers are
+        /// spread round-robin). Default: --ws-url.
+        #[arg(long)]
+        sub_url: Vec<String>,
+        /// Subscribers.
+        #[arg(long, default_value_t = 1)]
+        subscribers: usize,
+        /// Body bytes (the first 8 carry the send time).
+        #[arg(long, default_value_t = 200)]
+        body: usize,
+        /// Open-loop publish rate (messages/s); without it, max throughput.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Max-throughput mode: messages not yet delivered to everyone.
+        #[arg(long, default_value_t = 64)]
+        window: u64,
+        /// Topic.
+        #[arg(long, default_value = "/topic/s7")]
+        topic: String,
+    },
     /// S6 Kafka → WebSocket: an open-loop Kafka producer keyed by order id,
     /// WebSocket subscribers on the destinations the broker's bridge route
     /// maps the records to; latency from the scheduled produce time.
@@ -456,6 +481,38 @@ fn main() -> Result<()> {
                     prefix: prefix.clone(),
                 };
                 s8::s8(&common, &p).await
+            }
+            Scenario::S7 {
+                sub_url,
+                subscribers,
+                body,
+                rate,
+                window,
+                topic,
+            } => {
+                let mut targets = Vec::new();
+                for u in sub_url {
+                    let addr = ws_host(u)?;
+                    loopback(&addr)?;
+                    let mut t = common.target.clone();
+                    t.ws_addr = addr;
+                    t.ws_url = u.clone();
+                    targets.push(t);
+                }
+                if targets.is_empty() {
+                    targets.push(common.target.clone());
+                }
+                scenarios::fanout(
+                    &common,
+                    "s7",
+                    &targets,
+                    *subscribers,
+                    *body,
+                    *rate,
+                    *window,
+                    topic,
+                )
+                .await
             }
             Scenario::S6 {
                 kafka_bootstrap,

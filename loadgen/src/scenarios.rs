@@ -111,8 +111,19 @@ pub(crate) async fn open_many(
     heart_beat: (u32, u32),
     dest: Option<&(dyn Fn(usize) -> String + Sync)>,
 ) -> Result<Vec<Session>> {
+    open_many_on(c, &c.target, first, n, heart_beat, dest).await
+}
+
+/// [`open_many`] against `target` instead of `c.target`.
+pub(crate) async fn open_many_on(
+    c: &Common,
+    target: &Target,
+    first: usize,
+    n: usize,
+    heart_beat: (u32, u32),
+    dest: Option<&(dyn Fn(usize) -> String + Sync)>,
+) -> Result<Vec<Session>> {
     let started = now_ns();
-    let target = &c.target;
     let mut out = Vec::with_capacity(n);
     let mut s = stream::iter(first..first + n)
         .map(|i| async move {
@@ -438,7 +449,40 @@ pub async fn s1(
     window: u64,
     topic: &str,
 ) -> Result<()> {
-    let subs = open_many(c, 1, subscribers, (0, 0), Some(&|_| topic.to_string())).await?;
+    fanout(
+        c,
+        "s1",
+        std::slice::from_ref(&c.target),
+        subscribers,
+        body,
+        rate,
+        window,
+        topic,
+    )
+    .await
+}
+
+/// One publisher on `c.target`, `subscribers` subscribers on one topic
+/// spread round-robin over `sub_targets` (S1: the same broker; S7: other
+/// cluster nodes).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn fanout(
+    c: &Common,
+    scenario: &str,
+    sub_targets: &[Target],
+    subscribers: usize,
+    body: usize,
+    rate: Option<f64>,
+    window: u64,
+    topic: &str,
+) -> Result<()> {
+    let mut subs = Vec::with_capacity(subscribers);
+    let parts = sub_targets.len().max(1);
+    for (k, t) in sub_targets.iter().enumerate() {
+        let n = subscribers / parts + usize::from(k < subscribers % parts);
+        let first = 1 + subs.len();
+        subs.extend(open_many_on(c, t, first, n, (0, 0), Some(&|_| topic.to_string())).await?);
+    }
     let publisher = c.target.open_stomp(0, (0, 0)).await?;
     let t0 = now_ns() + 200_000_000;
     let w = Window {
@@ -482,7 +526,10 @@ pub async fn s1(
     let m = join_groups(groups, 1).await?;
     let edges = sampler.await?;
     let (a, b) = edges[0];
-    let mut row = c.row("s1");
+    let mut row = c.row(scenario);
+    if scenario != "s1" {
+        row.put("sub_nodes", parts as u64);
+    }
     row.put("mode", if rate.is_some() { "open-loop" } else { "max" })
         .put("connections", subscribers as u64 + 1)
         .put("subscribers", subscribers as u64)

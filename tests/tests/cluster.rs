@@ -210,6 +210,16 @@ async fn topics_fan_out_across_three_nodes_in_order_with_one_message_id() -> Res
     );
     ensure!(m.contains("stomp_cluster_lag "), "{m}");
     ensure!(m.contains("stomp_cluster_produce_failures_total 0"), "{m}");
+    // Every relayed record's bytes were given back on its delivery report.
+    for n in [&a, &b] {
+        let (_, m) = n.http_get("/metrics").await?;
+        ensure!(m.contains("stomp_cluster_in_flight 0\n"), "{m}");
+        ensure!(m.contains("stomp_cluster_in_flight_bytes 0\n"), "{m}");
+        ensure!(
+            m.contains("stomp_cluster_relay_refused_total{reason=\"in_flight_bytes\"} 0\n"),
+            "{m}"
+        );
+    }
     let s = stats(&c).await?;
     let cl = &s["cluster"];
     ensure!(cl["node_id"] == "node-c", "{s}");

@@ -15,6 +15,7 @@ both_transports!(
     slow_subscriber_is_disconnected_without_stalling_others,
     slow_subscriber_under_drop_policy_loses_messages_but_stays,
     shutdown_tells_clients_and_closes,
+    delivered_counts_written_messages_and_queued_counts_accepted_ones,
 );
 
 async fn server_sends_heart_beats_at_negotiated_interval(kind: Kind) -> Result<()> {
@@ -224,6 +225,90 @@ async fn slow_subscriber_under_drop_policy_loses_messages_but_stays(kind: Kind) 
     Ok(())
 }
 
+/// `stomp_messages_queued_total` counts MESSAGEs a subscriber's connection
+/// accepted, `stomp_messages_delivered_total` those written to its socket:
+/// with a subscriber that stopped reading (its socket full) queued runs
+/// ahead; once it reads everything the two agree.
+async fn delivered_counts_written_messages_and_queued_counts_accepted_ones(
+    kind: Kind,
+) -> Result<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    const N: u64 = 1000;
+    // 16 MB in all: far more than loopback socket buffers hold for a peer
+    // that does not read, well under the connection's byte budget (so the
+    // slow-consumer policy stays out of it).
+    let b = TestBroker::start_with(|c| {
+        c.limits.max_pending_bytes_per_connection = 64 * 1024 * 1024;
+        c.limits.memory_budget_bytes = 512 * 1024 * 1024;
+        c.listen.status_page = true;
+    })
+    .await;
+    let mut stuck = b.client(kind).await;
+    stuck.subscribe("s", "/topic/flood", "auto").await?;
+    let mut p = b.tcp_client().await;
+    let payload = "q".repeat(16 * 1024);
+    for _ in 0..N {
+        p.send("/topic/flood", &payload).await?;
+    }
+    p.send_receipted("/topic/none", "done").await?;
+    let m = &b.core.metrics;
+    wait_until(|| m.messages_queued.load(Relaxed) == N).await?;
+    let delivered = m.messages_delivered.load(Relaxed);
+    ensure!(
+        delivered < N,
+        "the stuck subscriber's socket cannot hold {N} messages, yet {delivered} counted as written"
+    );
+    let (status, text) = b.http_get("/metrics").await?;
+    ensure!(status == 200);
+    ensure!(
+        text.contains(&format!("stomp_messages_queued_total {N}\n")),
+        "{text}"
+    );
+    let shown = metric(&text, "stomp_messages_delivered_total")?;
+    ensure!(shown < N, "delivered {shown} while stuck");
+    ensure!(m.slow_consumer_disconnects.load(Relaxed) == 0);
+    // It reads: everything arrives and delivered catches up with queued.
+    for n in 0..N {
+        let f = stuck
+            .recv_within(Duration::from_secs(10))
+            .await
+            .map_err(|e| anyhow::anyhow!("message {n}: {e}"))?;
+        ensure!(f.command == Command::Message && f.body.len() == payload.len());
+    }
+    wait_until(|| m.messages_delivered.load(Relaxed) == N).await?;
+    ensure!(m.messages_queued.load(Relaxed) == N);
+    let (_, text) = b.http_get("/metrics").await?;
+    ensure!(
+        metric(&text, "stomp_messages_delivered_total")? == N,
+        "{text}"
+    );
+    ensure!(metric(&text, "stomp_messages_queued_total")? == N, "{text}");
+    // /stats.json shows the status sampler's latest sample (taken every
+    // second): poll until it has caught up.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, json) = b.http_get("/stats.json").await?;
+        ensure!(status == 200, "{status} {json}");
+        let v: serde_json::Value = serde_json::from_str(&json)?;
+        if v["messages_queued"] == N && v["messages_delivered"] == N {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "{json}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// The value of an unlabelled sample in Prometheus text.
+fn metric(text: &str, name: &str) -> Result<u64> {
+    let prefix = format!("{name} ");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .ok_or_else(|| anyhow::anyhow!("no {name} in\n{text}"))?;
+    Ok(line[prefix.len()..].trim().parse()?)
+}
+
 async fn shutdown_tells_clients_and_closes(kind: Kind) -> Result<()> {
     let b = TestBroker::start().await;
     let mut c = b.client(kind).await;
@@ -252,15 +337,31 @@ async fn http_endpoints_report_health_and_metrics() -> Result<()> {
     ensure!(b.http_get("/healthz").await?.0 == 200);
     ensure!(b.http_get("/readyz").await?.0 == 200);
     ensure!(b.http_get("/nope").await?.0 == 404);
-    let (status, m) = b.http_get("/metrics").await?;
-    ensure!(status == 200);
+    // The delivered count lands just after the write the client saw:
+    // poll for it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let m = loop {
+        let (status, m) = b.http_get("/metrics").await?;
+        ensure!(status == 200);
+        let settled = [
+            "stomp_messages_queued_total 1\n",
+            "stomp_messages_delivered_total 1\n",
+        ]
+        .iter()
+        .all(|n| m.contains(n));
+        if settled || Instant::now() > deadline {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     for needle in [
         "stomp_connections 1",
         "stomp_subscriptions 1",
         "stomp_frames_in_total{command=\"SEND\"} 1",
         "stomp_frames_out_total{command=\"MESSAGE\"} 1",
         "stomp_messages_published_total 1",
-        "stomp_messages_delivered_total 1",
+        "stomp_messages_queued_total 1\n",
+        "stomp_messages_delivered_total 1\n",
         "stomp_slow_consumer_disconnects_total 0",
         "stomp_bytes_in_total",
     ] {
