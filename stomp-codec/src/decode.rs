@@ -159,6 +159,23 @@ impl Decoder {
         self.lines.clear();
     }
 
+    /// Runs only the header-section step (command line and header lines) on
+    /// a whole section at the front of `buf`, forgetting any partial frame
+    /// first; returns the body's offset. For the hand-written vs nom
+    /// header-line benchmark (`benches/codec.rs`), not part of the API.
+    #[doc(hidden)]
+    pub fn bench_parse_header_section(&mut self, buf: &[u8]) -> Result<Option<usize>, Error> {
+        self.reset();
+        self.parse_header_section(buf)
+    }
+
+    /// The header line spans (start, colon, end, has backslash) found by the
+    /// last [`Decoder::bench_parse_header_section`]. Benchmark only.
+    #[doc(hidden)]
+    pub fn bench_header_spans(&self) -> &[(usize, usize, usize, bool)] {
+        &self.lines
+    }
+
     /// Decodes one item from the front of `buf`.
     ///
     /// Returns `Ok(None)` when more input is needed (never an error for a
