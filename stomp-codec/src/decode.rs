@@ -1,4 +1,5 @@
 use bytes::{Bytes, BytesMut};
+use nom::{bytes::complete::take_till, Parser};
 
 use crate::{escape::unescape, Command, Error, Frame, Headers, Version};
 
@@ -284,17 +285,24 @@ impl Decoder {
     /// what was found in `progress` and returns `None`.
     fn scan_line(&mut self, buf: &[u8], pos: usize, window_end: usize) -> Option<ScannedLine> {
         let p = &mut self.progress;
-        // One pass over the line (lines are short: a table beats several
-        // memchr calls).
+        // One pass over the line: nom's `take_till` skips the plain bytes,
+        // the table classifies the byte that stops it (lines are short: this
+        // beats several memchr calls, and a per-byte table match).
         let from = p.scan.max(pos).min(window_end);
         let fresh = buf.get(from..window_end).unwrap_or_default();
         // Locals, not `p`'s fields, in the per-byte loop: they stay in
         // registers.
         let (mut colon, mut bad, mut backslash) = (p.colon, p.bad, p.backslash);
         let mut found = None;
-        for (j, &b) in fresh.iter().enumerate() {
+        let mut j = 0;
+        while j < fresh.len() {
+            // nom skips the run of bytes that need no attention (most of a
+            // line); only the byte that ends it is classified.
+            j += plain_run(fresh.get(j..).unwrap_or_default());
+            let Some(&b) = fresh.get(j) else {
+                break;
+            };
             match CLASS[usize::from(b)] {
-                PLAIN => {}
                 LF => {
                     found = Some(from + j);
                     break;
@@ -307,6 +315,7 @@ impl Decoder {
                 }
                 _ => backslash = true,
             }
+            j += 1;
         }
         #[cfg(test)]
         {
@@ -529,6 +538,15 @@ struct ScannedLine {
     colon: Option<usize>,
     bad: Option<usize>,
     backslash: bool,
+}
+
+/// The length of the run of plain bytes (no LF, colon, NUL, CR or
+/// backslash) at the front of `bytes`: nom's `take_till`, which compiles to
+/// a tight search loop.
+fn plain_run(bytes: &[u8]) -> usize {
+    take_till::<_, _, nom::error::Error<&[u8]>>(|b: u8| CLASS[usize::from(b)] != PLAIN)
+        .parse(bytes)
+        .map_or(0, |(_, run): (&[u8], &[u8])| run.len())
 }
 
 /// Takes a heart-beat EOL (`\n` or `\r\n`) off the front of `buf`, between
