@@ -313,7 +313,8 @@ impl Decoder {
                 NUL_OR_CR => {
                     bad = bad.or(Some(from + j));
                 }
-                _ => backslash = true,
+                BACKSLASH => backslash = true,
+                _ => {}
             }
             j += 1;
         }
