@@ -1,4 +1,5 @@
-//! Codec benchmarks: decode and encode throughput, and MESSAGE fan-out.
+//! Codec benchmarks: decode and encode throughput, MESSAGE fan-out, and the
+//! header-line parser, hand-written vs nom (`header_line`).
 //!
 //! `cargo bench -p stomp-codec --bench codec`; results and targets are recorded in
 //! `docs/benchmarks.md` (## Codec).
@@ -225,11 +226,223 @@ fn bench_fanout(c: &mut Criterion) {
     g.finish();
 }
 
+/// A nom 8 parser for the whole header section built from combinators
+/// (command line, then `name:value` header lines up to LF or CRLF, then the
+/// blank line), with the limits and checks of the decoder's: line length,
+/// header count, header-section size, no NUL and no bare CR, a colon and a
+/// non-empty name, the first `content-length` parsed strictly; a backslash
+/// only marks the line for unescaping when the frame is built, as in the
+/// decoder. Benchmarked against the decoder's header step (`decoder/...`),
+/// which keeps its resumable one-pass scan and uses nom's `take_till` only to
+/// skip plain runs: faster than both the table-per-byte loop it replaced and
+/// this parser (numbers in docs/benchmarks.md, "Header lines: hand-written vs
+/// nom"). Not used by the decoder: it re-parses from the start of the
+/// section whenever input is incomplete.
+mod nom_head {
+    use nom::{
+        branch::alt,
+        bytes::streaming::{tag, take_till},
+        IResult, Parser,
+    };
+    use stomp_codec::{Command, Error, Limits};
+
+    /// (start, colon, end, has backslash), as the decoder records a line.
+    pub type Span = (usize, usize, usize, bool);
+
+    fn eol(input: &[u8]) -> IResult<&[u8], &[u8]> {
+        alt((tag(&b"\n"[..]), tag(&b"\r\n"[..]))).parse(input)
+    }
+
+    /// One line up to its EOL (EOL excluded from the output).
+    fn command_line(input: &[u8]) -> IResult<&[u8], &[u8]> {
+        let (rest, line) = take_till(|b| matches!(b, b'\n' | b'\r')).parse(input)?;
+        let (rest, _) = eol(rest)?;
+        Ok((rest, line))
+    }
+
+    /// One header line: `name:value` then EOL.
+    fn header_line(input: &[u8]) -> IResult<&[u8], (&[u8], &[u8])> {
+        let (rest, name) = take_till(|b| matches!(b, b':' | b'\n' | b'\r' | 0)).parse(input)?;
+        let (rest, _) = tag(&b":"[..]).parse(rest)?;
+        let (rest, value) = take_till(|b| matches!(b, b'\n' | b'\r' | 0)).parse(rest)?;
+        let (rest, _) = eol(rest)?;
+        Ok((rest, (name, value)))
+    }
+
+    /// The STOMP error for a line nom rejected at `at`.
+    fn line_error(at: &[u8]) -> Error {
+        match at {
+            [0, ..] => Error::NulInHeader,
+            [b'\r', b'\n', ..] | [b'\n', ..] => Error::HeaderWithoutColon,
+            _ => Error::BadEol,
+        }
+    }
+
+    fn content_length(raw: &[u8]) -> Result<usize, Error> {
+        if raw.is_empty() || raw.len() > 19 {
+            return Err(Error::InvalidContentLength);
+        }
+        raw.iter().try_fold(0usize, |acc, &d| {
+            if !d.is_ascii_digit() {
+                return Err(Error::InvalidContentLength);
+            }
+            acc.checked_mul(10)
+                .and_then(|a| a.checked_add(usize::from(d - b'0')))
+                .ok_or(Error::InvalidContentLength)
+        })
+    }
+
+    /// Parses a header section at the front of `buf` into `spans`; returns
+    /// the body's offset, `None` if the section is incomplete.
+    pub fn parse_section(
+        buf: &[u8],
+        limits: &Limits,
+        spans: &mut Vec<Span>,
+    ) -> Result<Option<usize>, Error> {
+        spans.clear();
+        let off = |rest: &[u8]| buf.len() - rest.len();
+        let (mut rest, line) = match command_line(buf) {
+            Ok(v) => v,
+            Err(nom::Err::Incomplete(_)) => return Ok(None),
+            Err(_) => return Err(Error::BadEol),
+        };
+        if line.len() > limits.max_header_line {
+            return Err(Error::HeaderLineTooLong);
+        }
+        Command::parse(line).ok_or(Error::UnknownCommand)?;
+        let mut first_length = None;
+        loop {
+            if let Ok((after, _)) = eol(rest) {
+                let body = off(after);
+                if body > limits.max_header_bytes {
+                    return Err(Error::HeadersTooLarge);
+                }
+                return Ok(Some(body));
+            }
+            let start = off(rest);
+            let (after, (name, value)) = match header_line(rest) {
+                Ok(v) => v,
+                Err(nom::Err::Incomplete(_)) => return Ok(None),
+                Err(nom::Err::Error(e) | nom::Err::Failure(e)) => return Err(line_error(e.input)),
+            };
+            let colon = start + name.len();
+            let end = colon + 1 + value.len();
+            if end - start > limits.max_header_line {
+                return Err(Error::HeaderLineTooLong);
+            }
+            if off(after) > limits.max_header_bytes {
+                return Err(Error::HeadersTooLarge);
+            }
+            if spans.len() >= limits.max_headers {
+                return Err(Error::TooManyHeaders);
+            }
+            if name.is_empty() {
+                return Err(Error::EmptyHeaderName);
+            }
+            if first_length.is_none() && name == b"content-length" {
+                let n = content_length(value)?;
+                if n > limits.max_body {
+                    return Err(Error::BodyTooLarge);
+                }
+                first_length = Some(n);
+            }
+            let backslash = name.contains(&b'\\') || value.contains(&b'\\');
+            spans.push((start, colon, end, backslash));
+            rest = after;
+        }
+    }
+}
+
+/// Header sections of realistic frames: ~150 B SENDs with 3–6 headers, and a
+/// 20-header frame (a MESSAGE-like set of application headers).
+fn header_sections() -> Vec<(String, Vec<u8>)> {
+    let send = |n: usize| {
+        let mut f = Frame::new(Command::Send)
+            .with_header("destination", "/queue/orders.eu-west")
+            .with_header("content-type", "application/json")
+            .with_header("receipt", "r-000042");
+        for (k, v) in [
+            ("persistent", "true"),
+            ("priority", "4"),
+            ("correlation-id", "c-7f3a9e"),
+        ]
+        .iter()
+        .take(n - 3)
+        {
+            f = f.with_header(*k, *v);
+        }
+        f.with_body(Bytes::from_static(
+            b"{\"order\":42,\"qty\":3,\"sku\":\"A-1\"}",
+        ))
+    };
+    let mut twenty = Frame::new(Command::Send).with_header("destination", "/topic/prices.eq");
+    for i in 1..20 {
+        twenty = twenty.with_header(format!("x-attr-{i:02}"), format!("value-{i:04}-abcdef"));
+    }
+    let mut out = Vec::new();
+    for (name, f) in [
+        ("send_3_headers", send(3)),
+        ("send_6_headers", send(6)),
+        (
+            "send_20_headers",
+            twenty.with_body(Bytes::from_static(b"{}")),
+        ),
+    ] {
+        let wire = wire_of(&[f]);
+        let name = format!("{name}_{}B", wire.len());
+        out.push((name, wire.to_vec()));
+    }
+    out
+}
+
+fn bench_header_line(c: &mut Criterion) {
+    let mut g = c.benchmark_group("header_line");
+    let limits = Limits::default();
+    for (name, wire) in header_sections() {
+        // Both parsers must agree before either is timed.
+        let mut dec = Decoder::new(limits);
+        let mut spans = Vec::new();
+        let hand = dec.bench_parse_header_section(&wire).unwrap();
+        let nom = nom_head::parse_section(&wire, &limits, &mut spans).unwrap();
+        assert!(hand.is_some());
+        assert_eq!(hand, nom, "{name}: body offset");
+        assert_eq!(dec.bench_header_spans(), &spans[..], "{name}: header spans");
+        g.throughput(Throughput::Elements(1));
+        g.bench_function(format!("decoder/{name}"), |b| {
+            b.iter(|| black_box(dec.bench_parse_header_section(black_box(&wire))))
+        });
+        g.bench_function(format!("nom/{name}"), |b| {
+            b.iter(|| {
+                black_box(nom_head::parse_section(
+                    black_box(&wire),
+                    &limits,
+                    &mut spans,
+                ))
+            })
+        });
+    }
+    // The same errors for bad lines.
+    for bad in [
+        &b"SEND\nnocolon\n\n\0"[..],
+        b"SEND\n:empty\n\n\0",
+        b"SEND\na:b\0c\n\n\0",
+        b"SEND\na:b\rc\n\n\0",
+        b"SEND\ncontent-length:x\n\n\0",
+    ] {
+        let mut dec = Decoder::new(limits);
+        let hand = dec.bench_parse_header_section(bad);
+        let nom = nom_head::parse_section(bad, &limits, &mut Vec::new());
+        assert_eq!(hand, nom, "{:?}", String::from_utf8_lossy(bad));
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
     bench_decode,
     bench_decode_trickle,
     bench_encode,
-    bench_fanout
+    bench_fanout,
+    bench_header_line
 );
 criterion_main!(benches);
