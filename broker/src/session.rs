@@ -271,6 +271,41 @@ impl BackendWrites {
         all
     }
 
+    /// Starts one more write, or refuses it. `over_limit` is the error that
+    /// ends the session when the caller's bound is reached. `Ok(Some(seq))`:
+    /// go ahead; `Ok(None)`: the session is already ending, so nothing more
+    /// is written and the SEND's receipt is only named in the coming ERROR;
+    /// `Err`: so many receipts are unanswered that the ERROR goes out now
+    /// (bounded: a client that keeps sending while the others settle gets
+    /// the ERROR at once; it names every unanswered receipt, those still in
+    /// flight included).
+    fn begin(
+        &mut self,
+        receipt: Option<String>,
+        over_limit: Option<StompError>,
+        conn: &ConnShared,
+    ) -> Result<Option<u64>, StompError> {
+        if self.failed.is_none() {
+            self.failed = over_limit;
+        }
+        if let Some(failed) = &self.failed {
+            let full = self.unconfirmed.len() >= MAX_KAFKA_INFLIGHT;
+            let failed = full.then(|| failed.clone());
+            if let Some(r) = receipt {
+                self.unconfirmed.push(r);
+            }
+            if let Some(err) = failed {
+                return Err(err);
+            }
+            self.finish_if_settled(conn);
+            return Ok(None);
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.inflight.push((seq, receipt));
+        Ok(Some(seq))
+    }
+
     /// Write `seq` is answered: its RECEIPT on success; on failure the first
     /// error is kept (naming this receipt) and the receipt is unconfirmed.
     /// Then [`BackendWrites::finish_if_settled`].
@@ -317,6 +352,17 @@ impl BackendWrites {
             conn.send_control(Outbound::Disconnect);
         }
     }
+}
+
+/// The ERROR for a connection with `MAX_KAFKA_INFLIGHT` Kafka writes unanswered.
+fn kafka_writes_limit() -> StompError {
+    StompError::new(
+        "limit",
+        "too many pending Kafka writes",
+        format!(
+            "At most {MAX_KAFKA_INFLIGHT} SENDs to Kafka may await acknowledgement per connection."
+        ),
+    )
 }
 
 fn lock_writes(w: &std::sync::Mutex<BackendWrites>) -> std::sync::MutexGuard<'_, BackendWrites> {
@@ -999,33 +1045,11 @@ impl Session {
         let receipt = receipt.map(str::to_owned);
         let seq = {
             let mut w = lock_writes(&self.backend_writes);
-            if w.failed.is_none() && w.inflight.len() >= MAX_KAFKA_INFLIGHT {
-                w.failed = Some(StompError::new(
-                    "limit",
-                    "too many pending Kafka writes",
-                    format!("At most {MAX_KAFKA_INFLIGHT} SENDs to Kafka may await acknowledgement per connection."),
-                ));
+            let over = (w.inflight.len() >= MAX_KAFKA_INFLIGHT).then(kafka_writes_limit);
+            match w.begin(receipt.clone(), over, &self.conn)? {
+                Some(seq) => seq,
+                None => return Ok(receipt_is_deferred(frame)),
             }
-            if let Some(failed) = &w.failed {
-                // The session is ending: write nothing more, name it in the ERROR.
-                let full = w.unconfirmed.len() >= MAX_KAFKA_INFLIGHT;
-                let failed = full.then(|| failed.clone());
-                if let Some(r) = receipt {
-                    w.unconfirmed.push(r);
-                }
-                if let Some(err) = failed {
-                    // Bounded: a client that keeps sending while the others
-                    // settle gets the ERROR now; it names every unanswered
-                    // receipt, those still in flight included.
-                    return Err(err);
-                }
-                w.finish_if_settled(&self.conn);
-                return Ok(receipt_is_deferred(frame));
-            }
-            let seq = w.next_seq;
-            w.next_seq += 1;
-            w.inflight.push((seq, receipt.clone()));
-            seq
         };
         let headers: Vec<(String, String)> = frame
             .headers
@@ -1082,29 +1106,11 @@ impl Session {
         let receipt = receipt.map(str::to_owned);
         let seq = {
             let mut w = lock_writes(&self.backend_writes);
-            if w.failed.is_none() && w.inflight.len() >= MAX_KAFKA_INFLIGHT {
-                w.failed = Some(StompError::new(
-                    "limit",
-                    "too many pending Kafka writes",
-                    format!("At most {MAX_KAFKA_INFLIGHT} SENDs to Kafka may await acknowledgement per connection."),
-                ));
+            let over = (w.inflight.len() >= MAX_KAFKA_INFLIGHT).then(kafka_writes_limit);
+            match w.begin(receipt.clone(), over, &self.conn)? {
+                Some(seq) => seq,
+                None => return Ok(receipt_is_deferred(frame)),
             }
-            if let Some(failed) = &w.failed {
-                let full = w.unconfirmed.len() >= MAX_KAFKA_INFLIGHT;
-                let failed = full.then(|| failed.clone());
-                if let Some(r) = receipt {
-                    w.unconfirmed.push(r);
-                }
-                if let Some(err) = failed {
-                    return Err(err);
-                }
-                w.finish_if_settled(&self.conn);
-                return Ok(receipt_is_deferred(frame));
-            }
-            let seq = w.next_seq;
-            w.next_seq += 1;
-            w.inflight.push((seq, receipt.clone()));
-            seq
         };
         let mut pass = Headers::with_capacity(frame.headers.len());
         for (n, v) in frame.headers.iter() {
@@ -1210,33 +1216,23 @@ impl Session {
         let max = self.core.config.limits.max_app_requests_per_connection;
         let seq = {
             let mut w = lock_writes(&self.backend_writes);
-            if w.failed.is_none() && w.app_requests >= max {
-                w.failed = Some(StompError::new(
+            let over = (w.app_requests >= max).then(|| {
+                StompError::new(
                     "limit",
                     "too many pending app requests",
                     format!(
                         "At most {max} SENDs to /app handlers may await their answer per connection \
                          (limits.max_app_requests_per_connection)."
                     ),
-                ));
-            }
-            if let Some(failed) = &w.failed {
-                let full = w.unconfirmed.len() >= MAX_KAFKA_INFLIGHT;
-                let failed = full.then(|| failed.clone());
-                if let Some(r) = receipt {
-                    w.unconfirmed.push(r);
+                )
+            });
+            match w.begin(receipt.clone(), over, &self.conn)? {
+                Some(seq) => {
+                    w.app_requests += 1;
+                    seq
                 }
-                if let Some(err) = failed {
-                    return Err(err);
-                }
-                w.finish_if_settled(&self.conn);
-                return Ok(receipt_is_deferred(frame));
+                None => return Ok(receipt_is_deferred(frame)),
             }
-            let seq = w.next_seq;
-            w.next_seq += 1;
-            w.inflight.push((seq, receipt.clone()));
-            w.app_requests += 1;
-            seq
         };
         let headers: Vec<(String, String)> = frame
             .headers
