@@ -354,6 +354,28 @@ impl BackendWrites {
     }
 }
 
+/// A SEND's headers that its MESSAGE carries on: all but the transport and
+/// routing ones (`destination` is set per delivery, `message-id` and
+/// `subscription`/`ack` by the broker).
+fn passed_through_headers(frame: &Frame) -> Headers {
+    let mut pass = Headers::with_capacity(frame.headers.len());
+    for (n, v) in frame.headers.iter() {
+        if !matches!(
+            n.as_ref(),
+            b"destination"
+                | b"transaction"
+                | b"receipt"
+                | b"content-length"
+                | b"message-id"
+                | b"subscription"
+                | b"ack"
+        ) {
+            pass.push(n.clone(), v.clone());
+        }
+    }
+    pass
+}
+
 /// The ERROR for a connection with `MAX_KAFKA_INFLIGHT` Kafka writes unanswered.
 fn kafka_writes_limit() -> StompError {
     StompError::new(
@@ -881,21 +903,7 @@ impl Session {
         {
             return self.send_to_cluster_queue(queues.clone(), frame, destination, receipt);
         }
-        let mut pass = Headers::with_capacity(frame.headers.len());
-        for (n, v) in frame.headers.iter() {
-            if !matches!(
-                n.as_ref(),
-                b"destination"
-                    | b"transaction"
-                    | b"receipt"
-                    | b"content-length"
-                    | b"message-id"
-                    | b"subscription"
-                    | b"ack"
-            ) {
-                pass.push(n.clone(), v.clone());
-            }
-        }
+        let pass = passed_through_headers(frame);
         let id = self.core.next_message_id();
         // Cluster: topic and user destinations go to the other nodes too
         // (after the local delivery; queues stay node-local).
@@ -1112,21 +1120,7 @@ impl Session {
                 None => return Ok(receipt_is_deferred(frame)),
             }
         };
-        let mut pass = Headers::with_capacity(frame.headers.len());
-        for (n, v) in frame.headers.iter() {
-            if !matches!(
-                n.as_ref(),
-                b"destination"
-                    | b"transaction"
-                    | b"receipt"
-                    | b"content-length"
-                    | b"message-id"
-                    | b"subscription"
-                    | b"ack"
-            ) {
-                pass.push(n.clone(), v.clone());
-            }
-        }
+        let pass = passed_through_headers(frame);
         let id = self.core.next_message_id();
         let queue = destination.strip_prefix("/queue/").unwrap_or(destination);
         let sent = queues.send(
