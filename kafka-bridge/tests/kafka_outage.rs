@@ -7,65 +7,17 @@
 mod common;
 
 use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use kafka_bridge::BridgeState;
 
-struct PrivateKafka {
-    dir: PathBuf,
-    port: u16,
-}
-
-impl PrivateKafka {
-    fn script(&self, cmd: &str) {
-        let mut c = Command::new("bash");
-        c.arg(repo_root().join("scripts/kafka.sh"))
-            .arg(cmd)
-            .env("KAFKA_DIR", &self.dir)
-            .env("KAFKA_HEAP_OPTS", "-Xms128m -Xmx384m");
-        let libs = repo_root().join(".kafka/libs");
-        if libs.is_dir() {
-            c.env("KAFKA_LIBS", libs);
-        }
-        let out = c.output().expect("run scripts/kafka.sh");
-        assert!(
-            out.status.success(),
-            "scripts/kafka.sh {cmd} failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for PrivateKafka {
-    fn drop(&mut self) {
-        self.script("stop");
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bridge_started_while_kafka_is_down_delivers_once_kafka_is_up_and_survives_a_restart() {
-    // The shared instance must exist (its jars are reused); fail clearly if not.
-    let _ = bootstrap();
     // Both ports chosen once, below the ephemeral range, and kept across the
     // restart (`scripts/kafka.sh alloc`): nothing else can take them while
-    // this Kafka is down.
-    let mut kafka = PrivateKafka {
-        dir: std::env::temp_dir().join(unique("kafka-outage")),
-        port: 0,
-    };
-    kafka.script("alloc");
-    kafka.port = std::fs::read_to_string(kafka.dir.join("bootstrap"))
-        .expect("alloc wrote bootstrap")
-        .trim()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("bootstrap is 127.0.0.1:PORT");
+    // this Kafka is down. Needs the shared instance's jars.
+    let kafka = PrivateKafka::new("kafka-outage");
     let port = kafka.port;
     let brokers = format!("127.0.0.1:{port}");
     let topic = unique("outage");
@@ -90,7 +42,7 @@ async fn bridge_started_while_kafka_is_down_delivers_once_kafka_is_up_and_surviv
         "{state:?}"
     );
 
-    kafka.script("start");
+    kafka.script("start").expect("scripts/kafka.sh start");
     create_topic(&brokers, &topic, 1)
         .await
         .expect("create topic");
@@ -131,7 +83,7 @@ async fn bridge_started_while_kafka_is_down_delivers_once_kafka_is_up_and_surviv
     }
 
     // Mid-stream: stop Kafka, queue records in the producer, bring Kafka back.
-    kafka.script("stop");
+    kafka.script("stop").expect("scripts/kafka.sh stop");
     let h = bridge.handle.clone();
     poll_until("state Down", Duration::from_secs(30), move || {
         matches!(h.state(), BridgeState::Down(_))
@@ -155,7 +107,7 @@ async fn bridge_started_while_kafka_is_down_delivers_once_kafka_is_up_and_surviv
         }
     });
     tokio::time::sleep(Duration::from_secs(1)).await;
-    kafka.script("start");
+    kafka.script("start").expect("scripts/kafka.sh start");
     producing.await.unwrap();
     let second = recv_n(&mut rx, 5, Duration::from_secs(90)).await;
     let keys: Vec<&str> = second.iter().map(|m| m.destination.as_str()).collect();
