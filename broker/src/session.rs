@@ -657,11 +657,6 @@ impl Session {
         }
     }
 
-    /// Retained messages waiting to be replayed on this connection.
-    pub fn replay_pending(&self) -> usize {
-        self.replay.len()
-    }
-
     fn dispatch(&mut self, frame: Frame, receipt: Option<&str>) -> Result<Flow, StompError> {
         let Some(version) = self.version else {
             return match frame.command {
