@@ -21,7 +21,7 @@ use crate::{
     auth::Authenticator,
     config::Config,
     metrics::{ConnRefusal, Metrics},
-    outbound::{ConnShared, DeliveryKind, Outbound},
+    outbound::{ConnShared, Outbound},
     retain::{RetainPolicy, RetainStore},
     router::{Message, RouteError, Router, SubscriptionHandle},
 };

@@ -170,7 +170,11 @@ mod tests {
         let mut r = ReplayCursors::new(metrics.clone());
         r.add(
             "s".into(),
-            vec![msg("/topic/a", "1"), msg("/topic/b", "2"), msg("/topic/a", "3")],
+            vec![
+                msg("/topic/a", "1"),
+                msg("/topic/b", "2"),
+                msg("/topic/a", "3"),
+            ],
         );
         r.add("t".into(), vec![msg("/topic/a", "4")]);
         r.superseded("s", "/topic/a");

@@ -19,8 +19,8 @@ use crate::{
     core::BrokerCore,
     metrics::Refusal,
     outbound::{ConnShared, DeliveryKind, Outbound},
-    replay::ReplayCursors,
     output::{Batch, Output},
+    replay::ReplayCursors,
     router::{
         parse_destination, DestKind, Message, RouteError, Subscriber, SubscriptionHandle,
         REPLY_QUEUE_PREFIX, TEMP_QUEUE_PREFIX,

@@ -252,7 +252,11 @@ async fn wildcard_replay_is_paced_and_delivers_everything_to_a_slow_reader() -> 
         let m = c.message().await?;
         ensure!(m.header_str("replayed") == Some("true"), "{:?}", m.headers);
         let text = body(&m);
-        ensure!(text[5..].starts_with("new "), "not the latest value: {}", &text[..10]);
+        ensure!(
+            text[5..].starts_with("new "),
+            "not the latest value: {}",
+            &text[..10]
+        );
         ensure!(seen.insert(text[..4].to_owned()), "twice: {}", &text[..4]);
         ensure!(conn_bytes(&b) <= BUDGET, "pending {}", conn_bytes(&b));
     }
@@ -296,7 +300,8 @@ async fn replay_waits_for_acks_within_the_budget_and_never_follows_a_live_value(
     ensure!(b.core.metrics.replay_pending.load(Relaxed) as usize == N - first.len());
     // A newer live value for the destination replayed last.
     let last = format!("/topic/replay.{}", N - 1);
-    b.core.publish(&last, Headers::new(), Bytes::from_static(b"live"))?;
+    b.core
+        .publish(&last, Headers::new(), Bytes::from_static(b"live"))?;
     let mut frames = first;
     loop {
         for m in &frames {
