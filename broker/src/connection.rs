@@ -31,6 +31,9 @@ enum Event {
     HeartBeat,
     TokenExpired,
     Shutdown,
+    /// Output is waiting (a replay slice): write it. Ready only when
+    /// nothing else is.
+    Drain,
 }
 
 /// Where one can end up after feeding input to the session.
@@ -280,6 +283,8 @@ impl<T: Transport> Task<T> {
         if self.core.shutdown.is_cancelled() {
             return Event::Shutdown;
         }
+        // A paced replay left output for the next write.
+        let drain = self.session.has_output();
         let (transport, rbuf, rx) = (&mut self.transport, &mut self.rbuf, &mut self.rx);
         if read_first {
             tokio::select! {
@@ -288,6 +293,7 @@ impl<T: Transport> Task<T> {
                 r = transport.read(rbuf) => Event::Read(r),
                 out = rx.recv() => Event::Out(out),
                 _ = &mut shutdown => Event::Shutdown,
+                _ = std::future::ready(()), if drain => Event::Drain,
             }
         } else {
             tokio::select! {
@@ -296,6 +302,7 @@ impl<T: Transport> Task<T> {
                 out = rx.recv() => Event::Out(out),
                 r = transport.read(rbuf) => Event::Read(r),
                 _ = &mut shutdown => Event::Shutdown,
+                _ = std::future::ready(()), if drain => Event::Drain,
             }
         }
     }
@@ -355,7 +362,7 @@ impl<T: Transport> Task<T> {
                 None
             }
             // Resolved into one of the deadline events by `Deadlines::due`.
-            Event::Timer => None,
+            Event::Timer | Event::Drain => None,
             Event::TokenExpired => Some(End::Error(
                 StompError::new(
                     "token_expired",
@@ -475,6 +482,11 @@ impl<T: Transport> Task<T> {
                     return Some(End::Gone);
                 }
             }
+        }
+        if ended.is_none() {
+            // Resume a paced retained replay in what the write (or an ACK)
+            // gave back; its output is written next turn (`Event::Drain`).
+            self.session.pump_replay();
         }
         ended
     }

@@ -21,7 +21,7 @@ use crate::{
     auth::Authenticator,
     config::Config,
     metrics::{ConnRefusal, Metrics},
-    outbound::{ConnShared, DeliveryKind, Outbound},
+    outbound::{ConnShared, Outbound},
     retain::{RetainPolicy, RetainStore},
     router::{Message, RouteError, Router, SubscriptionHandle},
 };
@@ -204,35 +204,20 @@ impl BrokerCore {
             let Some(conn) = d.conn.upgrade() else {
                 continue;
             };
-            // Like a replay right after the SUBSCRIBE: within the
-            // connection's byte budget, the newest messages that fit
-            // (oldest of them first); the rest skipped and counted.
+            // Like a replay right after the SUBSCRIBE: the session paces
+            // it inside the connection's byte budget (see crate::replay).
             let msgs = self.retained.replay(&d.destination);
-            let fit = msgs
-                .iter()
-                .rev()
-                .take_while(|m| conn.try_add_pending(m.cost))
-                .count();
-            let skipped = msgs.len() - fit;
-            if skipped > 0 {
-                self.metrics
-                    .replay_skipped
-                    .fetch_add(skipped as u64, Relaxed);
+            if msgs.is_empty() {
+                continue;
             }
-            let mut rest = msgs.into_iter().skip(skipped);
-            while let Some(msg) = rest.next() {
-                let cost = msg.cost;
-                let out = Outbound::Message {
-                    msg,
-                    sub: d.sub.clone(),
-                    kind: DeliveryKind::Replayed,
-                };
-                if !conn.send_control(out) {
-                    // Closed meanwhile: give back what was accounted.
-                    conn.written(cost);
-                    rest.for_each(|m| conn.written(m.cost));
-                    break;
-                }
+            let n = msgs.len() as u64;
+            let out = Outbound::Replay {
+                sub: d.sub.clone(),
+                msgs,
+            };
+            if !conn.send_control(out) {
+                // Closed meanwhile: these can no longer be replayed.
+                self.metrics.replay_skipped.fetch_add(n, Relaxed);
             }
         }
         if n > 0 {
@@ -483,7 +468,7 @@ impl LocalSubscription {
                     return Some(msg);
                 }
                 Outbound::Fatal(_) => return None,
-                Outbound::Frame(_) | Outbound::Disconnect => {}
+                Outbound::Frame(_) | Outbound::Disconnect | Outbound::Replay { .. } => {}
             }
         }
     }
@@ -755,11 +740,12 @@ mod tests {
         // ... and everything rebuilt once it is over, marked replayed, once.
         core.rebuild_finished();
         match rx.try_recv() {
-            Ok(Outbound::Message { msg, sub, kind }) => {
-                assert_eq!(&*msg.message_id, "t-0-7");
+            Ok(Outbound::Replay { sub, msgs }) => {
+                assert_eq!(msgs.len(), 1);
+                assert_eq!(&*msgs[0].message_id, "t-0-7");
                 assert_eq!(&*sub, "s1");
-                assert_eq!(kind, DeliveryKind::Replayed);
-                assert_eq!(conn.pending_bytes(), msg.cost);
+                // Accounted only when the session paces it into its output.
+                assert_eq!(conn.pending_bytes(), 0);
             }
             other => panic!("expected the deferred replay, got {other:?}"),
         }

@@ -22,6 +22,7 @@ pub mod http;
 pub mod metrics;
 pub mod outbound;
 pub mod output;
+pub mod replay;
 pub mod retain;
 pub mod router;
 pub mod session;

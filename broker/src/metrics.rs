@@ -273,9 +273,11 @@ pub struct Metrics {
     publish_refused: [AtomicU64; 4],
     /// `/queue/...` destinations that exist.
     pub queues: AtomicI64,
-    /// Retained messages not replayed because they did not fit in the
-    /// subscriber's outbound byte budget.
+    /// Retained messages owed to a subscription that can no longer be
+    /// replayed (the connection closed before the deferred replay).
     pub replay_skipped: AtomicU64,
+    /// Retained messages waiting in replay cursors, all sessions.
+    pub replay_pending: AtomicI64,
     /// Bytes held by the retained store.
     pub retained_bytes: AtomicI64,
     /// Open connections.
@@ -505,8 +507,13 @@ impl Metrics {
         )
         .counter(
             "stomp_replay_skipped_total",
-            "Retained messages not replayed: over the subscriber's byte budget.",
+            "Retained messages owed to a subscription that could no longer be replayed.",
             self.replay_skipped.load(Relaxed),
+        )
+        .gauge(
+            "stomp_replay_pending",
+            "Retained messages waiting in replay cursors, paced by subscribers' byte budgets.",
+            self.replay_pending.load(Relaxed),
         )
         .gauge(
             "stomp_queues",

@@ -35,6 +35,15 @@ pub enum Outbound {
     Frame(Box<Frame>),
     /// An ERROR to send before closing (slow consumer, Kafka failure …).
     Fatal(Box<StompError>),
+    /// Retained messages owed to subscription `sub` (a replay deferred
+    /// during a retained-store rebuild): the session replays them paced
+    /// by the byte budget, like a replay after SUBSCRIBE.
+    Replay {
+        /// The subscription id.
+        sub: Arc<str>,
+        /// Oldest first per destination.
+        msgs: Vec<Arc<Message>>,
+    },
     /// The Kafka writes a DISCONNECT waited for have all been answered:
     /// send its RECEIPT and close.
     Disconnect,
@@ -148,12 +157,14 @@ impl ConnShared {
         self.tx.send(out).is_ok()
     }
 
-    /// Accounts bytes produced for this connection outside its queue
-    /// (retained replay) if they fit in its byte budget; the write credits
-    /// them back. False, and nothing accounted, when they do not fit.
-    pub fn try_add_pending(&self, cost: usize) -> bool {
+    /// Accounts a retained replay's message for this connection if it
+    /// fits in half its byte budget (the other half stays free for live
+    /// messages, so a replay never makes the slow-consumer policy condemn
+    /// the connection); the write credits it back. False, and nothing
+    /// accounted, when it does not fit now (see [`crate::replay`]).
+    pub fn try_add_replay(&self, cost: usize) -> bool {
         let before = self.pending.fetch_add(cost, Relaxed);
-        if before > 0 && before + cost > self.max_pending {
+        if before > 0 && before + cost > self.max_pending / 2 {
             self.pending.fetch_sub(cost, Relaxed);
             return false;
         }

@@ -17,8 +17,8 @@
 //! only what the pattern can reach instead of every retained destination.
 //!
 //! A replay is paced by the subscriber's outbound byte budget: the session
-//! replays the newest messages that fit and counts the rest in
-//! `stomp_replay_skipped_total` (see `Session::on_frame`).
+//! keeps what a subscription is owed in a cursor and sends it a slice at a
+//! time (see [`crate::replay`]).
 
 use std::{
     collections::VecDeque,

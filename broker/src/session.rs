@@ -20,6 +20,7 @@ use crate::{
     metrics::Refusal,
     outbound::{ConnShared, DeliveryKind, Outbound},
     output::{Batch, Output},
+    replay::ReplayCursors,
     router::{
         parse_destination, DestKind, Message, RouteError, Subscriber, SubscriptionHandle,
         REPLY_QUEUE_PREFIX, TEMP_QUEUE_PREFIX,
@@ -421,8 +422,9 @@ pub struct Session {
     disconnecting: bool,
     /// Those writes are answered: the connection task closes.
     disconnect_ready: bool,
-    /// Retained messages to replay once the SUBSCRIBE is answered.
-    replay: Option<(Arc<str>, Vec<Arc<Message>>)>,
+    /// Retained messages owed to subscriptions, replayed a slice at a
+    /// time inside the byte budget ([`Session::pump_replay`]).
+    replay: ReplayCursors,
     /// Private reply queues: `/temp-queue/<name>` (also the id of their
     /// implicit subscription) → the routable `/reply-queue/<opaque>` that
     /// `reply-to` is rewritten to. They end with the session.
@@ -439,6 +441,7 @@ impl Session {
     pub fn new(core: Arc<BrokerCore>, conn: Arc<ConnShared>) -> Session {
         let rate = rate_limit(core.config.limits.max_frames_per_second);
         let out = Output::new(core.config.listen.ws_frame_per_message);
+        let replay = ReplayCursors::new(core.metrics.clone());
         Session {
             core,
             conn,
@@ -455,7 +458,7 @@ impl Session {
             disconnect_receipt: None,
             disconnecting: false,
             disconnect_ready: false,
-            replay: None,
+            replay,
             temp_queues: HashMap::new(),
             temp_bytes: 0,
             anon_name: None,
@@ -631,27 +634,27 @@ impl Session {
         let flow = self
             .dispatch(frame, receipt.as_deref())
             .map_err(|e| e.with_receipt(receipt.as_deref()))?;
-        if let Some((sub, msgs)) = self.replay.take() {
-            // Paced by the connection's byte budget: the newest messages
-            // that fit are replayed (oldest of them first), the rest skipped
-            // and counted. A wildcard may match many destinations.
-            let fit = msgs
-                .iter()
-                .rev()
-                .take_while(|m| self.conn.try_add_pending(m.cost))
-                .count();
-            let skipped = msgs.len() - fit;
-            if skipped > 0 {
-                self.core
-                    .metrics
-                    .replay_skipped
-                    .fetch_add(skipped as u64, Relaxed);
-            }
-            for msg in msgs.into_iter().skip(skipped) {
-                self.encode_message(msg, &sub, DeliveryKind::Replayed);
-            }
-        }
+        // A SUBSCRIBE's replay starts right after its RECEIPT.
+        self.pump_replay();
         Ok(flow)
+    }
+
+    /// Moves waiting retained messages into the output while they fit in
+    /// the connection's replay share of its byte budget (see
+    /// [`crate::replay`]). The connection task calls this at the end of
+    /// every turn: a write or an ACK that gave bytes back resumes it.
+    pub fn pump_replay(&mut self) {
+        if self.replay.is_empty() {
+            return;
+        }
+        if self.disconnecting {
+            // Nothing follows a DISCONNECT's RECEIPT.
+            self.replay.clear();
+            return;
+        }
+        while let Some((sub, msg)) = self.replay.next(|cost| self.conn.try_add_replay(cost)) {
+            self.encode_message(msg, &sub, DeliveryKind::Replayed);
+        }
     }
 
     fn dispatch(&mut self, frame: Frame, receipt: Option<&str>) -> Result<Flow, StompError> {
@@ -1387,9 +1390,7 @@ impl Session {
             // Late subscriber: what was retained here comes right after the
             // RECEIPT, before anything published later.
             let msgs = self.core.replay_for(destination, &self.conn, &id);
-            if !msgs.is_empty() {
-                self.replay = Some((id, msgs));
-            }
+            self.replay.add(id, msgs);
         }
         Ok(())
     }
@@ -1421,6 +1422,7 @@ impl Session {
         if let Some(st) = self.subs.remove(&key) {
             self.drop_sub(st);
         }
+        self.replay.drop_sub(&key);
         // Unsubscribing a temp queue's implicit subscription ends the queue.
         if self.temp_queues.remove(&key).is_some() {
             self.release_temp(&key);
@@ -1523,7 +1525,24 @@ impl Session {
     pub fn on_outbound(&mut self, item: Outbound) -> Result<(), StompError> {
         match item {
             Outbound::Message { msg, sub, kind } => {
+                if kind == DeliveryKind::Live && !self.replay.is_empty() {
+                    // Newer than any retained message of its destination
+                    // still waiting for this subscription.
+                    self.replay.superseded(&sub, &msg.destination);
+                }
                 self.encode_message(msg, &sub, kind);
+                Ok(())
+            }
+            Outbound::Replay { sub, msgs } => {
+                if self.subs.contains_key(&sub) {
+                    self.replay.add(sub, msgs);
+                } else {
+                    // Unsubscribed (or closed) meanwhile.
+                    self.core
+                        .metrics
+                        .replay_skipped
+                        .fetch_add(msgs.len() as u64, Relaxed);
+                }
                 Ok(())
             }
             Outbound::Frame(f) => {
@@ -1603,6 +1622,7 @@ impl Session {
         for tx in open {
             let _ = self.end_transaction(&tx);
         }
+        self.replay.clear();
         let subs: Vec<SubState> = self.subs.drain().map(|(_, s)| s).collect();
         for st in subs {
             self.drop_sub(st);

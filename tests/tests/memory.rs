@@ -202,42 +202,134 @@ async fn unacked_client_ack_topic_messages_are_bounded_by_bytes() -> Result<()> 
     Ok(())
 }
 
-#[tokio::test]
-async fn wildcard_replay_stays_within_the_subscribers_byte_budget() -> Result<()> {
-    let b = TestBroker::start_with(|c| c.limits.max_pending_bytes_per_connection = 32 * KIB).await;
+/// Retains `n` destinations `/topic/replay.<i>` (each published twice: an
+/// old value, then the latest) of about `size` bytes each, last value only.
+fn retain_many(b: &TestBroker, n: usize, size: usize) -> Result<()> {
     let policy = Some(RetainPolicy {
         last_n: 1,
         ttl: Duration::from_secs(60),
     });
-    for n in 0..50 {
-        b.core.publish_retained(
-            &format!("/topic/replay.{n}"),
-            Headers::new(),
-            Bytes::from(format!("{n:04}{}", "x".repeat(4 * KIB))),
-            policy,
-        )?;
+    for value in ["old", "new"] {
+        for i in 0..n {
+            b.core.publish_retained(
+                &format!("/topic/replay.{i}"),
+                Headers::new(),
+                Bytes::from(format!("{i:04} {value} {}", "x".repeat(size))),
+                policy,
+            )?;
+        }
     }
+    Ok(())
+}
+
+/// Bytes accounted to connections (the broker-wide account minus the
+/// retained store).
+fn conn_bytes(b: &TestBroker) -> usize {
+    used(b).saturating_sub(b.core.metrics.retained_bytes.load(Relaxed).max(0) as usize)
+}
+
+#[tokio::test]
+async fn wildcard_replay_is_paced_and_delivers_everything_to_a_slow_reader() -> Result<()> {
+    const BUDGET: usize = 32 * KIB;
+    const N: usize = 160; // 160 x 4 KiB: 20 times the budget
+    let b = TestBroker::start_with(|c| {
+        c.limits.max_pending_bytes_per_connection = BUDGET;
+        c.slow_consumer = SlowConsumerPolicy::Disconnect;
+    })
+    .await;
+    retain_many(&b, N, 4 * KIB)?;
     let mut c = b.tcp_client().await;
     c.subscribe("w", "/topic/replay.*", "auto").await?;
-    let mut got = Vec::new();
+    // Not reading for a while: the broker writes a slice at a time and
+    // never accounts more than the budget to the connection.
+    let until = tokio::time::Instant::now() + Duration::from_millis(300);
+    while tokio::time::Instant::now() < until {
+        ensure!(conn_bytes(&b) <= BUDGET, "pending {}", conn_bytes(&b));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < N {
+        let m = c.message().await?;
+        ensure!(m.header_str("replayed") == Some("true"), "{:?}", m.headers);
+        let text = body(&m);
+        ensure!(
+            text[5..].starts_with("new "),
+            "not the latest value: {}",
+            &text[..10]
+        );
+        ensure!(seen.insert(text[..4].to_owned()), "twice: {}", &text[..4]);
+        ensure!(conn_bytes(&b) <= BUDGET, "pending {}", conn_bytes(&b));
+    }
+    c.expect_silence(Duration::from_millis(100)).await?;
+    ensure!(b.core.metrics.replay_skipped.load(Relaxed) == 0);
+    ensure!(b.core.metrics.slow_consumer_disconnects.load(Relaxed) == 0);
+    ensure!(b.core.metrics.replay_pending.load(Relaxed) == 0);
+    // Not cut off: the connection still answers.
+    c.send_receipted("/topic/after", "x").await?;
+    Ok(())
+}
+
+/// The frames that arrive until 200 ms pass without one.
+async fn drain(c: &mut e2e_tests::Client) -> Result<Vec<stomp_codec::Frame>> {
+    let mut slice = Vec::new();
     loop {
-        match c.recv_within(Duration::from_millis(300)).await {
-            Ok(m) => {
-                ensure!(m.header_str("replayed") == Some("true"));
-                got.push(body(&m)[..4].to_owned());
-            }
-            Err(e) if e.to_string().contains("timed out") => break,
+        match c.recv_within(Duration::from_millis(200)).await {
+            Ok(m) => slice.push(m),
+            Err(e) if e.to_string().contains("timed out") => return Ok(slice),
             Err(e) => return Err(e),
         }
     }
-    // About 32 KiB of 4 KiB messages: the newest ones, oldest of them first.
-    ensure!((5..=9).contains(&got.len()), "{got:?}");
-    ensure!(got.last().map(String::as_str) == Some("0049"), "{got:?}");
-    let mut sorted = got.clone();
-    sorted.sort();
-    ensure!(sorted == got, "{got:?}");
-    let skipped = b.core.metrics.replay_skipped.load(Relaxed);
-    ensure!(skipped as usize == 50 - got.len(), "{skipped}");
+}
+
+#[tokio::test]
+async fn replay_waits_for_acks_within_the_budget_and_never_follows_a_live_value() -> Result<()> {
+    const BUDGET: usize = 32 * KIB;
+    const N: usize = 40;
+    let b = TestBroker::start_with(|c| c.limits.max_pending_bytes_per_connection = BUDGET).await;
+    retain_many(&b, N, 4 * KIB)?;
+    let mut c = b.tcp_client().await;
+    // Client acknowledgement: unacknowledged messages stay accounted, so
+    // the replay stops at the budget until the client ACKs.
+    c.subscribe("w", "/topic/replay.*", "client").await?;
+    let mut got: Vec<String> = Vec::new();
+    let mut last_ack = None;
+    let first = drain(&mut c).await?;
+    // Half the budget is the replay's share: a few 4 KiB messages.
+    ensure!((1..=5).contains(&first.len()), "{}", first.len());
+    ensure!(conn_bytes(&b) <= BUDGET, "pending {}", conn_bytes(&b));
+    ensure!(b.core.metrics.replay_pending.load(Relaxed) as usize == N - first.len());
+    // A newer live value for the destination replayed last.
+    let last = format!("/topic/replay.{}", N - 1);
+    b.core
+        .publish(&last, Headers::new(), Bytes::from_static(b"live"))?;
+    let mut frames = first;
+    loop {
+        for m in &frames {
+            let text = body(m);
+            if text == "live" {
+                ensure!(m.header_str("replayed").is_none());
+            } else {
+                ensure!(m.header_str("replayed") == Some("true"));
+            }
+            got.push(text.get(..4).unwrap_or(&text).to_owned());
+            last_ack = m.header_str("ack").map(str::to_owned);
+        }
+        if frames.is_empty() {
+            break;
+        }
+        let id = last_ack.clone().unwrap_or_default();
+        c.command(Command::Ack, &[("id", &id)]).await?;
+        frames = drain(&mut c).await?;
+    }
+    let live_at = got.iter().position(|t| t == "live");
+    ensure!(live_at.is_some(), "live message missing: {got:?}");
+    let stale = format!("{:04}", N - 1);
+    // The older retained value of that destination never follows it (it
+    // is dropped from the replay).
+    ensure!(!got.contains(&stale), "{got:?}");
+    ensure!(got.len() == N, "{} {got:?}", got.len());
+    ensure!(b.core.metrics.replay_skipped.load(Relaxed) == 0);
+    ensure!(b.core.metrics.replay_pending.load(Relaxed) == 0);
     Ok(())
 }
 
