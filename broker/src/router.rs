@@ -4,8 +4,8 @@
 //!   map of copy-on-write subscriber lists (publishers clone an `Arc`
 //!   snapshot and release the shard before delivering); wildcard
 //!   subscriptions (`*` one dot-segment, `#` zero or more, RabbitMQ style)
-//!   live in a segment trie with a match cache ([`crate::wildcard`]), so a
-//!   publish costs what it matches, not the number of wildcards.
+//!   live in a segment trie of copy-on-write lists ([`crate::wildcard`]),
+//!   so a publish costs what it matches, not the number of wildcards.
 //! * `/queue/...`: competing consumers, round-robin, with a buffer bounded
 //!   by `queues.max_messages`/`max_bytes` while no consumer can take a
 //!   message (none subscribed, or all at their prefetch or byte limit). A
@@ -617,8 +617,9 @@ impl Router {
             delivered += self.fan_out(&subs, msg);
         }
         if let Some(name) = name.filter(|_| !self.wildcards.is_empty()) {
-            let matched = self.wildcards.matches(name);
-            delivered += self.fan_out(&matched, msg);
+            for subs in self.wildcards.matches(name) {
+                delivered += self.fan_out(&subs, msg);
+            }
         }
         self.metrics
             .messages_queued
@@ -815,40 +816,50 @@ impl Router {
         self.topics.get(destination).is_some_and(|s| !s.is_empty())
     }
 
-    /// The `n` destinations with the most subscriptions (exact topics, user
-    /// destinations and queues; wildcard patterns listed as themselves).
-    pub fn top_destinations(&self, n: usize) -> Vec<(String, usize, usize)> {
-        // Reply queue names are capabilities (whoever has one may send to
-        // it): they are counted under one name, never listed.
+    /// Calls `f(destination, subscriptions, queued)` for every destination:
+    /// exact topics, user destinations, queues, and wildcard patterns as
+    /// themselves (`/topic/order.*`). Reply queue names are capabilities
+    /// (whoever has one may send to it): they are summed under one name,
+    /// `/reply-queue/*`, never listed. Allocates nothing per destination;
+    /// each `DashMap` shard is read-locked only while it is walked (which
+    /// holds up subscribes to it, never publishes).
+    pub fn for_each_destination(&self, mut f: impl FnMut(&str, usize, usize)) {
         let mut reply_subs = 0;
-        let mut all: Vec<(String, usize, usize)> = self
-            .topics
-            .iter()
-            .filter_map(|e| {
-                if e.key().starts_with(REPLY_QUEUE_PREFIX) {
-                    reply_subs += e.value().len();
-                    return None;
-                }
-                Some((e.key().to_string(), e.value().len(), 0))
-            })
-            .collect();
+        for e in self.topics.iter() {
+            if e.key().starts_with(REPLY_QUEUE_PREFIX) {
+                reply_subs += e.value().len();
+            } else {
+                f(e.key(), e.value().len(), 0);
+            }
+        }
         if reply_subs > 0 {
-            all.push((format!("{REPLY_QUEUE_PREFIX}*"), reply_subs, 0));
+            f(&format!("{REPLY_QUEUE_PREFIX}*"), reply_subs, 0);
         }
+        let mut name = String::new();
         for q in self.queues.iter() {
-            let st = q.value().lock().unwrap_or_else(|e| e.into_inner());
-            all.push((
-                format!("/queue/{}", q.key()),
-                st.consumers.len(),
-                st.buffer.len(),
-            ));
+            let (consumers, depth) = {
+                let st = q.value().lock().unwrap_or_else(|e| e.into_inner());
+                (st.consumers.len(), st.buffer.len())
+            };
+            name.clear();
+            name.push_str("/queue/");
+            name.push_str(q.key());
+            f(&name, consumers, depth);
         }
-        all.extend(
-            self.wildcards
-                .patterns()
-                .into_iter()
-                .map(|(p, c)| (format!("/topic/{p}"), c, 0)),
-        );
+        self.wildcards.for_each_pattern(|p, c| {
+            name.clear();
+            name.push_str("/topic/");
+            name.push_str(p);
+            f(&name, c, 0);
+        });
+    }
+
+    /// The `n` destinations with the most subscriptions (see
+    /// [`Router::for_each_destination`]), most first, then most queued,
+    /// then by name.
+    pub fn top_destinations(&self, n: usize) -> Vec<(String, usize, usize)> {
+        let mut all = Vec::new();
+        self.for_each_destination(|d, subs, queued| all.push((d.to_owned(), subs, queued)));
         all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(b.2.cmp(&a.2)).then(a.0.cmp(&b.0)));
         all.truncate(n);
         all
