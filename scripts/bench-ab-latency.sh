@@ -3,8 +3,10 @@
 # runs alternate old/new (A,B,A,B,...), each a fresh broker pinned to CPU 0
 # with the same load generator pinned to CPU 1, so both see the same
 # machine load. Prints one line per run (p50/p99/max, deliveries/s, broker
-# CPU, the broker's `stomp_runtime_stalls_total` where it has one) and the
-# median p99 of each side.
+# CPU, the generator's own publishing lag and CPU, the broker's
+# `stomp_runtime_stalls_total` where it has one) and the median p99 of each
+# side. A run whose publisher lag is close to its p99 measured the
+# generator, not the broker (latencies are stamped at scheduled send times).
 #
 #   scripts/bench-ab-latency.sh OLD_BROKER NEW_BROKER LOADGEN ROUNDS -- <loadgen args>
 #   e.g. ... 3 -- s2 --subscribers 10000 --rate 50000 --status-subscriber
@@ -42,13 +44,14 @@ python3 - "$W/res.jsonl" "$W/extra.jsonl" <<'PY'
 import json, sys, statistics
 rows = [json.loads(l) for l in open(sys.argv[1])]
 extra = {e["label"]: e for e in map(json.loads, open(sys.argv[2]))}
-print(f"{'run':<8} {'p50 ms':>8} {'p99 ms':>9} {'max ms':>9} {'deliv/s':>9} {'lost':>6} {'broker CPU %':>12} {'stalls':>7} {'load1':>6}")
+print(f"{'run':<8} {'p50 ms':>8} {'p99 ms':>9} {'max ms':>9} {'pub lag p99/max ms':>19} {'deliv/s':>9} {'lost':>6} {'broker CPU %':>12} {'gen CPU %':>9} {'stalls':>7} {'load1':>6}")
 for r in rows:
     e = extra.get(r["label"], {})
     ms = lambda k: r.get(k, float("nan")) / 1000
-    print(f"{r['label']:<8} {ms('p50_us'):>8.2f} {ms('p99_us'):>9.2f} {ms('max_us'):>9.1f} "
+    lag = f"{ms('pub_lag_p99_us'):.2f} / {ms('pub_lag_max_us'):.1f}"
+    print(f"{r['label']:<8} {ms('p50_us'):>8.2f} {ms('p99_us'):>9.2f} {ms('max_us'):>9.1f} {lag:>19} "
           f"{r.get('deliveries_per_s', 0):>9,.0f} {r.get('lost', 0):>6} "
-          f"{r.get('broker_cpu_pct', ''):>12} {e.get('stalls', ''):>7} {e.get('load1', ''):>6}")
+          f"{r.get('broker_cpu_pct', ''):>12} {r.get('gen_cpu_pct', ''):>9} {e.get('stalls', ''):>7} {e.get('load1', ''):>6}")
 for w in ("old", "new"):
     v = [r["p99_us"] / 1000 for r in rows if r["label"].startswith(w) and "p99_us" in r]
     if v:
