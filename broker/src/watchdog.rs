@@ -4,8 +4,9 @@
 //! walk, a lock held across a slow operation, a big batch) or the process
 //! got no CPU; every delivery queued on that worker waited as long. Each
 //! stall is counted (`stomp_runtime_stalls_total`) and logged at `warn`
-//! with its length, so a latency tail can be matched to what the broker
-//! was doing. Costs one timer wake-up per tick.
+//! (at most once a second, with the count and the longest), so a latency
+//! tail can be matched to what the broker was doing. Costs one timer
+//! wake-up per tick.
 
 use std::{
     sync::{atomic::Ordering::Relaxed, Arc},
@@ -29,20 +30,34 @@ pub fn stall(planned: Instant, now: Instant) -> Option<Duration> {
     (late > STALL).then_some(late)
 }
 
+/// Stalls are logged at most this often (with how many there were and
+/// the longest), so that a starved process does not also flood its log.
+const LOG_EVERY: Duration = Duration::from_secs(1);
+
 /// Runs until `shutdown`.
 pub async fn run(metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    let mut logged: Option<Instant> = None;
+    let (mut unlogged, mut longest) = (0u64, Duration::ZERO);
     loop {
         let planned = Instant::now() + TICK;
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep_until(planned.into()) => {}
         }
-        if let Some(late) = stall(planned, Instant::now()) {
+        let now = Instant::now();
+        if let Some(late) = stall(planned, now) {
             metrics.runtime_stalls.fetch_add(1, Relaxed);
+            unlogged += 1;
+            longest = longest.max(late);
+        }
+        if unlogged > 0 && logged.is_none_or(|t| now.duration_since(t) >= LOG_EVERY) {
             tracing::warn!(
-                late_ms = late.as_secs_f64() * 1e3,
-                "runtime stall: the watchdog woke late"
+                stalls = unlogged,
+                longest_ms = longest.as_secs_f64() * 1e3,
+                "runtime stalls: the watchdog woke late (a task ran long without yielding, or no CPU)"
             );
+            logged = Some(now);
+            (unlogged, longest) = (0, Duration::ZERO);
         }
     }
 }
