@@ -5,7 +5,9 @@
 //! loads); the full snapshot, which walks the destination table, is built
 //! only when asked for: by `GET /stats.json`, and each second while someone
 //! subscribes to `/topic/broker.stats` (the page does, over its own
-//! WebSocket).
+//! WebSocket). The walk keeps only the busiest destinations as it goes
+//! ([`Busiest`]) and, for the stats topic, runs on the blocking pool, so a
+//! runtime worker never spends it while deliveries wait.
 //!
 //! Privacy: user destinations are aggregated (`/user/<name>/rest` counts
 //! under `/user/*/rest`), so no user name appears in a snapshot; and
