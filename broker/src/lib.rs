@@ -30,6 +30,7 @@ pub mod sockjs;
 pub mod status;
 pub mod tls;
 pub mod transport;
+pub mod watchdog;
 pub mod wildcard;
 
 use std::{net::SocketAddr, sync::atomic::Ordering::Relaxed, sync::Arc, time::Duration};
@@ -226,6 +227,7 @@ impl Broker {
         if core.config.listen.status_page {
             tracker.spawn(status::run(core.clone()));
         }
+        tracker.spawn(watchdog::run(core.metrics.clone(), core.shutdown.clone()));
         if let Some(path) = &listen.port_file {
             let json = serde_json::json!({
                 "stomp": addrs.stomp.map(|a| a.to_string()),

@@ -305,6 +305,10 @@ pub struct Metrics {
     pub messages_redelivered: AtomicU64,
     /// Connections closed by the slow-consumer policy.
     pub slow_consumer_disconnects: AtomicU64,
+    /// Times the runtime watchdog woke more than
+    /// [`crate::watchdog::STALL`] late: some task ran that long without
+    /// yielding, or the process got no CPU (see `watchdog.rs`).
+    pub runtime_stalls: AtomicU64,
     /// Retained messages replayed to new subscriptions.
     pub messages_replayed: AtomicU64,
     /// Destinations with retained messages.
@@ -546,6 +550,11 @@ impl Metrics {
             "stomp_slow_consumer_disconnects_total",
             "Connections closed as slow consumers.",
             self.slow_consumer_disconnects.load(Relaxed),
+        )
+        .counter(
+            "stomp_runtime_stalls_total",
+            "Times a runtime worker was busy (or without CPU) for over 5 ms at a stretch.",
+            self.runtime_stalls.load(Relaxed),
         )
         .counter(
             "stomp_heartbeat_timeouts_total",

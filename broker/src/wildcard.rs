@@ -4,8 +4,10 @@
 //!
 //! * [`PatternIndex`]: wildcard *subscriptions*, looked up by a published
 //!   topic name. A segment trie like NATS's sublist or RabbitMQ's topic
-//!   exchange (literal children, a `*` child, a `#` child) with a bounded
-//!   match cache. Lookups take a read lock; a cache hit does not allocate.
+//!   exchange (literal children, a `*` child, a `#` child). Each node keeps
+//!   its values as a copy-on-write list, so a lookup hands out one `Arc`
+//!   per matching *pattern*, not a copy per subscriber, and does not
+//!   allocate for the usual few matches: there is no match cache to miss.
 //! * [`NameIndex`]: plain topic *names* (the retained store's
 //!   destinations), looked up by a wildcard pattern.
 //!
@@ -17,21 +19,18 @@
 use std::{
     collections::HashSet,
     sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+        atomic::{AtomicUsize, Ordering::Relaxed},
         Arc, RwLock,
     },
 };
 
-use dashmap::DashMap;
+use smallvec::SmallVec;
 
 #[cfg(doc)]
 use crate::router::pattern_matches;
 
 type Hasher = foldhash::fast::RandomState;
 type Map<V> = std::collections::HashMap<Box<str>, V, Hasher>;
-
-/// Published topic names whose match lists are cached, at most.
-pub const MATCH_CACHE_MAX: usize = 4096;
 
 /// How a node hangs off its parent.
 #[derive(Debug, Clone)]
@@ -47,7 +46,9 @@ struct Node<T> {
     literal: Map<u32>,
     star: Option<u32>,
     hash: Option<u32>,
-    values: Vec<T>,
+    /// Copy-on-write: a lookup clones the `Arc`, a change copies the list
+    /// only while a lookup still holds the old one.
+    values: Arc<Vec<T>>,
     parent: u32,
     edge: Edge,
 }
@@ -58,7 +59,7 @@ impl<T> Node<T> {
             literal: Map::default(),
             star: None,
             hash: None,
-            values: Vec::new(),
+            values: Arc::new(Vec::new()),
             parent,
             edge,
         }
@@ -79,6 +80,9 @@ struct Trie<T> {
     free: Vec<u32>,
     /// Stored values per pattern, for listing.
     patterns: Map<usize>,
+    /// Nodes reached by a `#` edge. Without any, a walk cannot reach the
+    /// same (node, segment) twice and skips its visited set.
+    hash_nodes: usize,
 }
 
 impl<T> Default for Trie<T> {
@@ -87,12 +91,16 @@ impl<T> Default for Trie<T> {
             nodes: vec![Node::new(0, Edge::Root)],
             free: Vec::new(),
             patterns: Map::default(),
+            hash_nodes: 0,
         }
     }
 }
 
 impl<T> Trie<T> {
     fn alloc(&mut self, parent: u32, edge: Edge) -> u32 {
+        if matches!(edge, Edge::Hash) {
+            self.hash_nodes += 1;
+        }
         let node = Node::new(parent, edge);
         match self.free.pop() {
             Some(i) => {
@@ -151,7 +159,10 @@ impl<T> Trie<T> {
             let p = &mut self.nodes[parent as usize];
             match edge {
                 Edge::Star => p.star = None,
-                Edge::Hash => p.hash = None,
+                Edge::Hash => {
+                    p.hash = None;
+                    self.hash_nodes -= 1;
+                }
                 Edge::Literal(s) => {
                     p.literal.remove(&s);
                 }
@@ -163,44 +174,43 @@ impl<T> Trie<T> {
     }
 }
 
+/// What a lookup found: the value list of each matching pattern (shared
+/// with the index, never copied), inline while there are few.
+pub type Matches<T> = SmallVec<[Arc<Vec<T>>; 4]>;
+
 /// Wildcard subscriptions by pattern (`order.*`, `order.#`), looked up by
 /// a published topic name.
 ///
-/// A lookup first asks the match cache (topic → shared list of matching
-/// values, stamped with the index's generation); on a miss it walks the
-/// trie under a read lock and caches the result. Every insert or removal
-/// bumps the generation, so a stale cached list is never used. The cache
-/// holds at most [`MATCH_CACHE_MAX`] topics; when full, half is dropped.
+/// A lookup walks the trie under a read lock, visiting only the nodes the
+/// topic can reach (one hash lookup per segment and level, plus the `*`
+/// and `#` branches), and returns each matching node's value list as an
+/// `Arc`. It costs the same for the first publish to a topic as for the
+/// millionth, whatever the number of topics published to: an earlier
+/// version cached match lists per topic, and a workload publishing to more
+/// topics than the cache held paid a miss, an insert and an eviction sweep
+/// on every publish (docs/benchmarks.md, "S8 index and the status walk").
 #[derive(Debug)]
 pub struct PatternIndex<T> {
     trie: RwLock<Trie<T>>,
-    generation: AtomicU64,
     len: AtomicUsize,
-    cache: DashMap<Box<str>, (u64, Arc<[T]>), Hasher>,
-    cache_max: usize,
 }
 
 impl<T: Clone> Default for PatternIndex<T> {
     fn default() -> Self {
-        Self::with_cache_max(MATCH_CACHE_MAX)
+        PatternIndex {
+            trie: RwLock::new(Trie::default()),
+            len: AtomicUsize::new(0),
+        }
     }
 }
 
 impl<T: Clone> PatternIndex<T> {
-    /// An empty index caching at most `cache_max` topics' match lists
-    /// (0: no cache).
-    pub fn with_cache_max(cache_max: usize) -> Self {
-        PatternIndex {
-            trie: RwLock::new(Trie::default()),
-            generation: AtomicU64::new(0),
-            len: AtomicUsize::new(0),
-            cache: DashMap::with_hasher(Hasher::default()),
-            cache_max,
-        }
-    }
-
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Trie<T>> {
         self.trie.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Trie<T>> {
+        self.trie.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Values stored, over all patterns.
@@ -217,13 +227,10 @@ impl<T: Clone> PatternIndex<T> {
     pub fn insert(&self, pattern: &str, value: T) {
         let mut trie = self.write();
         if let Some(at) = trie.find(pattern, true) {
-            trie.nodes[at as usize].values.push(value);
+            Arc::make_mut(&mut trie.nodes[at as usize].values).push(value);
             *trie.patterns.entry(pattern.into()).or_default() += 1;
             self.len.fetch_add(1, Relaxed);
         }
-        self.generation.fetch_add(1, Relaxed);
-        drop(trie);
-        self.cache.clear();
     }
 
     /// Removes the first value under `pattern` for which `is` holds;
@@ -233,11 +240,10 @@ impl<T: Clone> PatternIndex<T> {
         let Some(at) = trie.find(pattern, false) else {
             return false;
         };
-        let values = &mut trie.nodes[at as usize].values;
-        let Some(pos) = values.iter().position(is) else {
+        let Some(pos) = trie.nodes[at as usize].values.iter().position(is) else {
             return false;
         };
-        values.remove(pos);
+        Arc::make_mut(&mut trie.nodes[at as usize].values).remove(pos);
         if let Some(n) = trie.patterns.get_mut(pattern) {
             *n -= 1;
             if *n == 0 {
@@ -246,65 +252,88 @@ impl<T: Clone> PatternIndex<T> {
         }
         trie.prune(at);
         self.len.fetch_sub(1, Relaxed);
-        self.generation.fetch_add(1, Relaxed);
-        drop(trie);
-        self.cache.clear();
         true
     }
 
-    /// Every value whose pattern matches `topic` (once per stored value).
-    pub fn matches(&self, topic: &str) -> Arc<[T]> {
-        let generation = self.generation.load(Relaxed);
-        if let Some(hit) = self.cache.get(topic) {
-            if hit.0 == generation {
-                return hit.1.clone();
-            }
-        }
-        let (generation, found) = {
-            let trie = self.trie.read().unwrap_or_else(|e| e.into_inner());
-            // Read under the lock: the list below is exactly this generation's.
-            let generation = self.generation.load(Relaxed);
-            let mut found = Vec::new();
-            for at in matching_nodes(&trie, topic) {
-                found.extend(trie.nodes[at as usize].values.iter().cloned());
-            }
-            (generation, Arc::<[T]>::from(found))
-        };
-        if self.cache_max > 0 {
-            if self.cache.len() >= self.cache_max {
-                let mut n = 0usize;
-                self.cache.retain(|_, _| {
-                    n += 1;
-                    n.is_multiple_of(2)
-                });
-            }
-            self.cache.insert(topic.into(), (generation, found.clone()));
-        }
-        found
+    /// The value lists of every pattern matching `topic`: each stored
+    /// value appears once over all of them.
+    pub fn matches(&self, topic: &str) -> Matches<T> {
+        let trie = self.read();
+        let mut out = Matches::new();
+        walk(&trie, topic, |at| {
+            out.push(trie.nodes[at as usize].values.clone());
+        });
+        out
     }
 
     /// Each pattern with how many values it holds (for the status page).
     pub fn patterns(&self) -> Vec<(String, usize)> {
-        let trie = self.trie.read().unwrap_or_else(|e| e.into_inner());
-        trie.patterns
-            .iter()
-            .map(|(p, n)| (p.to_string(), *n))
-            .collect()
+        let mut out = Vec::new();
+        self.for_each_pattern(|p, n| out.push((p.to_owned(), n)));
+        out
+    }
+
+    /// Calls `f` with each pattern and how many values it holds, under the
+    /// read lock (so `f` must be quick) and without allocating.
+    pub fn for_each_pattern(&self, mut f: impl FnMut(&str, usize)) {
+        let trie = self.read();
+        for (p, n) in &trie.patterns {
+            f(p, *n);
+        }
     }
 }
 
-/// Nodes holding values whose pattern matches `topic`, each once.
-fn matching_nodes<T>(trie: &Trie<T>, topic: &str) -> Vec<u32> {
-    let segs: Vec<&str> = topic.split('.').collect();
-    let mut out = Vec::new();
-    let mut seen: HashSet<(u32, usize), Hasher> = HashSet::default();
-    let mut stack = vec![(0u32, 0usize)];
+/// (node, segment index) pairs a walk has been at. Only needed when the
+/// trie has `#` nodes; a short walk checks a small inline list, a long one
+/// (hostile patterns) a hash set.
+enum Visited {
+    Off,
+    Few(SmallVec<[(u32, u32); 16]>),
+    Many(HashSet<(u32, u32), Hasher>),
+}
+
+impl Visited {
+    /// Whether `(at, i)` is new (and remembers it).
+    fn first(&mut self, at: u32, i: u32) -> bool {
+        match self {
+            Visited::Off => true,
+            Visited::Few(v) => {
+                if v.contains(&(at, i)) {
+                    return false;
+                }
+                if v.len() == v.inline_size() {
+                    let mut set: HashSet<(u32, u32), Hasher> = v.drain(..).collect();
+                    set.insert((at, i));
+                    *self = Visited::Many(set);
+                } else {
+                    v.push((at, i));
+                }
+                true
+            }
+            Visited::Many(set) => set.insert((at, i)),
+        }
+    }
+}
+
+/// Calls `found` with each node holding values whose pattern matches
+/// `topic`, each node once. Allocation-free unless the topic has more
+/// than 8 segments, the walk more than 16 pending branches, or the trie
+/// `#` nodes that make a walk visit more than 16 states.
+fn walk<T>(trie: &Trie<T>, topic: &str, mut found: impl FnMut(u32)) {
+    let segs: SmallVec<[&str; 8]> = topic.split('.').collect();
+    let mut seen = if trie.hash_nodes == 0 {
+        Visited::Off
+    } else {
+        Visited::Few(SmallVec::new())
+    };
+    let mut stack: SmallVec<[(u32, u32); 16]> = SmallVec::new();
+    stack.push((0, 0));
     while let Some((at, i)) = stack.pop() {
-        if !seen.insert((at, i)) {
+        if !seen.first(at, i) {
             continue;
         }
         let node = &trie.nodes[at as usize];
-        if let Some(&seg) = segs.get(i) {
+        if let Some(&seg) = segs.get(i as usize) {
             if let Some(&c) = node.literal.get(seg) {
                 stack.push((c, i + 1));
             }
@@ -316,14 +345,13 @@ fn matching_nodes<T>(trie: &Trie<T>, topic: &str) -> Vec<u32> {
                 stack.push((at, i + 1));
             }
         } else if !node.values.is_empty() {
-            out.push(at);
+            found(at);
         }
         if let Some(h) = node.hash {
             // Entering a `#` that has taken no segment yet.
             stack.push((h, i));
         }
     }
-    out
 }
 
 #[derive(Debug)]
@@ -483,8 +511,8 @@ mod tests {
     use crate::router::pattern_matches;
     use proptest::prelude::*;
 
-    fn sorted(v: &[u32]) -> Vec<u32> {
-        let mut v = v.to_vec();
+    fn flat<T: Clone + Ord>(m: &Matches<T>) -> Vec<T> {
+        let mut v: Vec<T> = m.iter().flat_map(|l| l.iter().cloned()).collect();
         v.sort_unstable();
         v
     }
@@ -498,25 +526,26 @@ mod tests {
         {
             idx.insert(p, i as u32);
         }
-        assert_eq!(sorted(&idx.matches("order.1")), vec![0, 1, 2]);
-        assert_eq!(sorted(&idx.matches("order")), vec![1, 2]);
-        assert_eq!(sorted(&idx.matches("a.b")), vec![2, 3]);
-        assert_eq!(sorted(&idx.matches("a.z")), vec![2, 4, 5]);
-        assert_eq!(sorted(&idx.matches("a.b.c.z")), vec![2, 3, 4, 5]);
-        assert_eq!(sorted(&idx.matches("x.c.b")), vec![2]);
+        assert_eq!(flat(&idx.matches("order.1")), vec![0, 1, 2]);
+        assert_eq!(flat(&idx.matches("order")), vec![1, 2]);
+        assert_eq!(flat(&idx.matches("a.b")), vec![2, 3]);
+        assert_eq!(flat(&idx.matches("a.z")), vec![2, 4, 5]);
+        assert_eq!(flat(&idx.matches("a.b.c.z")), vec![2, 3, 4, 5]);
+        assert_eq!(flat(&idx.matches("x.c.b")), vec![2]);
     }
 
     #[test]
-    fn cache_is_invalidated_by_subscribe_and_unsubscribe() {
+    fn subscribe_and_unsubscribe_change_what_matches() {
         let idx = PatternIndex::default();
         idx.insert("a.*", 1u32);
-        assert_eq!(&*idx.matches("a.x"), &[1]);
-        assert_eq!(&*idx.matches("a.x"), &[1], "cached");
+        assert_eq!(flat(&idx.matches("a.x")), vec![1]);
+        let held = idx.matches("a.x");
         idx.insert("a.#", 2);
-        assert_eq!(sorted(&idx.matches("a.x")), vec![1, 2]);
+        assert_eq!(flat(&idx.matches("a.x")), vec![1, 2]);
         assert!(idx.remove("a.*", |v| *v == 1));
         assert!(!idx.remove("a.*", |v| *v == 1), "already gone");
-        assert_eq!(&*idx.matches("a.x"), &[2]);
+        assert_eq!(flat(&held), vec![1], "a list handed out is not changed");
+        assert_eq!(flat(&idx.matches("a.x")), vec![2]);
         assert!(idx.remove("a.#", |v| *v == 2));
         assert!(idx.matches("a.x").is_empty());
         assert!(idx.is_empty());
@@ -527,16 +556,23 @@ mod tests {
             "emptied trie is pruned to its root"
         );
         assert!(trie.patterns.is_empty());
+        assert_eq!(trie.hash_nodes, 0);
     }
 
     #[test]
-    fn match_cache_is_bounded() {
-        let idx = PatternIndex::with_cache_max(8);
-        idx.insert("t.*", 0u32);
-        for i in 0..100 {
-            assert_eq!(&*idx.matches(&format!("t.{i}")), &[0]);
-            assert!(idx.cache.len() <= 8);
+    fn one_list_per_matching_pattern_not_per_subscriber() {
+        let idx = PatternIndex::default();
+        for i in 0..1000u32 {
+            idx.insert("order.#", i);
         }
+        for i in 0..10_000u32 {
+            idx.insert(&format!("order.{i}.*"), 10_000 + i);
+        }
+        let m = idx.matches("order.7.created");
+        assert_eq!(m.len(), 2, "order.# and order.7.*");
+        assert!(!m.spilled(), "found inline, no allocation");
+        assert_eq!(m.iter().map(|l| l.len()).sum::<usize>(), 1001);
+        assert!(idx.matches("order.x.y.z").len() == 1);
     }
 
     #[test]
@@ -546,7 +582,7 @@ mod tests {
         idx.insert(&p, 1u32);
         let topic = vec!["a"; 2000].join(".");
         assert!(idx.matches(&topic).is_empty());
-        assert_eq!(&*idx.matches(&(topic + ".x")), &[1]);
+        assert_eq!(flat(&idx.matches(&(topic + ".x"))), vec![1]);
         let mut names = NameIndex::default();
         names.insert(&vec!["a"; 2000].join("."));
         assert_eq!(names.matching(&p).len(), 0);
@@ -602,8 +638,7 @@ mod tests {
                 names.insert(t);
             }
             for t in &topics {
-                let mut got = idx.matches(t).to_vec();
-                got.sort_unstable();
+                let got = flat(&idx.matches(t));
                 let want: Vec<usize> = (0..patterns.len())
                     .filter(|&i| !removed[i] && pattern_matches(&patterns[i], t))
                     .collect();
