@@ -57,6 +57,8 @@ OUT="${BENCH_OUT:-$(mktemp "${TMPDIR:-/tmp}/bench-cluster-$tag.XXXXXX.jsonl")}"
 HOPS="$OUT.hops"
 : >"$HOPS"
 BENCH_NICE="${BENCH_NICE:--10}"
+# Its own Kafka (scripts/kafka.sh's, with the bench JVM settings below), not a shared one.
+unset KAFKA_BOOTSTRAP
 export KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms1g -Xmx1g}"
 export KAFKA_GC_OPTS="${KAFKA_GC_OPTS:--XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+UnlockExperimentalVMOptions -XX:G1NewSizePercent=50}"
 if [ "$BENCH_NICE" != 0 ]; then echo "$BENCH_NICE" >/proc/self/autogroup 2>/dev/null || true; fi

@@ -135,6 +135,7 @@ def main():
     work = tempfile.mkdtemp(prefix="s7-ab.")
     tag = f"s7ab-{os.getpid()}-{int(time.time())}"
     env = dict(os.environ)
+    env.pop("KAFKA_BOOTSTRAP", None)  # a private Kafka, not a shared one
     env.update(CLUSTER_DIR=os.path.join(work, "cluster"), STOMP_BROKER_BIN=BROKER,
                KAFKA_DIR=os.path.join(work, "kafka"),
                KAFKA_LIBS=env.get("KAFKA_LIBS", os.path.join(ROOT, ".kafka", "libs")))
