@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -130,6 +131,8 @@ def main():
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     variants = [parse_variant(v) for v in a.variant]
+    # SIGTERM (e.g. `timeout`) runs the cleanup below like Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if a.nice:
         renice("self", a.nice)
     work = tempfile.mkdtemp(prefix="s7-ab.")
