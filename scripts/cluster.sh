@@ -2,7 +2,8 @@
 # A 3-node stomp-broker cluster behind HAProxy, on loopback, for trying the cluster out and
 # for the failover tests (docs/cluster.md).
 #
-#   scripts/cluster.sh start          Kafka (scripts/kafka.sh, reused if running), node1..node3,
+#   scripts/cluster.sh start          Kafka ($KAFKA_BOOTSTRAP, else scripts/kafka.sh's, reused if
+#                                     running), node1..node3,
 #                                     HAProxy; waits until every node's /readyz is 200 and
 #                                     HAProxy has them UP; prints the front-end addresses
 #                                     (idempotent: prints them if already running)
@@ -28,6 +29,8 @@
 #   CLUSTER_STATS_PORT      HAProxy stats page (default: a free port), /stats and /stats;csv
 #   CLUSTER_READY_TIMEOUT   seconds to wait for readiness (default 90)
 #   CLUSTER_EXTRA_ARGS      extra broker arguments for every node
+#   KAFKA_BOOTSTRAP         use this Kafka (host:port) instead of scripts/kafka.sh's (started if
+#                           not running)
 #
 # Everything listens on 127.0.0.1 only. Nodes are plain child processes (setsid, logs in
 # $CLUSTER_DIR/nodeN.log); HAProxy runs unprivileged in daemon mode with a generated config.
@@ -222,11 +225,16 @@ cmd_start() {
     cmd_stop
   fi
   rm -rf "$DIR"; mkdir -p "$DIR"
-  if ! bash "$ROOT/scripts/kafka.sh" status >/dev/null 2>&1; then
-    say "starting Kafka (scripts/kafka.sh start)"
-    bash "$ROOT/scripts/kafka.sh" start >/dev/null
+  if [ -n "${KAFKA_BOOTSTRAP:-}" ]; then
+    # The Kafka the caller (e.g. a test) uses too.
+    echo "$KAFKA_BOOTSTRAP" >"$DIR/bootstrap"
+  else
+    if ! bash "$ROOT/scripts/kafka.sh" status >/dev/null 2>&1; then
+      say "starting Kafka (scripts/kafka.sh start)"
+      bash "$ROOT/scripts/kafka.sh" start >/dev/null
+    fi
+    bash "$ROOT/scripts/kafka.sh" bootstrap >"$DIR/bootstrap"
   fi
-  bash "$ROOT/scripts/kafka.sh" bootstrap >"$DIR/bootstrap"
   broker_bin >"$DIR/bin"
   local n
   for n in "${NODES[@]}"; do start_node "$n" 0 0; done

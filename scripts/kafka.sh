@@ -21,6 +21,9 @@
 #   KAFKA_LIBS             jar directory (default: $KAFKA_DIR/libs); lets a second,
 #                          private instance (own KAFKA_DIR) reuse the fetched jars
 #   KAFKA_HEAP_OPTS        JVM heap (default: -Xms256m -Xmx512m)
+#   KAFKA_GC_OPTS          JVM garbage collector options (default: -XX:+UseG1GC -XX:MaxGCPauseMillis=20)
+#   KAFKA_EXTRA_PROPERTIES extra server.properties lines, separated by ';' (later lines win,
+#                          e.g. "num.network.threads=1;num.io.threads=1")
 #   KAFKA_START_TIMEOUT    seconds to wait for readiness (default: 90)
 #   KAFKA_MAVEN_REPO       Maven local repository for fetch (default: Maven's, ~/.m2/repository)
 #
@@ -161,6 +164,9 @@ num.network.threads=2
 num.io.threads=2
 num.recovery.threads.per.data.dir=1
 EOF
+    if [[ -n "${KAFKA_EXTRA_PROPERTIES:-}" ]]; then
+        tr ';' '\n' <<<"$KAFKA_EXTRA_PROPERTIES" >>"$CONF/server.properties"
+    fi
     cat >"$CONF/log4j2.xml" <<EOF
 <?xml version="1.0" encoding="UTF-8"?>
 <Configuration status="WARN">
@@ -218,7 +224,9 @@ cmd_start() {
     java="$(java_cmd)"
     cp="$LIBS/*"
     local jopts=(-Dlog4j2.configurationFile="$CONF/log4j2.xml" -Dkafka.logs.dir="$LOGS"
-        -Djava.awt.headless=true -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExitOnOutOfMemoryError)
+        -Djava.awt.headless=true -XX:+ExitOnOutOfMemoryError)
+    # shellcheck disable=SC2206
+    jopts+=(${KAFKA_GC_OPTS:--XX:+UseG1GC -XX:MaxGCPauseMillis=20})
     if [[ ! -f "$DATA/meta.properties" ]]; then
         local uuid
         uuid="$("$java" "${jopts[@]}" -cp "$cp" kafka.tools.StorageTool random-uuid </dev/null 2>>"$LOGS/stdout.log" | tail -n 1)"

@@ -47,7 +47,11 @@ use rdkafka::{
 use stomp_codec::Headers;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::ClusterConfig, core::BrokerCore, metrics::Metrics};
+use crate::{
+    config::ClusterConfig,
+    core::BrokerCore,
+    metrics::{LatencyHistogram, Metrics, PromType},
+};
 
 /// Record header: the producing node's id.
 pub const H_ORIGIN: &str = "stomp-cluster-origin";
@@ -59,6 +63,11 @@ pub const H_MESSAGE_ID: &str = "stomp-message-id";
 pub const H_DESTINATION: &str = "stomp-destination";
 /// Record header: the authenticated user who sent it (if any).
 pub const H_USER: &str = "stomp-user";
+/// Record header: when the publishing node relayed the message, µs since
+/// the Unix epoch (its wall clock), for the `consume` stage of
+/// `stomp_cluster_relay_latency_seconds` (finer than the record's
+/// millisecond CreateTime, which is the fallback).
+pub const H_SENT_US: &str = "stomp-cluster-sent-us";
 /// Prefix of record headers carrying the message's passed-through STOMP
 /// headers (`h.content-type`, ...).
 pub const H_PASS_PREFIX: &str = "h.";
@@ -135,6 +144,55 @@ pub struct ClusterStats {
     pub joined: AtomicBool,
     /// Node id → when it was last heard.
     seen: Mutex<HashMap<String, Instant>>,
+    /// Per-hop latency of relayed messages
+    /// (`stomp_cluster_relay_latency_seconds{stage}`).
+    pub latency: RelayLatency,
+}
+
+/// Where a relayed message's time goes, hop by hop
+/// (`stomp_cluster_relay_latency_seconds{stage=...}`).
+#[derive(Debug, Default)]
+pub struct RelayLatency {
+    /// Publishing node: handed to the producer → Kafka's acknowledgement
+    /// (delivery report).
+    pub produce_ack: LatencyHistogram,
+    /// Relayed by the publishing node (its wall clock, [`H_SENT_US`]) →
+    /// returned by this node's consumer poll (this node's wall clock):
+    /// the producer's queue and linger, Kafka, the fetch and the
+    /// consumer's queue. Across machines it includes their clock offset.
+    pub consume: LatencyHistogram,
+    /// Consuming node: returned by the poll → handed to the local
+    /// subscribers' queues (router).
+    pub deliver: LatencyHistogram,
+}
+
+impl RelayLatency {
+    /// The stages and their `stage` label values.
+    fn stages(&self) -> [(&'static str, &LatencyHistogram); 3] {
+        [
+            ("produce_ack", &self.produce_ack),
+            ("consume", &self.consume),
+            ("deliver", &self.deliver),
+        ]
+    }
+}
+
+/// Microseconds since the Unix epoch by the wall clock (0 before it).
+fn wall_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// What a produced record carries to its delivery report.
+#[derive(Debug)]
+struct Relayed {
+    /// Bytes charged to the in-flight limit and the memory budget; 0 for
+    /// a heartbeat (not charged, not counted).
+    charged: usize,
+    /// When it was handed to the producer.
+    sent: Instant,
 }
 
 /// Producer context: counts acknowledgements and failures and gives a
@@ -147,16 +205,22 @@ struct RelayContext {
 impl ClientContext for RelayContext {}
 
 impl ProducerContext for RelayContext {
-    /// The bytes a relayed message was charged (always > 0); 0 for a
-    /// heartbeat.
-    type DeliveryOpaque = usize;
+    type DeliveryOpaque = Box<Relayed>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, charged: usize) {
-        if charged > 0 {
-            self.release(charged);
+    fn delivery(&self, result: &DeliveryResult<'_>, relayed: Box<Relayed>) {
+        if relayed.charged > 0 {
+            self.release(relayed.charged);
             match result {
-                Ok(_) => self.stats.relayed_out.fetch_add(1, Relaxed),
-                Err(_) => self.stats.produce_failures.fetch_add(1, Relaxed),
+                Ok(_) => {
+                    self.stats
+                        .latency
+                        .produce_ack
+                        .observe(relayed.sent.elapsed());
+                    self.stats.relayed_out.fetch_add(1, Relaxed);
+                }
+                Err(_) => {
+                    self.stats.produce_failures.fetch_add(1, Relaxed);
+                }
             };
         }
     }
@@ -239,6 +303,9 @@ impl Cluster {
                 "queue.buffering.max.kbytes",
                 producer_queue_kbytes(cfg).to_string(),
             );
+        for (k, v) in &cfg.producer {
+            pcfg.set(k, v);
+        }
         let producer: ThreadedProducer<RelayContext> = pcfg
             .create_with_context(RelayContext {
                 stats: stats.clone(),
@@ -295,6 +362,9 @@ impl Cluster {
                 consumer_prefetch_kbytes(&cfg).to_string(),
             )
             .set("socket.nagle.disable", "true");
+        for (k, v) in &cfg.consumer {
+            ccfg.set(k, v);
+        }
         let consumer: BaseConsumer = ccfg
             .create()
             .map_err(|e| anyhow::anyhow!("cluster consumer: {e}"))?;
@@ -417,6 +487,8 @@ impl Cluster {
         body: &Bytes,
     ) {
         let size = RECORD_OVERHEAD
+            + H_SENT_US.len()
+            + 20
             + key.len()
             + body.len()
             + H_KIND.len()
@@ -444,7 +516,8 @@ impl Cluster {
             }
             return;
         }
-        let mut headers = OwnedHeaders::new_with_capacity(pass.len() + 5)
+        let sent_us = wall_us().to_string();
+        let mut headers = OwnedHeaders::new_with_capacity(pass.len() + 6)
             .insert(Header {
                 key: H_KIND,
                 value: Some("msg"),
@@ -460,6 +533,10 @@ impl Cluster {
             .insert(Header {
                 key: H_DESTINATION,
                 value: Some(destination),
+            })
+            .insert(Header {
+                key: H_SENT_US,
+                value: Some(sent_us.as_str()),
             });
         if let Some(u) = user {
             headers = headers.insert(Header {
@@ -480,7 +557,11 @@ impl Cluster {
                 value: Some(v.as_ref()),
             });
         }
-        let record = BaseRecord::with_opaque_to(&self.topic, size)
+        let relayed = Box::new(Relayed {
+            charged: size,
+            sent: Instant::now(),
+        });
+        let record = BaseRecord::with_opaque_to(&self.topic, relayed)
             .key(key)
             .payload(body.as_ref())
             .headers(headers);
@@ -529,7 +610,7 @@ impl Cluster {
 
     /// Prometheus text.
     pub fn write_prometheus(&self, out: &mut String) {
-        use crate::metrics::{PromText, PromType};
+        use crate::metrics::PromText;
         let s = &self.stats;
         PromText::new(out)
             .header(
@@ -598,6 +679,19 @@ impl Cluster {
                 "Bytes of relayed messages awaiting Kafka's acknowledgement (charged to the memory budget).",
                 s.in_flight_bytes.load(Relaxed) as i64,
             );
+        let mut p = PromText::new(out);
+        p.header(
+            "stomp_cluster_relay_latency_seconds",
+            PromType::Histogram,
+            "Relayed messages' latency per hop: produce_ack (publishing node: produce to Kafka's ack), consume (relayed by the publishing node to polled here; wall clocks), deliver (polled here to handed to local subscribers).",
+        );
+        for (stage, h) in s.latency.stages() {
+            p.histogram(
+                "stomp_cluster_relay_latency_seconds",
+                &[("stage", stage)],
+                h,
+            );
+        }
         if let Some(queues) = &self.queues {
             queues.write_prometheus(out);
         }
@@ -708,6 +802,7 @@ fn consume_loop(
         let Some(res) = consumer.poll(POLL) else {
             continue;
         };
+        let polled = Instant::now();
         let msg = match res {
             Ok(m) => m,
             Err(KafkaError::PartitionEOF(_)) => continue,
@@ -729,6 +824,7 @@ fn consume_loop(
         let mut origin = None;
         let mut id = None;
         let mut destination = None;
+        let mut sent_us = None;
         let mut pass = Headers::new();
         if let Some(hs) = msg.headers() {
             for h in hs.iter() {
@@ -738,6 +834,11 @@ fn consume_loop(
                     H_ORIGIN => origin = std::str::from_utf8(v).ok(),
                     H_MESSAGE_ID => id = std::str::from_utf8(v).ok(),
                     H_DESTINATION => destination = std::str::from_utf8(v).ok(),
+                    H_SENT_US => {
+                        sent_us = std::str::from_utf8(v)
+                            .ok()
+                            .and_then(|v| v.parse::<u64>().ok())
+                    }
                     k => {
                         if let Some(name) = k.strip_prefix(H_PASS_PREFIX) {
                             pass.push(
@@ -770,9 +871,24 @@ fn consume_loop(
                     Bytes::from_static(b"message-id"),
                     Bytes::copy_from_slice(id.as_bytes()),
                 );
+                let sent_us = sent_us.or_else(|| {
+                    msg.timestamp()
+                        .to_millis()
+                        .and_then(|ms| u64::try_from(ms).ok())
+                        .map(|ms| ms.saturating_mul(1000))
+                });
+                if let Some(sent_us) = sent_us {
+                    let took = wall_us().saturating_sub(sent_us);
+                    cluster
+                        .stats
+                        .latency
+                        .consume
+                        .observe(Duration::from_micros(took));
+                }
                 let body = Bytes::copy_from_slice(msg.payload().unwrap_or_default());
                 match core.publish(destination, pass, body) {
                     Ok(_) => {
+                        cluster.stats.latency.deliver.observe(polled.elapsed());
                         cluster.stats.relayed_in.fetch_add(1, Relaxed);
                     }
                     Err(e) => {
@@ -817,10 +933,16 @@ fn heartbeat_loop(cluster: Arc<Cluster>, core: Weak<BrokerCore>, shutdown: Cance
                 key: H_ORIGIN,
                 value: Some(cluster.node_id.as_str()),
             });
-        let record = BaseRecord::with_opaque_to(&cluster.topic, 0usize)
-            .key(cluster.node_id.as_str())
-            .payload(value.as_str())
-            .headers(headers);
+        let record = BaseRecord::with_opaque_to(
+            &cluster.topic,
+            Box::new(Relayed {
+                charged: 0,
+                sent: Instant::now(),
+            }),
+        )
+        .key(cluster.node_id.as_str())
+        .payload(value.as_str())
+        .headers(headers);
         if let Err((e, _)) = cluster.producer.send(record) {
             tracing::debug!(error = %e, "cluster heartbeat not produced");
         }

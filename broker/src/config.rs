@@ -4,7 +4,7 @@
 //! environment variables (`STOMP_BROKER_*`) and command-line flags; see
 //! [`Args`]. `config/example.toml` in the repository lists every key.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -135,6 +135,13 @@ pub struct ClusterConfig {
     /// has taken and that are not done yet (dispatched and unacknowledged,
     /// or waiting for a consumer); the partition is paused beyond.
     pub queue_window: usize,
+    /// Extra librdkafka properties for the relay producer, applied last
+    /// (over the broker's latency defaults and `kafka.client`), e.g.
+    /// `"linger.ms" = "5"` to trade latency for fewer produce requests.
+    pub producer: BTreeMap<String, String>,
+    /// Extra librdkafka properties for the cluster consumer, applied last
+    /// (over the broker's latency defaults and `kafka.client`).
+    pub consumer: BTreeMap<String, String>,
 }
 
 impl Default for ClusterConfig {
@@ -149,6 +156,8 @@ impl Default for ClusterConfig {
             max_in_flight_bytes: 64 << 20,
             heartbeat_ms: 1_000,
             queue_window: 1_000,
+            producer: BTreeMap::new(),
+            consumer: BTreeMap::new(),
         }
     }
 }

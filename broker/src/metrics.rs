@@ -102,6 +102,8 @@ pub enum PromType {
     Gauge,
     /// `_sum` and `_count` samples.
     Summary,
+    /// Cumulative `_bucket{le=...}` samples, `_sum` and `_count`.
+    Histogram,
 }
 
 impl<'a> PromText<'a> {
@@ -116,6 +118,7 @@ impl<'a> PromText<'a> {
             PromType::Counter => "counter",
             PromType::Gauge => "gauge",
             PromType::Summary => "summary",
+            PromType::Histogram => "histogram",
         };
         let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         self
@@ -157,6 +160,31 @@ impl<'a> PromText<'a> {
         self
     }
 
+    /// The samples of one histogram series: cumulative `_bucket`s (with
+    /// `labels` plus `le`), `_sum` (seconds) and `_count`. The `# HELP`/`# TYPE`
+    /// lines are written once per family with [`PromText::header`].
+    pub fn histogram(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        h: &LatencyHistogram,
+    ) -> &mut Self {
+        let snap = h.snapshot();
+        let mut with_le: Vec<(&str, &str)> = labels.to_vec();
+        let mut cumulative = 0u64;
+        let bucket = format!("{name}_bucket");
+        for (i, le) in LATENCY_BUCKETS_LE.iter().enumerate() {
+            cumulative += snap.buckets[i];
+            with_le.push(("le", le));
+            self.sample_labels(&bucket, &with_le, cumulative);
+            with_le.pop();
+        }
+        with_le.push(("le", "+Inf"));
+        self.sample_labels(&bucket, &with_le, snap.count);
+        self.sample_labels(&format!("{name}_sum"), labels, snap.sum_ns as f64 / 1e9)
+            .sample_labels(&format!("{name}_count"), labels, snap.count)
+    }
+
     /// A counter with one unlabelled sample.
     pub fn counter(&mut self, name: &str, help: &str, v: u64) -> &mut Self {
         self.header(name, PromType::Counter, help)
@@ -182,6 +210,66 @@ pub fn escape_label(v: &str) -> String {
         }
     }
     out
+}
+
+/// Upper bounds of [`LatencyHistogram`]'s buckets, in seconds (fine around
+/// the 1–10 ms a relayed message should take, coarse beyond).
+pub const LATENCY_BUCKETS_S: [f64; 17] = [
+    0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25,
+    0.5, 1.0, 2.5,
+];
+/// [`LATENCY_BUCKETS_S`] as Prometheus `le` label values.
+const LATENCY_BUCKETS_LE: [&str; 17] = [
+    "0.0005", "0.001", "0.002", "0.003", "0.004", "0.005", "0.0075", "0.01", "0.015", "0.02",
+    "0.03", "0.05", "0.1", "0.25", "0.5", "1", "2.5",
+];
+
+/// A latency histogram with fixed buckets ([`LATENCY_BUCKETS_S`], plus
+/// `+Inf`), lock-free: observing is three relaxed atomic adds. Rendered
+/// as a Prometheus histogram by [`PromText::histogram`].
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    /// Non-cumulative counts; the last one is above the largest bound.
+    buckets: [AtomicU64; LATENCY_BUCKETS_S.len() + 1],
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+/// A point-in-time copy of a [`LatencyHistogram`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistogramSnapshot {
+    /// Non-cumulative counts per bucket, the last above the largest bound.
+    pub buckets: Vec<u64>,
+    /// Observations.
+    pub count: u64,
+    /// Sum of the observations, ns.
+    pub sum_ns: u64,
+}
+
+impl LatencyHistogram {
+    /// Records one latency.
+    pub fn observe(&self, d: std::time::Duration) {
+        let s = d.as_secs_f64();
+        let i = LATENCY_BUCKETS_S
+            .iter()
+            .position(|&le| s <= le)
+            .unwrap_or(LATENCY_BUCKETS_S.len());
+        if let Some(b) = self.buckets.get(i) {
+            b.fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_ns
+            .fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// The current counts.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        HistogramSnapshot {
+            buckets: self.buckets.iter().map(|b| b.load(Relaxed)).collect(),
+            count: self.count.load(Relaxed),
+            sum_ns: self.sum_ns.load(Relaxed),
+        }
+    }
 }
 
 fn command_index(c: Command) -> usize {
@@ -667,5 +755,31 @@ mod tests {
             "# HELP m_total Help.\n# TYPE m_total counter\nm_total{a=\"x\\\"y\",b=\"z\\\\\"} 2\nm_total 3\n\
              # HELP s Sum.\n# TYPE s summary\ns_sum 0.5\ns_count{only=\"one\"} 1\n"
         );
+    }
+
+    #[test]
+    fn latency_histogram_renders_cumulative_buckets_sum_and_count() {
+        let h = LatencyHistogram::default();
+        h.observe(std::time::Duration::from_micros(300));
+        h.observe(std::time::Duration::from_millis(3));
+        h.observe(std::time::Duration::from_millis(40));
+        h.observe(std::time::Duration::from_secs(10));
+        let mut out = String::new();
+        PromText::new(&mut out)
+            .header("lat_seconds", PromType::Histogram, "Latency.")
+            .histogram("lat_seconds", &[("stage", "consume")], &h);
+        assert!(out.contains("# TYPE lat_seconds histogram\n"), "{out}");
+        for line in [
+            "lat_seconds_bucket{stage=\"consume\",le=\"0.0005\"} 1\n",
+            "lat_seconds_bucket{stage=\"consume\",le=\"0.002\"} 1\n",
+            "lat_seconds_bucket{stage=\"consume\",le=\"0.003\"} 2\n",
+            "lat_seconds_bucket{stage=\"consume\",le=\"0.05\"} 3\n",
+            "lat_seconds_bucket{stage=\"consume\",le=\"2.5\"} 3\n",
+            "lat_seconds_bucket{stage=\"consume\",le=\"+Inf\"} 4\n",
+            "lat_seconds_sum{stage=\"consume\"} 10.0433\n",
+            "lat_seconds_count{stage=\"consume\"} 4\n",
+        ] {
+            assert!(out.contains(line), "{line} not in {out}");
+        }
     }
 }

@@ -243,6 +243,73 @@ async fn topics_fan_out_across_three_nodes_in_order_with_one_message_id() -> Res
     Ok(())
 }
 
+/// The value of the sample `series` (name with its labels, exactly as
+/// rendered) from `/metrics`.
+async fn series(b: &TestBroker, series: &str) -> Result<f64> {
+    let (_, text) = b.http_get("/metrics").await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("{series} not in /metrics"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_latency_histogram_has_samples_per_stage_after_cross_node_messages() -> Result<()> {
+    let brokers = bootstrap();
+    let topic = unique("cluster-latency");
+    let group = unique("cluster-latency-group");
+    let a = TestBroker::start_with(node(&brokers, &topic, "node-a", &group, &[])).await;
+    let b = TestBroker::start_with(node(&brokers, &topic, "node-b", &group, &[])).await;
+    all_ready(&[&a, &b]).await?;
+    for n in [&a, &b] {
+        wait_for("2 nodes seen", JOIN, || async {
+            metric(n, "stomp_cluster_nodes").await.ok() == Some(2.0)
+        })
+        .await?;
+    }
+    let mut sub = b.tcp_client().await;
+    sub.subscribe("s", "/topic/latency", "auto").await?;
+    const N: usize = 5;
+    let mut pubr = a.tcp_client().await;
+    for i in 0..N {
+        pubr.send_receipted("/topic/latency", &format!("m-{i}"))
+            .await?;
+    }
+    messages(&mut sub, N).await?;
+
+    let h = "stomp_cluster_relay_latency_seconds";
+    let count = |stage: &str| format!("{h}_count{{stage=\"{stage}\"}}");
+    // Publishing node: every record acknowledged by Kafka was timed.
+    wait_for(
+        "produce_ack samples on the publishing node",
+        JOIN,
+        || async { series(&a, &count("produce_ack")).await.ok() == Some(N as f64) },
+    )
+    .await?;
+    // Consuming node: every relayed message was timed from its relay to
+    // the poll, and from the poll to its subscribers.
+    for stage in ["consume", "deliver"] {
+        ensure!(
+            series(&b, &count(stage)).await? == N as f64,
+            "{stage} on node-b"
+        );
+        ensure!(
+            series(&b, &format!("{h}_bucket{{stage=\"{stage}\",le=\"+Inf\"}}")).await? == N as f64
+        );
+        ensure!(series(&b, &format!("{h}_sum{{stage=\"{stage}\"}}")).await? > 0.0);
+        // Nothing came back to the publisher from itself.
+        ensure!(series(&a, &count(stage)).await? == 0.0, "{stage} on node-a");
+    }
+    ensure!(series(&b, &count("produce_ack")).await? == 0.0);
+    let (_, m) = b.http_get("/metrics").await?;
+    ensure!(m.contains(&format!("# TYPE {h} histogram\n")), "{m}");
+
+    for n in [a, b] {
+        n.stop().await;
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_destinations_and_kafka_routes_reach_every_node() -> Result<()> {
     let brokers = bootstrap();
