@@ -47,7 +47,7 @@ test('stomp.js queue consumer survives its node and the queue owner being killed
   writeFileSync(config, `[cluster]\ntopic = "${uniq('js-cq-topic').replace(/[^A-Za-z0-9-]/g, '-')}"\npartitions = 1\n`);
   env = {
     ...process.env,
-    CLUSTER_DIR: dir,
+    CLUSTER_DIR: path.join(dir, 'state'), // cluster.sh start empties its state dir
     CLUSTER_CONFIG: config,
     CLUSTER_GROUP_ID: uniq('js-cq-group').replace(/[^A-Za-z0-9-]/g, '-'),
   };

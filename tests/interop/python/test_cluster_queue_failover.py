@@ -8,6 +8,7 @@ consumer reconnects through HAProxy and resubscribes, as stomp.py users do. Ever
 RECEIPT the producer got arrives at least once (at-least-once: duplicates are counted and
 printed, not hidden); the killed nodes restart and rejoin (/readyz 200, HAProxy UP)."""
 import os
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -100,8 +101,9 @@ class Producer(stomp.ConnectionListener):
 
 
 def test_stomp_py_queue_survives_consumer_and_owner_node_kill_through_haproxy():
-    state = tempfile.mkdtemp(prefix="py-cluster-q-")
-    config = os.path.join(state, "nodes.toml")
+    base = tempfile.mkdtemp(prefix="py-cluster-q-")
+    state = os.path.join(base, "state")  # cluster.sh start empties its state dir
+    config = os.path.join(base, "nodes.toml")
     with open(config, "w") as f:
         # One queue partition: the queue's owner is the one node that owns a partition.
         f.write(f'[cluster]\ntopic = "{uniq("py-cq-topic")}"\npartitions = 1\n')
@@ -171,3 +173,4 @@ def test_stomp_py_queue_survives_consumer_and_owner_node_kill_through_haproxy():
                        and "haproxy=UP" in l for l in status.splitlines()), status
     finally:
         script(env, "stop")
+        shutil.rmtree(base, ignore_errors=True)
