@@ -285,7 +285,11 @@ async fn owned_partitions(http: SocketAddr) -> Option<f64> {
 /// Connects through HAProxy and subscribes to `queue` with client-individual
 /// ack (no receipt: a MESSAGE may come first), retrying while HAProxy still
 /// routes to a dead node.
-async fn connect_queue_consumer(front: SocketAddr, queue: &str, within: Duration) -> Result<Client> {
+async fn connect_queue_consumer(
+    front: SocketAddr,
+    queue: &str,
+    within: Duration,
+) -> Result<Client> {
     let deadline = Instant::now() + within;
     loop {
         let attempt = async {
@@ -293,7 +297,11 @@ async fn connect_queue_consumer(front: SocketAddr, queue: &str, within: Duration
             c.connect_default().await?;
             c.command(
                 Cmd::Subscribe,
-                &[("id", "q"), ("destination", queue), ("ack", "client-individual")],
+                &[
+                    ("id", "q"),
+                    ("destination", queue),
+                    ("ack", "client-individual"),
+                ],
             )
             .await?;
             anyhow::Ok(c)
@@ -331,10 +339,8 @@ async fn rust_queue_consumer_survives_node_kills_through_haproxy() -> Result<()>
             unique("cluster-q-topic")
         ),
     )?;
-    let cluster = Cluster::start_with(
-        &bin,
-        vec![("CLUSTER_CONFIG", config.display().to_string())],
-    )?;
+    let cluster =
+        Cluster::start_with(&bin, vec![("CLUSTER_CONFIG", config.display().to_string())])?;
     let _ = std::fs::remove_dir_all(&conf_dir);
     let front = cluster.addr("CLUSTER_STOMP")?;
     let nodes: Vec<(String, SocketAddr)> = ["node1", "node2", "node3"]
@@ -481,7 +487,10 @@ async fn rust_queue_consumer_survives_node_kills_through_haproxy() -> Result<()>
         seen.values().map(|n| n - 1).sum::<usize>(),
         dups.join(" "),
     );
-    assert!(missing.is_empty(), "receipted queue messages lost: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "receipted queue messages lost: {missing:?}"
+    );
     assert!(!receipted.is_empty(), "the producer got no RECEIPT at all");
     assert!(reconnects >= 1, "the consumer never lost its connection");
     producer.disconnect().await?;
@@ -492,9 +501,11 @@ async fn rust_queue_consumer_survives_node_kills_through_haproxy() -> Result<()>
     let status = cluster.script(&["status"])?;
     for v in &victims {
         assert!(
-            status.lines().any(|l| l.starts_with(&format!("{v}: running"))
-                && l.contains("readyz=200")
-                && l.contains("haproxy=UP")),
+            status
+                .lines()
+                .any(|l| l.starts_with(&format!("{v}: running"))
+                    && l.contains("readyz=200")
+                    && l.contains("haproxy=UP")),
             "{v} did not rejoin: {status}"
         );
     }
