@@ -282,6 +282,39 @@ async fn owned_partitions(http: SocketAddr) -> Option<f64> {
         .and_then(|v| v.trim().parse::<f64>().ok())
 }
 
+/// Removes a directory when dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The one node (other than `except`) with client connections, waiting up
+/// to 10 s for exactly one.
+async fn node_with_connections(
+    nodes: &[(String, SocketAddr)],
+    except: Option<&str>,
+) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut on = Vec::new();
+        for (name, http) in nodes {
+            if Some(name.as_str()) != except && connections(*http).await.unwrap_or(0) > 0 {
+                on.push(name.clone());
+            }
+        }
+        if on.len() == 1 {
+            return Ok(on.remove(0));
+        }
+        if Instant::now() > deadline {
+            bail!("expected exactly one node (besides {except:?}) with a connection, got {on:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Connects through HAProxy and subscribes to `queue` with client-individual
 /// ack (no receipt: a MESSAGE may come first), retrying while HAProxy still
 /// routes to a dead node.
@@ -318,19 +351,20 @@ async fn connect_queue_consumer(
 }
 
 /// Issue 13 item 5 for `/queue`: a consumer (client-individual ack, ACKing
-/// what it processes) through HAProxy loses its node to SIGKILL, then the node
-/// owning the queue's partition (one partition: the one node whose
-/// `stomp_cluster_queue_owned_partitions` is 1) is SIGKILLed too if that is
-/// another node, while a producer on the third node SENDs with a receipt
-/// each. The consumer reconnects through HAProxy and resubscribes; every
+/// what it processes) through HAProxy, placed on a node that does not own the
+/// queue's partition (one partition: the one node whose
+/// `stomp_cluster_queue_owned_partitions` is 1), loses its node to SIGKILL,
+/// then the owner is SIGKILLed too, while a producer on the third node SENDs
+/// with a receipt each. The consumer reconnects through HAProxy and resubscribes; every
 /// RECEIPT'd message arrives at least once (duplicates counted and printed);
 /// the killed nodes restart and rejoin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_queue_consumer_survives_node_kills_through_haproxy() -> Result<()> {
     let bin = broker_binary()?;
-    let conf_dir = std::env::temp_dir().join(unique("cluster-q-conf"));
-    std::fs::create_dir_all(&conf_dir)?;
-    let config = conf_dir.join("nodes.toml");
+    // The config must outlive the cluster: `restart` starts the node with it again.
+    let conf_dir = RemoveOnDrop(std::env::temp_dir().join(unique("cluster-q-conf")));
+    std::fs::create_dir_all(&conf_dir.0)?;
+    let config = conf_dir.0.join("nodes.toml");
     // One queue partition, so the queue's owner is the one node owning a partition.
     std::fs::write(
         &config,
@@ -341,7 +375,6 @@ async fn rust_queue_consumer_survives_node_kills_through_haproxy() -> Result<()>
     )?;
     let cluster =
         Cluster::start_with(&bin, vec![("CLUSTER_CONFIG", config.display().to_string())])?;
-    let _ = std::fs::remove_dir_all(&conf_dir);
     let front = cluster.addr("CLUSTER_STOMP")?;
     let nodes: Vec<(String, SocketAddr)> = ["node1", "node2", "node3"]
         .iter()
@@ -369,23 +402,17 @@ async fn rust_queue_consumer_survives_node_kills_through_haproxy() -> Result<()>
     };
 
     let queue = format!("/queue/{}", unique("rust-cq"));
-    let client = connect_queue_consumer(front, &queue, Duration::from_secs(10)).await?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let consumer_node = loop {
-        let mut on = Vec::new();
-        for (name, http) in &nodes {
-            if connections(*http).await.unwrap_or(0) > 0 {
-                on.push(name.clone());
-            }
-        }
-        if on.len() == 1 {
-            break on.remove(0);
-        }
-        if Instant::now() > deadline {
-            bail!("expected exactly one node with the consumer's connection, got {on:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let mut client = connect_queue_consumer(front, &queue, Duration::from_secs(10)).await?;
+    let mut consumer_node = node_with_connections(&nodes, None).await?;
+    if consumer_node == owner {
+        // Both kills should happen (the consumer's node, then the owner): while
+        // this connection holds the owner, HAProxy's leastconn puts the next one
+        // on another node. Nothing has been sent yet, so the swap loses nothing.
+        let second = connect_queue_consumer(front, &queue, Duration::from_secs(10)).await?;
+        consumer_node = node_with_connections(&nodes, Some(&owner)).await?;
+        client.disconnect().await?;
+        client = second;
+    }
     let mut victims = vec![consumer_node.clone()];
     if owner != consumer_node {
         victims.push(owner.clone());

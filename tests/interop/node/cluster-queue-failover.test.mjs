@@ -1,15 +1,15 @@
 // stomp.js (reconnectDelay) through HAProxy's WebSocket front end in front of a 3-node cluster
 // (scripts/cluster.sh), for /queue destinations (issue 13 item 5): the consumer subscribes with
 // client-individual ack and ACKs each message; the producer sends numbered messages with a
-// receipt each (publish + watchForReceipt). Mid-stream the consumer's node is SIGKILLed, then the
-// node owning the queue's partition (one partition: the one node with
-// stomp_cluster_queue_owned_partitions 1) if that is another node, while sends continue.
+// receipt each (publish + watchForReceipt). The consumer is placed on a node that does not own the
+// queue's partition (one partition: the one node with stomp_cluster_queue_owned_partitions 1).
+// Mid-stream the consumer's node is SIGKILLed, then the owner, while sends continue.
 // stomp.js reconnects through HAProxy and resubscribes in onConnect; every RECEIPT'd message
 // arrives at least once (duplicates counted and printed); the killed nodes restart and rejoin.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { REPO_ROOT } from '../lib/broker.mjs';
@@ -20,6 +20,7 @@ import {
 const MESSAGES = 90;
 const clients = [];
 let env = null;
+let dir = null;
 
 function script(...args) {
   return execFileSync('bash', [path.join(REPO_ROOT, 'scripts/cluster.sh'), ...args], {
@@ -38,10 +39,11 @@ async function metric(http, name) {
 after(async () => {
   for (const c of clients) await c.close().catch(() => {});
   if (env) { try { script('stop'); } catch { /* already stopped */ } }
+  if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
 test('stomp.js queue consumer survives its node and the queue owner being killed through HAProxy; no RECEIPT\'d message is lost', { timeout: 240000 }, async () => {
-  const dir = mkdtempSync(path.join(tmpdir(), 'js-cluster-q-'));
+  dir = mkdtempSync(path.join(tmpdir(), 'js-cluster-q-'));
   const config = path.join(dir, 'nodes.toml');
   // One queue partition: the queue's owner is the one node that owns a partition.
   writeFileSync(config, `[cluster]\ntopic = "${uniq('js-cq-topic').replace(/[^A-Za-z0-9-]/g, '-')}"\npartitions = 1\n`);
@@ -67,36 +69,53 @@ test('stomp.js queue consumer survives its node and the queue owner being killed
   const queue = `/queue/${uniq('js-cq').replace(/[^A-Za-z0-9-]/g, '-')}`;
   const bodies = new Map();
   let redelivered = 0;
-  const subscribed = [];
-  const sub = await connectStomp(addrs.CLUSTER_WS, {
-    name: 'cluster-queue-sub',
-    reconnectDelay: 200,
-    onConnect: (_frame, client) => {
-      const receipt = uniq('resub');
-      const p = receiptPromise(client, receipt, 10000);
-      p.catch(() => {});
-      client.subscribe(queue, (m) => {
-        bodies.set(m.body, (bodies.get(m.body) ?? 0) + 1);
-        if (m.headers.redelivered === 'true') redelivered += 1;
-        try { m.ack(); } catch { /* connection gone: redelivered */ }
-      }, { receipt, ack: 'client-individual' });
-      subscribed.push(p);
-    },
-  });
-  clients.push(sub);
-  await subscribed[0];
-
-  let mine = [];
-  await waitFor(async () => {
-    const counts = await Promise.all(nodes.map((n) => metric(http(n), 'stomp_connections')));
-    mine = nodes.filter((_, i) => counts[i] > 0);
-    return mine.length === 1;
-  }, { timeout: 10000, what: "the consumer's node" });
-  const victims = [mine[0], ...(owner !== mine[0] ? [owner] : [])];
+  const consumer = async (name) => {
+    const subscribed = [];
+    const c = await connectStomp(addrs.CLUSTER_WS, {
+      name,
+      reconnectDelay: 200,
+      onConnect: (_frame, client) => {
+        const receipt = uniq('resub');
+        const p = receiptPromise(client, receipt, 10000);
+        p.catch(() => {});
+        client.subscribe(queue, (m) => {
+          bodies.set(m.body, (bodies.get(m.body) ?? 0) + 1);
+          if (m.headers.redelivered === 'true') redelivered += 1;
+          try { m.ack(); } catch { /* connection gone: redelivered */ }
+        }, { receipt, ack: 'client-individual' });
+        subscribed.push(p);
+      },
+    });
+    clients.push(c);
+    await subscribed[0];
+    return c;
+  };
+  // The one node (but `except`) with client connections.
+  const nodeWithConnections = async (except) => {
+    let on = [];
+    await waitFor(async () => {
+      const counts = await Promise.all(nodes.map((n) => metric(http(n), 'stomp_connections')));
+      on = nodes.filter((n, i) => n !== except && counts[i] > 0);
+      return on.length === 1;
+    }, { timeout: 10000, interval: 50, what: `one node${except ? ` besides ${except}` : ''} with a connection` });
+    return on[0];
+  };
+  let sub = await consumer('cluster-queue-sub');
+  let consumerNode = await nodeWithConnections(null);
+  if (consumerNode === owner) {
+    // Both kills should happen (the consumer's node, then the owner): while this connection
+    // holds the owner, HAProxy's leastconn puts the next one on another node. Nothing has been
+    // sent yet, so the swap loses nothing.
+    const second = await consumer('cluster-queue-sub2');
+    consumerNode = await nodeWithConnections(owner);
+    await sub.close();
+    sub = second;
+  }
+  const victims = [consumerNode, ...(owner !== consumerNode ? [owner] : [])];
   const survivor = nodes.find((n) => !victims.includes(n));
   const pub = await connectStomp(`${http(survivor).replace('http://', 'ws://')}/ws`, { name: 'cluster-queue-pub' });
   clients.push(pub);
-  console.log(`consumer on ${mine[0]}, queue owner ${owner}, producer on ${survivor}`);
+  console.log(`consumer on ${consumerNode}, queue owner ${owner}, producer on ${survivor}`);
 
   const kills = new Map([[MESSAGES / 3, victims[0]]]);
   if (victims.length > 1) kills.set((2 * MESSAGES) / 3, victims[1]);
