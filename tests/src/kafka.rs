@@ -87,6 +87,21 @@ pub fn broker_binary() -> Result<PathBuf> {
         ])
         .arg("--target-dir")
         .arg(target_dir);
+    // `cargo test` runs this binary with the test package's CARGO_MANIFEST_DIR,
+    // CARGO_PKG_NAME, ... set; some build scripts (ring's) declare
+    // `rerun-if-env-changed` on those, so passing them on would make this build
+    // rebuild ring and everything above it, and the next `cargo test` rebuild
+    // it all back (minutes per round trip on a small machine).
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || name == "CARGO_CRATE_NAME"
+            || name == "CARGO_PRIMARY_PACKAGE"
+        {
+            cmd.env_remove(name);
+        }
+    }
     if release {
         cmd.arg("--release");
     }

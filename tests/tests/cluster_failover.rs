@@ -38,16 +38,27 @@ struct Cluster {
 
 impl Cluster {
     fn start(bin: &Path, topic: &str) -> Result<Cluster> {
+        Cluster::start_with(
+            bin,
+            vec![
+                ("CLUSTER_ROUTES", format!("{topic}=/topic/order.{{key}}")),
+                // Its own cluster topic: no cross-talk with other tests' clusters.
+                ("CLUSTER_TOPIC", unique("cluster-topic")),
+            ],
+        )
+    }
+
+    /// `scripts/cluster.sh start` with these extra environment variables.
+    fn start_with(bin: &Path, extra: Vec<(&'static str, String)>) -> Result<Cluster> {
         let dir = std::env::temp_dir().join(unique("cluster"));
-        let envs = vec![
+        std::fs::create_dir_all(&dir)?;
+        let mut envs = vec![
             ("CLUSTER_DIR", dir.display().to_string()),
             ("STOMP_BROKER_BIN", bin.display().to_string()),
-            ("CLUSTER_ROUTES", format!("{topic}=/topic/order.{{key}}")),
             ("CLUSTER_GROUP_ID", unique("cluster-group")),
-            // Its own cluster topic: no cross-talk with other tests' clusters.
-            ("CLUSTER_TOPIC", unique("cluster-topic")),
             ("KAFKA_BOOTSTRAP", bootstrap()),
         ];
+        envs.extend(extra);
         let mut c = Cluster {
             dir,
             envs,
@@ -254,5 +265,276 @@ async fn rust_client_survives_node_kill_through_haproxy() -> Result<()> {
         .context("node address")?;
     assert_eq!(e2e_tests::kafka::readyz(http).await, 200);
     client.disconnect().await?;
+    Ok(())
+}
+
+/// Messages sent to the queue in `rust_queue_consumer_survives_node_kills_through_haproxy`.
+const QUEUE_MESSAGES: usize = 90;
+
+/// The `stomp_cluster_queue_owned_partitions` gauge of the node at `http`.
+async fn owned_partitions(http: SocketAddr) -> Option<f64> {
+    let (status, text) = e2e_tests::http_get(http, "/metrics").await.ok()?;
+    if status != 200 {
+        return None;
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("stomp_cluster_queue_owned_partitions "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+}
+
+/// Removes a directory when dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The one node (other than `except`) with client connections, waiting up
+/// to 10 s for exactly one.
+async fn node_with_connections(
+    nodes: &[(String, SocketAddr)],
+    except: Option<&str>,
+) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut on = Vec::new();
+        for (name, http) in nodes {
+            if Some(name.as_str()) != except && connections(*http).await.unwrap_or(0) > 0 {
+                on.push(name.clone());
+            }
+        }
+        if on.len() == 1 {
+            return Ok(on.remove(0));
+        }
+        if Instant::now() > deadline {
+            bail!("expected exactly one node (besides {except:?}) with a connection, got {on:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Connects through HAProxy and subscribes to `queue` with client-individual
+/// ack (no receipt: a MESSAGE may come first), retrying while HAProxy still
+/// routes to a dead node.
+async fn connect_queue_consumer(
+    front: SocketAddr,
+    queue: &str,
+    within: Duration,
+) -> Result<Client> {
+    let deadline = Instant::now() + within;
+    loop {
+        let attempt = async {
+            let mut c = Client::tcp(front).await?;
+            c.connect_default().await?;
+            c.command(
+                Cmd::Subscribe,
+                &[
+                    ("id", "q"),
+                    ("destination", queue),
+                    ("ack", "client-individual"),
+                ],
+            )
+            .await?;
+            anyhow::Ok(c)
+        };
+        match tokio::time::timeout(Duration::from_secs(3), attempt).await {
+            Ok(Ok(c)) => return Ok(c),
+            Ok(Err(e)) if Instant::now() < deadline => eprintln!("reconnect attempt: {e:#}"),
+            Err(_) if Instant::now() < deadline => eprintln!("reconnect attempt timed out"),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => bail!("reconnect timed out"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Issue 13 item 5 for `/queue`: a consumer (client-individual ack, ACKing
+/// what it processes) through HAProxy, placed on a node that does not own the
+/// queue's partition (one partition: the one node whose
+/// `stomp_cluster_queue_owned_partitions` is 1), loses its node to SIGKILL,
+/// then the owner is SIGKILLed too, while a producer on the third node SENDs
+/// with a receipt each. The consumer reconnects through HAProxy and resubscribes; every
+/// RECEIPT'd message arrives at least once (duplicates counted and printed);
+/// the killed nodes restart and rejoin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_queue_consumer_survives_node_kills_through_haproxy() -> Result<()> {
+    let bin = broker_binary()?;
+    // The config must outlive the cluster: `restart` starts the node with it again.
+    let conf_dir = RemoveOnDrop(std::env::temp_dir().join(unique("cluster-q-conf")));
+    std::fs::create_dir_all(&conf_dir.0)?;
+    let config = conf_dir.0.join("nodes.toml");
+    // One queue partition, so the queue's owner is the one node owning a partition.
+    std::fs::write(
+        &config,
+        format!(
+            "[cluster]\ntopic = \"{}\"\npartitions = 1\n",
+            unique("cluster-q-topic")
+        ),
+    )?;
+    let cluster =
+        Cluster::start_with(&bin, vec![("CLUSTER_CONFIG", config.display().to_string())])?;
+    let front = cluster.addr("CLUSTER_STOMP")?;
+    let nodes: Vec<(String, SocketAddr)> = ["node1", "node2", "node3"]
+        .iter()
+        .map(|n| {
+            let key = format!("CLUSTER_{}_HTTP", n.to_uppercase());
+            Ok((n.to_string(), cluster.addr(&key)?))
+        })
+        .collect::<Result<_>>()?;
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let owner = loop {
+        let mut owners = Vec::new();
+        for (name, http) in &nodes {
+            if owned_partitions(*http).await == Some(1.0) {
+                owners.push(name.clone());
+            }
+        }
+        if owners.len() == 1 {
+            break owners.remove(0);
+        }
+        if Instant::now() > deadline {
+            bail!("queue partition owners: {owners:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    let queue = format!("/queue/{}", unique("rust-cq"));
+    let mut client = connect_queue_consumer(front, &queue, Duration::from_secs(10)).await?;
+    let mut consumer_node = node_with_connections(&nodes, None).await?;
+    if consumer_node == owner {
+        // Both kills should happen (the consumer's node, then the owner): while
+        // this connection holds the owner, HAProxy's leastconn puts the next one
+        // on another node. Nothing has been sent yet, so the swap loses nothing.
+        let second = connect_queue_consumer(front, &queue, Duration::from_secs(10)).await?;
+        consumer_node = node_with_connections(&nodes, Some(&owner)).await?;
+        client.disconnect().await?;
+        client = second;
+    }
+    let mut victims = vec![consumer_node.clone()];
+    if owner != consumer_node {
+        victims.push(owner.clone());
+    }
+    let survivor = ["node1", "node2", "node3"]
+        .into_iter()
+        .find(|n| !victims.iter().any(|v| v == n))
+        .context("a surviving node")?;
+    let mut producer =
+        Client::tcp(cluster.addr(&format!("CLUSTER_{}_STOMP", survivor.to_uppercase()))?).await?;
+    producer.connect_default().await?;
+    eprintln!("consumer on {consumer_node}, queue owner {owner}, producer on {survivor}");
+
+    // The consumer: records and ACKs every MESSAGE, reconnects through HAProxy.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(HashMap::<String, usize>::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let consuming = {
+        let (seen, stop, queue) = (seen.clone(), stop.clone(), queue.clone());
+        tokio::spawn(async move {
+            let mut client = client;
+            let mut reconnects = 0usize;
+            let mut redelivered = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match client.recv_within(Duration::from_millis(500)).await {
+                    Ok(f) if f.command == Cmd::Message => {
+                        if f.header_str("redelivered") == Some("true") {
+                            redelivered += 1;
+                        }
+                        *seen.lock().expect("seen").entry(body(&f)).or_default() += 1;
+                        let ack = f.header_str("ack").context("ack header")?.to_owned();
+                        // A dead connection shows on the next receive.
+                        let _ = client.command(Cmd::Ack, &[("id", &ack)]).await;
+                    }
+                    Ok(f) => bail!("unexpected frame {f:?}"),
+                    Err(e) if e.to_string().contains("timed out") => {}
+                    Err(e) => {
+                        eprintln!("consumer connection lost ({e:#}); reconnecting through HAProxy");
+                        client =
+                            connect_queue_consumer(front, &queue, Duration::from_secs(30)).await?;
+                        reconnects += 1;
+                    }
+                }
+            }
+            anyhow::Ok((reconnects, redelivered))
+        })
+    };
+
+    let mut receipted = Vec::new();
+    for i in 0..QUEUE_MESSAGES {
+        if i == QUEUE_MESSAGES / 3 {
+            cluster.script(&["kill", &victims[0]])?;
+        }
+        if i == 2 * QUEUE_MESSAGES / 3 && victims.len() > 1 {
+            cluster.script(&["kill", &victims[1]])?;
+        }
+        let body = format!("m{i:04}");
+        match tokio::time::timeout(
+            Duration::from_secs(20),
+            producer.send_receipted(&queue, &body),
+        )
+        .await
+        {
+            Ok(Ok(())) => receipted.push(body),
+            Ok(Err(e)) => bail!("producer on the surviving node failed: {e:#}"),
+            Err(_) => eprintln!("no RECEIPT for {body} within 20 s (it may be lost)"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let missing = loop {
+        let missing: Vec<String> = {
+            let seen = seen.lock().expect("seen");
+            receipted
+                .iter()
+                .filter(|b| !seen.contains_key(*b))
+                .cloned()
+                .collect()
+        };
+        if missing.is_empty() || Instant::now() > deadline || consuming.is_finished() {
+            break missing;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (reconnects, redelivered) = consuming.await??;
+    let seen = seen.lock().expect("seen").clone();
+    let mut dups: Vec<String> = seen
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(b, n)| format!("{b}×{n}"))
+        .collect();
+    dups.sort();
+    eprintln!(
+        "rust queue failover: {}/{QUEUE_MESSAGES} receipted, {} of them received, {} duplicates [{}], \
+         {redelivered} redelivered, {reconnects} reconnects, killed {victims:?}",
+        receipted.len(),
+        receipted.len() - missing.len(),
+        seen.values().map(|n| n - 1).sum::<usize>(),
+        dups.join(" "),
+    );
+    assert!(
+        missing.is_empty(),
+        "receipted queue messages lost: {missing:?}"
+    );
+    assert!(!receipted.is_empty(), "the producer got no RECEIPT at all");
+    assert!(reconnects >= 1, "the consumer never lost its connection");
+    producer.disconnect().await?;
+
+    for v in &victims {
+        cluster.script(&["restart", v])?;
+    }
+    let status = cluster.script(&["status"])?;
+    for v in &victims {
+        assert!(
+            status
+                .lines()
+                .any(|l| l.starts_with(&format!("{v}: running"))
+                    && l.contains("readyz=200")
+                    && l.contains("haproxy=UP")),
+            "{v} did not rejoin: {status}"
+        );
+    }
     Ok(())
 }
