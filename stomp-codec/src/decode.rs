@@ -68,6 +68,10 @@ pub struct Decoder {
     /// input is not re-scanned.
     #[cfg(test)]
     scanned: usize,
+    /// Tests only: parse every line with the general steps, to compare the
+    /// fast path against them.
+    #[cfg(test)]
+    general_only: bool,
 }
 
 /// The parse position in an incomplete frame. `Default` is "nothing parsed".
@@ -118,6 +122,8 @@ impl Decoder {
             progress: Progress::default(),
             #[cfg(test)]
             scanned: 0,
+            #[cfg(test)]
+            general_only: false,
         }
     }
 
@@ -232,7 +238,11 @@ impl Decoder {
             // the scan state as `scan_line` would) at the first byte or line
             // that needs the general steps below: a backslash, NUL or bare
             // CR, the end of the input, or a line that fails a check.
-            if self.progress.scan <= self.progress.pos {
+            #[cfg(test)]
+            let fast = !self.general_only;
+            #[cfg(not(test))]
+            let fast = true;
+            if fast && self.progress.scan <= self.progress.pos {
                 if let Some(body_start) = self.fast_lines(buf, view_len) {
                     return Ok(Some(body_start));
                 }
@@ -1033,5 +1043,76 @@ mod tests {
             panic!()
         };
         assert_eq!(f.body.as_ptr() as usize, base + 38);
+    }
+
+    /// Everything a decoder returns for `wire`, fed in pieces of `step`
+    /// bytes (0: all at once), and the bytes it scanned.
+    fn run(mut dec: Decoder, wire: &[u8], step: usize) -> (Vec<Result<Decoded, Error>>, usize) {
+        let mut out = Vec::new();
+        let mut buf = BytesMut::new();
+        let chunks: Vec<&[u8]> = if step == 0 {
+            vec![wire]
+        } else {
+            wire.chunks(step).collect()
+        };
+        'feed: for chunk in chunks {
+            buf.extend_from_slice(chunk);
+            loop {
+                match dec.decode(&mut buf) {
+                    Ok(Some(item)) => out.push(Ok(item)),
+                    Ok(None) => break,
+                    Err(e) => {
+                        out.push(Err(e));
+                        break 'feed;
+                    }
+                }
+            }
+        }
+        (out, dec.scanned)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+
+        /// The fast path gives exactly what the general steps give (frames,
+        /// heart-beats, errors and where they happen), whole or split, and
+        /// scans no more bytes.
+        #[test]
+        fn fast_path_matches_the_general_steps(
+            parts in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    &b"SEND\n"[..], b"MESSAGE\r\n", b"SUBSCRIBE\n", b"CONNECT\n", b"SE",
+                    b"destination:/q/a\n", b"id:1\r\n", b"content-length:", b"3", b"0",
+                    b"content-length:2\n", b"a:b:c\n", b"x", b"abcdefghijkl", b":", b"\n",
+                    b"\r\n", b"\r", b"\0", b"\\", b"\\c", b"\t", b"\n\n", b"body\0",
+                    b"h\\n:v\\c\n", b"123456789", b"\0\n",
+                ]),
+                0..40,
+            ),
+            small in proptest::prelude::any::<bool>(),
+            version in 0usize..3,
+            step in 0usize..4,
+        ) {
+            let wire = parts.concat();
+            let limits = if small {
+                Limits {
+                    max_frame: 64,
+                    max_headers: 3,
+                    max_header_line: 12,
+                    max_body: 8,
+                    max_header_bytes: 40,
+                }
+            } else {
+                Limits::default()
+            };
+            let mut fast = Decoder::new(limits);
+            fast.set_version(Version::ALL[version]);
+            let mut general = fast.clone();
+            general.general_only = true;
+            let (a, scanned_fast) = run(fast, &wire, step);
+            let (b, scanned_general) = run(general, &wire, step);
+            proptest::prop_assert_eq!(a, b);
+            proptest::prop_assert!(scanned_fast <= scanned_general);
+        }
     }
 }
