@@ -233,11 +233,12 @@ fn bench_fanout(c: &mut Criterion) {
 /// non-empty name, the first `content-length` parsed strictly; a backslash
 /// only marks the line for unescaping when the frame is built, as in the
 /// decoder. Benchmarked against the decoder's header step (`decoder/...`),
-/// which keeps its resumable one-pass scan and uses nom's `take_till` only to
-/// skip plain runs: faster than both the table-per-byte loop it replaced and
-/// this parser (numbers in docs/benchmarks.md, "Header lines: hand-written vs
-/// nom"). Not used by the decoder: it re-parses from the start of the
-/// section whenever input is incomplete.
+/// which keeps its resumable one-pass scan (a fast path for whole ordinary
+/// lines and a word-at-a-time skip of plain bytes since "Round 2
+/// optimisation"; before that nom's `take_till`): faster than this parser
+/// (numbers in docs/benchmarks.md, "Header lines: hand-written vs nom" and
+/// "Round 2 optimisation"). Not used by the decoder: it re-parses from the
+/// start of the section whenever input is incomplete.
 mod nom_head {
     use nom::{
         branch::alt,
