@@ -117,6 +117,11 @@ enum Scenario {
         /// Topic.
         #[arg(long, default_value = "/topic/fanout")]
         topic: String,
+        /// The target is `bare-fanout` (the tokio-tungstenite baseline, no
+        /// STOMP): no CONNECT/SUBSCRIBE; the publisher sends the MESSAGE
+        /// frames the broker would deliver, the server forwards them.
+        #[arg(long)]
+        bare: bool,
     },
     /// S2 per-order 1:1: N subscribers each on /topic/<prefix>.<id>,
     /// open-loop publishing spread over the ids.
@@ -397,7 +402,8 @@ fn main() -> Result<()> {
                 rate,
                 window,
                 topic,
-            } => scenarios::s1(&common, *subscribers, *body, *rate, *window, topic).await,
+                bare,
+            } => scenarios::s1(&common, *subscribers, *body, *rate, *window, topic, *bare).await,
             Scenario::S2 {
                 subscribers,
                 rate,
@@ -511,6 +517,7 @@ fn main() -> Result<()> {
                     *rate,
                     *window,
                     topic,
+                    false,
                 )
                 .await
             }
