@@ -122,6 +122,10 @@ enum Scenario {
         /// frames the broker would deliver, the server forwards them.
         #[arg(long)]
         bare: bool,
+        /// Seconds to keep the connections open after the last delivery
+        /// (scripts/bench-callgrind-s1.sh measures until then).
+        #[arg(long, default_value_t = 0.0)]
+        hold: f64,
     },
     /// S2 per-order 1:1: N subscribers each on /topic/<prefix>.<id>,
     /// open-loop publishing spread over the ids.
@@ -403,7 +407,20 @@ fn main() -> Result<()> {
                 window,
                 topic,
                 bare,
-            } => scenarios::s1(&common, *subscribers, *body, *rate, *window, topic, *bare).await,
+                hold,
+            } => {
+                scenarios::s1(
+                    &common,
+                    *subscribers,
+                    *body,
+                    *rate,
+                    *window,
+                    topic,
+                    *bare,
+                    *hold,
+                )
+                .await
+            }
             Scenario::S2 {
                 subscribers,
                 rate,
@@ -518,6 +535,7 @@ fn main() -> Result<()> {
                     *window,
                     topic,
                     false,
+                    0.0,
                 )
                 .await
             }

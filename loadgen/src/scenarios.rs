@@ -412,6 +412,13 @@ fn spawn_series(pid: Option<u32>, until: u64) -> JoinHandle<Vec<Snapshot>> {
 /// Waits until deliveries stop arriving (at most `max`), then stops the
 /// subscribers.
 pub(crate) async fn drain(ctx: &RunCtx, expected: Option<u64>, max: Duration) {
+    wait_delivered(ctx, expected, max).await;
+    ctx.stop.cancel();
+}
+
+/// Waits until `expected` deliveries arrived or they stop arriving (at
+/// most `max`).
+async fn wait_delivered(ctx: &RunCtx, expected: Option<u64>, max: Duration) {
     let until = now_ns() + max.as_nanos() as u64;
     let mut last = ctx.delivered.load(Ordering::Relaxed);
     let mut quiet = 0;
@@ -427,7 +434,6 @@ pub(crate) async fn drain(ctx: &RunCtx, expected: Option<u64>, max: Duration) {
         }
         last = d;
     }
-    ctx.stop.cancel();
 }
 
 pub(crate) fn put_errors(row: &mut Row, m: &Measured) {
@@ -451,6 +457,7 @@ pub async fn s1(
     window: u64,
     topic: &str,
     bare: bool,
+    hold: f64,
 ) -> Result<()> {
     fanout(
         c,
@@ -462,6 +469,7 @@ pub async fn s1(
         window,
         topic,
         bare,
+        hold,
     )
     .await
 }
@@ -492,7 +500,9 @@ async fn open_many_bare(
 /// One publisher on `c.target`, `subscribers` subscribers on one topic
 /// spread round-robin over `sub_targets` (S1: the same broker; S7: other
 /// cluster nodes). `bare`: the targets are `bare-fanout` servers; the
-/// publisher sends the MESSAGE frames subscribers are to receive.
+/// publisher sends the MESSAGE frames subscribers are to receive. `hold`:
+/// seconds to keep every connection open after the last delivery (the
+/// server is idle then: scripts/bench-callgrind-s1.sh stops measuring).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn fanout(
     c: &Common,
@@ -504,6 +514,7 @@ pub(crate) async fn fanout(
     window: u64,
     topic: &str,
     bare: bool,
+    hold: f64,
 ) -> Result<()> {
     let mut subs = Vec::with_capacity(subscribers);
     let parts = sub_targets.len().max(1);
@@ -563,7 +574,12 @@ pub(crate) async fn fanout(
         }
     };
     let expected = published.sent * subscribers as u64;
-    drain(&ctx, Some(expected), Duration::from_secs(10)).await;
+    wait_delivered(&ctx, Some(expected), Duration::from_secs(10)).await;
+    if hold > 0.0 {
+        eprintln!("loadgen: all delivered; holding the connections for {hold} s");
+        tokio::time::sleep(Duration::from_secs_f64(hold)).await;
+    }
+    ctx.stop.cancel();
     let m = join_groups(groups, 1).await?;
     let edges = sampler.await?;
     let (a, b) = edges[0];
