@@ -7,6 +7,7 @@
 #   broker-fpm      stomp-broker --ws-frame-per-message
 #   bare            bare-fanout: one WebSocket message per delivery
 #   bare-batched    bare-fanout --batch: one WebSocket message per write
+#   broker-old      OLD_BROKER (a broker binary to compare with), if set
 # Prints every run and, per variant, the median deliveries/s and deliveries
 # per broker CPU-second, and their ratio to `bare`.
 #
@@ -29,6 +30,10 @@ for round in $(seq 1 "$ROUNDS"); do
     start_bare "$@"; loadgen_bare s1 --variant bare "${common[@]}" >/dev/null || blog "bare failed"; stop_ours
     start_bare --batch "$@"
     loadgen_bare s1 --variant bare-batched "${common[@]}" >/dev/null || blog "bare-batched failed"; stop_ours
+    if [[ -n "${OLD_BROKER:-}" ]]; then
+        BROKER_BIN="$OLD_BROKER" start_ours
+        loadgen_ours s1 --variant broker-old "${common[@]}" >/dev/null || blog "broker-old failed"; stop_ours
+    fi
 done
 blog "done, load $(cut -d' ' -f1-3 /proc/loadavg); rows in $RESULTS"
 python3 - "$RESULTS" <<'PY'
