@@ -296,14 +296,20 @@ pub struct Empty;
 impl OutboundRx {
     /// The next item; `None` once the queue is empty and its
     /// [`ConnShared`] is gone. Cancel-safe (nothing is taken unless it
-    /// returns it).
+    /// returns it). Takes part in tokio's cooperative budget, as tokio's
+    /// channels do: a task whose queue never runs dry still yields now and
+    /// then, so the time driver runs and its deadlines fire (heart-beats,
+    /// token expiry — see `a_flooded_connection_still_checks_its_heart_beat_deadline`).
     pub async fn recv(&mut self) -> Option<Outbound> {
         poll_fn(|cx| {
+            let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
             let mut q = self.queue.lock();
             if let Some(item) = Queue::pop(&mut q) {
+                coop.made_progress();
                 return Poll::Ready(Some(item));
             }
             if q.tx_dropped {
+                coop.made_progress();
                 return Poll::Ready(None);
             }
             match &mut q.waker {
@@ -336,5 +342,97 @@ impl Drop for OutboundRx {
         };
         // Dropped outside the lock: a message's drop may run other code.
         drop(items);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn() -> (Arc<ConnShared>, OutboundRx) {
+        ConnShared::new(
+            1,
+            1 << 20,
+            SlowConsumerPolicy::Disconnect,
+            Arc::new(Metrics::default()),
+        )
+    }
+
+    fn receipt(id: &str) -> Outbound {
+        Outbound::Frame(Box::new(
+            Frame::new(stomp_codec::Command::Receipt).with_header("receipt-id", id.to_owned()),
+        ))
+    }
+
+    fn receipt_id(item: Option<Outbound>) -> String {
+        match item {
+            Some(Outbound::Frame(f)) => f.header_str("receipt-id").unwrap_or("").to_owned(),
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn items_arrive_in_order_and_the_queue_ends_with_its_connection() {
+        let (conn, mut rx) = conn();
+        for id in ["a", "b", "c"] {
+            assert!(conn.send_control(receipt(id)));
+        }
+        assert_eq!(receipt_id(rx.recv().await), "a");
+        assert_eq!(receipt_id(rx.try_recv().ok()), "b");
+        drop(conn);
+        // What was queued before the handle went away is still delivered.
+        assert_eq!(receipt_id(rx.recv().await), "c");
+        assert!(rx.recv().await.is_none());
+        assert_eq!(rx.try_recv().err(), Some(Empty));
+    }
+
+    #[tokio::test]
+    async fn a_closed_queue_refuses_pushes_and_keeps_what_it_holds() {
+        let (conn, mut rx) = conn();
+        assert!(conn.push(receipt("kept"), 10));
+        rx.close();
+        assert!(conn.is_closed());
+        assert!(!conn.send_control(receipt("late")));
+        assert!(
+            !conn.push(receipt("late"), 10),
+            "refused push is not accounted"
+        );
+        assert_eq!(conn.pending_bytes(), 10);
+        assert_eq!(receipt_id(rx.try_recv().ok()), "kept");
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_sleeping_receiver_is_woken_by_a_push_from_another_task() {
+        let (conn, mut rx) = conn();
+        let waiter = tokio::spawn(async move {
+            let first = rx.recv().await;
+            let second = rx.recv().await;
+            (receipt_id(first), receipt_id(second))
+        });
+        // Let the receiver go to sleep first, then push from elsewhere.
+        tokio::task::yield_now().await;
+        let pusher = conn.clone();
+        tokio::spawn(async move {
+            pusher.send_control(receipt("x"));
+            pusher.send_control(receipt("y"));
+        })
+        .await
+        .expect("pusher");
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken within 5 s")
+            .expect("waiter");
+        assert_eq!(got, ("x".to_owned(), "y".to_owned()));
+    }
+
+    #[test]
+    fn a_drained_queue_gives_back_a_burst_s_memory() {
+        let (conn, mut rx) = conn();
+        for _ in 0..(KEEP_SLOTS * 2) {
+            conn.send_control(Outbound::Disconnect);
+        }
+        while rx.try_recv().is_ok() {}
+        assert!(conn.queue.lock().items.capacity() <= KEEP_SLOTS);
     }
 }
