@@ -11,6 +11,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 BIN_DIR="$CARGO_TARGET_DIR/release"
 BROKER_BIN="$BIN_DIR/stomp-broker"
 LOADGEN_BIN="$BIN_DIR/loadgen"
+BARE_BIN="$BIN_DIR/bare-fanout"
 BROKER_CPU="${BROKER_CPU:-0}"
 GEN_CPU="${GEN_CPU:-1}"
 BENCH_NICE="${BENCH_NICE:--10}"
@@ -45,18 +46,32 @@ machine_info() {
 
 # start_ours [extra broker flags...]: fresh broker pinned to $BROKER_CPU.
 start_ours() {
-    local pf="$WORK/ours.ports"
-    rm -f "$pf"
+    rm -f "$WORK/ours.ports"
     taskset -c "$BROKER_CPU" "$BROKER_BIN" --stomp-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
-        --port-file "$pf" --log-level warn "$@" >"$WORK/ours.log" 2>&1 &
+        --port-file "$WORK/ours.ports" --log-level warn "$@" >"$WORK/ours.log" 2>&1 &
     OURS_PID=$!
+    wait_port_file stomp-broker
+}
+
+# start_bare [bare-fanout flags...]: the S1 baseline (loadgen's bare-fanout:
+# tokio-tungstenite fan-out without STOMP) in place of the broker, pinned
+# the same way; stop it with stop_ours, drive it with loadgen_bare.
+start_bare() {
+    rm -f "$WORK/ours.ports"
+    taskset -c "$BROKER_CPU" "$BARE_BIN" --port-file "$WORK/ours.ports" "$@" \
+        >"$WORK/ours.log" 2>&1 &
+    OURS_PID=$!
+    wait_port_file bare-fanout
+}
+
+wait_port_file() {
     local i
     for i in $(seq 1 100); do
-        [[ -s "$pf" ]] && { sleep 0.2; return 0; }
+        [[ -s "$WORK/ours.ports" ]] && { sleep 0.2; return 0; }
         kill -0 "$OURS_PID" 2>/dev/null || { cat "$WORK/ours.log" >&2; return 1; }
         sleep 0.1
     done
-    blog "stomp-broker did not write its port file"; return 1
+    blog "$1 did not write its port file"; return 1
 }
 
 stop_ours() {
@@ -75,6 +90,13 @@ loadgen_ours() {
     local sc="$1"; shift
     taskset -c "$GEN_CPU" "$LOADGEN_BIN" "$sc" --port-file "$WORK/ours.ports" \
         --broker-pid "$OURS_PID" --label stomp-broker "$@"
+}
+
+# loadgen_bare s1 [args...]: loadgen against start_bare's server.
+loadgen_bare() {
+    local sc="$1"; shift
+    taskset -c "$GEN_CPU" "$LOADGEN_BIN" "$sc" --bare --port-file "$WORK/ours.ports" \
+        --broker-pid "$OURS_PID" --label bare-fanout "$@"
 }
 
 start_rabbit() {

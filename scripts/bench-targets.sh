@@ -3,7 +3,10 @@
 # run, broker on CPU $BROKER_CPU, loadgen on CPU $GEN_CPU). Appends every
 # result to docs/bench-targets.jsonl and prints the tables.
 #
-#   S1  1,000 subscribers, max throughput          target >= 1,000,000 deliveries/s
+#   S1  1,000 subscribers, max throughput          target >= 2,000,000 deliveries/s and at
+#       least the bare tokio-tungstenite fan-out (bare-fanout, no STOMP) in the same round:
+#       rows `S1 ws bare-tungstenite` (one WebSocket message per delivery) and
+#       `bare-tungstenite-batched` (one per write, as the broker packs them)
 #   S2  10,000 ids, open loop at S2_RATES msgs/s    target p99 <= 5 ms at 50,000/s
 #   S3  S3_CONNS idle connections with heart-beats  target <= 8 KiB RSS each at 50,000
 #       (default: as many as the open-file limit allows, minus headroom)
@@ -40,6 +43,14 @@ run() { start_ours; loadgen_ours "$@" "${common[@]}" || blog "failed: $*"; stop_
 for round in $(seq 1 "$ROUNDS"); do
     blog "round $round"
     run s1 --subscribers 1000
+    start_bare
+    loadgen_bare s1 --subscribers 1000 --variant bare-tungstenite "${common[@]}" \
+        || blog "s1 bare failed"
+    stop_ours
+    start_bare --batch
+    loadgen_bare s1 --subscribers 1000 --variant bare-tungstenite-batched "${common[@]}" \
+        || blog "s1 bare batched failed"
+    stop_ours
     start_ours --ws-frame-per-message
     loadgen_ours s1 --subscribers 1000 --variant ws-frame-per-message "${common[@]}" \
         || blog "s1 frame per message failed"

@@ -103,7 +103,7 @@ async fn run<T: Transport>(
     core: Arc<BrokerCore>,
     transport: T,
     session: Session,
-    rx: tokio::sync::mpsc::UnboundedReceiver<Outbound>,
+    rx: crate::outbound::OutboundRx,
     info: &ConnInfo,
 ) {
     let mut task = Task::new(core, transport, session, rx);
@@ -205,7 +205,7 @@ struct Task<T> {
     core: Arc<BrokerCore>,
     transport: T,
     session: Session,
-    rx: tokio::sync::mpsc::UnboundedReceiver<Outbound>,
+    rx: crate::outbound::OutboundRx,
     decoder: Decoder,
     rbuf: BytesMut,
     connect_deadline: Instant,
@@ -224,7 +224,7 @@ impl<T: Transport> Task<T> {
         core: Arc<BrokerCore>,
         transport: T,
         session: Session,
-        rx: tokio::sync::mpsc::UnboundedReceiver<Outbound>,
+        rx: crate::outbound::OutboundRx,
     ) -> Self {
         let now = Instant::now();
         Task {

@@ -13,7 +13,6 @@ use std::{
 use bytes::Bytes;
 use dashmap::DashMap;
 use stomp_codec::{AckMode, Headers, Limits};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -308,7 +307,7 @@ impl BrokerCore {
     }
 
     /// A new connection handle and the receiver its task drains.
-    pub fn new_conn(&self) -> (Arc<ConnShared>, mpsc::UnboundedReceiver<Outbound>) {
+    pub fn new_conn(&self) -> (Arc<ConnShared>, crate::outbound::OutboundRx) {
         ConnShared::new(
             self.next_conn.fetch_add(1, Relaxed),
             self.config.limits.max_pending_bytes_per_connection,
@@ -453,7 +452,7 @@ struct DeferredReplay {
 pub struct LocalSubscription {
     core: Arc<BrokerCore>,
     conn: Arc<ConnShared>,
-    rx: mpsc::UnboundedReceiver<Outbound>,
+    rx: crate::outbound::OutboundRx,
     handle: SubscriptionHandle,
 }
 

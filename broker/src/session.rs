@@ -10,7 +10,8 @@ use std::{
 
 use bytes::Bytes;
 use stomp_codec::{
-    encode, AckMode, ClientFrame, Command, Connect, Frame, FrameAck, Headers, Version,
+    encode, AckMode, ClientFrame, Command, Connect, Frame, FrameAck, Headers, MessageTemplate,
+    Version,
 };
 
 use crate::{
@@ -102,6 +103,9 @@ struct SubState {
     sub: Subscriber,
     is_queue: bool,
     unacked: VecDeque<Unacked>,
+    /// `subscription:<id>\n`, escaped for the session's version once at
+    /// SUBSCRIBE: all an `auto` subscription adds to a live MESSAGE.
+    own_line: Bytes,
 }
 
 #[derive(Debug)]
@@ -411,6 +415,12 @@ pub struct Session {
     backend_writes: Arc<std::sync::Mutex<BackendWrites>>,
     heart_beats: HeartBeats,
     subs: HashMap<Arc<str>, SubState, foldhash::fast::RandomState>,
+    /// The `auto` subscription the last live delivery went to, and its
+    /// [`SubState::own_line`]: consecutive deliveries to it (a fan-out
+    /// batch) skip the `subs` lookup. Cleared whenever `subs` changes, so
+    /// the key is always a live subscription's own `Arc` (compared by
+    /// pointer: a delivery carries the `Arc` its subscription was made with).
+    last_auto: Option<(Arc<str>, Bytes)>,
     transactions: HashMap<String, Tx>,
     /// Bytes held by all open transactions.
     tx_bytes: usize,
@@ -451,6 +461,7 @@ impl Session {
             backend_writes: Arc::default(),
             heart_beats: HeartBeats::default(),
             subs: HashMap::default(),
+            last_auto: None,
             transactions: HashMap::new(),
             tx_bytes: 0,
             next_ack: 1,
@@ -1025,6 +1036,8 @@ impl Session {
             }
         };
         self.temp_bytes += cost;
+        let own_line = self.own_line(&id);
+        self.last_auto = None;
         self.subs.insert(
             id.clone(),
             SubState {
@@ -1033,6 +1046,7 @@ impl Session {
                 sub,
                 is_queue: false,
                 unacked: VecDeque::new(),
+                own_line,
             },
         );
         self.temp_queues.insert(id, reply_dest.clone());
@@ -1376,6 +1390,8 @@ impl Session {
             .subscribe(destination, &self.conn, id.clone(), ack)
             .map_err(|e| route_error(e, destination))?;
         let is_queue = self.core.router.is_competing_queue(destination);
+        let own_line = self.own_line(&id);
+        self.last_auto = None;
         self.subs.insert(
             id.clone(),
             SubState {
@@ -1384,6 +1400,7 @@ impl Session {
                 sub,
                 is_queue,
                 unacked: VecDeque::new(),
+                own_line,
             },
         );
         if !is_queue {
@@ -1419,6 +1436,7 @@ impl Session {
                 ),
             ));
         };
+        self.last_auto = None;
         if let Some(st) = self.subs.remove(&key) {
             self.drop_sub(st);
         }
@@ -1557,9 +1575,31 @@ impl Session {
         }
     }
 
-    fn encode_message(&mut self, msg: Arc<Message>, sub: &Arc<str>, kind: DeliveryKind) {
-        let cost = msg.cost;
+    /// `subscription:<id>\n` for this session's version.
+    fn own_line(&self, id: &str) -> Bytes {
         let version = self.version.unwrap_or(Version::V1_2);
+        MessageTemplate::own_header_lines(version, &[("subscription", id.as_bytes())])
+    }
+
+    fn encode_message(&mut self, msg: Arc<Message>, sub: &Arc<str>, kind: DeliveryKind) {
+        let version = self.version.unwrap_or(Version::V1_2);
+        if kind == DeliveryKind::Live {
+            if let Some((last, line)) = &self.last_auto {
+                if Arc::ptr_eq(last, sub) {
+                    // Fast path: a live message to the same `auto`
+                    // subscription as the last one.
+                    msg.template
+                        .encode_with_lines(version, line, self.out.buf());
+                    self.out.commit_message(msg.text, msg.cost);
+                    if let Some(t) = &msg.ticket {
+                        t.ack();
+                    }
+                    self.core.metrics.frames_out(Command::Message, 1);
+                    return;
+                }
+            }
+        }
+        let cost = msg.cost;
         let max_unacked = self.core.config.limits.max_unacked_per_subscription;
         let Some(st) = self.subs.get_mut(sub) else {
             // Unsubscribed while the message was in flight.
@@ -1569,6 +1609,17 @@ impl Session {
             }
             return;
         };
+        if st.sub.ack == AckMode::Auto && kind == DeliveryKind::Live {
+            msg.template
+                .encode_with_lines(version, &st.own_line, self.out.buf());
+            self.out.commit_message(msg.text, cost);
+            if let Some(t) = &msg.ticket {
+                t.ack();
+            }
+            self.core.metrics.frames_out(Command::Message, 1);
+            self.last_auto = Some((sub.clone(), st.own_line.clone()));
+            return;
+        }
         let mut ack_buf = itoa::Buffer::new();
         let mut headers: [(&str, &[u8]); 3] =
             [("subscription", sub.as_bytes()), ("", b""), ("", b"")];
@@ -1623,6 +1674,7 @@ impl Session {
             let _ = self.end_transaction(&tx);
         }
         self.replay.clear();
+        self.last_auto = None;
         let subs: Vec<SubState> = self.subs.drain().map(|(_, s)| s).collect();
         for st in subs {
             self.drop_sub(st);

@@ -117,6 +117,15 @@ enum Scenario {
         /// Topic.
         #[arg(long, default_value = "/topic/fanout")]
         topic: String,
+        /// The target is `bare-fanout` (the tokio-tungstenite baseline, no
+        /// STOMP): no CONNECT/SUBSCRIBE; the publisher sends the MESSAGE
+        /// frames the broker would deliver, the server forwards them.
+        #[arg(long)]
+        bare: bool,
+        /// Seconds to keep the connections open after the last delivery
+        /// (scripts/bench-callgrind-s1.sh measures until then).
+        #[arg(long, default_value_t = 0.0)]
+        hold: f64,
     },
     /// S2 per-order 1:1: N subscribers each on /topic/<prefix>.<id>,
     /// open-loop publishing spread over the ids.
@@ -397,7 +406,21 @@ fn main() -> Result<()> {
                 rate,
                 window,
                 topic,
-            } => scenarios::s1(&common, *subscribers, *body, *rate, *window, topic).await,
+                bare,
+                hold,
+            } => {
+                scenarios::s1(
+                    &common,
+                    *subscribers,
+                    *body,
+                    *rate,
+                    *window,
+                    topic,
+                    *bare,
+                    *hold,
+                )
+                .await
+            }
             Scenario::S2 {
                 subscribers,
                 rate,
@@ -511,6 +534,8 @@ fn main() -> Result<()> {
                     *rate,
                     *window,
                     topic,
+                    false,
+                    0.0,
                 )
                 .await
             }

@@ -144,6 +144,22 @@ impl Target {
         }
     }
 
+    /// Opens connection `idx` to a bare fan-out server (`bare-fanout`, no
+    /// STOMP) and waits for its "registered" message, after which the
+    /// connection receives everything published.
+    pub async fn open_bare(&self, idx: usize) -> Result<Session> {
+        if self.transport != Transport::Ws {
+            bail!("the bare fan-out server speaks WebSocket only");
+        }
+        let mut conn = self.open(idx).await?;
+        match tokio::time::timeout(Duration::from_secs(30), conn.next()).await {
+            Ok(Some(Ok(_))) => Ok(Session::new(conn)),
+            Ok(Some(Err(e))) => Err(e),
+            Ok(None) => bail!("bare fan-out server closed the connection"),
+            Err(_) => bail!("bare fan-out server did not register the connection within 30 s"),
+        }
+    }
+
     /// Opens connection `idx` and completes CONNECT → CONNECTED.
     pub async fn open_stomp(&self, idx: usize, heart_beat: (u32, u32)) -> Result<Session> {
         let mut s = Session::new(self.open(idx).await?);
@@ -409,6 +425,10 @@ pub fn body_stamp(frame: &[u8], body: usize) -> Option<u64> {
     Some(u64::from_le_bytes(a))
 }
 
+/// The `message-id` of [`SendTemplate::bare_message`]: as long as the
+/// broker's ids during an S1 run (`<start time in hex>-<counter>`).
+const BARE_MESSAGE_ID: &str = "187e7a5f1c2b3d4e-1234567";
+
 /// Pre-encoded SEND frames to one destination with a fixed body size: the
 /// header block is built once, each message copies it, writes its timestamp
 /// into the body's first 8 bytes and pads the rest.
@@ -424,6 +444,22 @@ impl SendTemplate {
         let body_len = body_len.max(8);
         let head = format!(
             "SEND\ndestination:{destination}\ncontent-type:application/octet-stream\ncontent-length:{body_len}\n\n"
+        );
+        SendTemplate {
+            head: Bytes::from(head),
+            body_len,
+        }
+    }
+
+    /// A template of the MESSAGE frames stomp-broker delivers in S1 for a
+    /// SEND from [`SendTemplate::new`] (same headers, same lengths; the
+    /// message-id is a fixed stand-in of the broker's length), for
+    /// `loadgen s1 --bare`: the bare fan-out server forwards these bytes
+    /// unchanged, so each delivery puts the same bytes on the wire.
+    pub fn bare_message(destination: &str, body_len: usize) -> SendTemplate {
+        let body_len = body_len.max(8);
+        let head = format!(
+            "MESSAGE\nsubscription:0\ndestination:{destination}\nmessage-id:{BARE_MESSAGE_ID}\ncontent-type:application/octet-stream\ncontent-length:{body_len}\n\n"
         );
         SendTemplate {
             head: Bytes::from(head),

@@ -412,6 +412,13 @@ fn spawn_series(pid: Option<u32>, until: u64) -> JoinHandle<Vec<Snapshot>> {
 /// Waits until deliveries stop arriving (at most `max`), then stops the
 /// subscribers.
 pub(crate) async fn drain(ctx: &RunCtx, expected: Option<u64>, max: Duration) {
+    wait_delivered(ctx, expected, max).await;
+    ctx.stop.cancel();
+}
+
+/// Waits until `expected` deliveries arrived or they stop arriving (at
+/// most `max`).
+async fn wait_delivered(ctx: &RunCtx, expected: Option<u64>, max: Duration) {
     let until = now_ns() + max.as_nanos() as u64;
     let mut last = ctx.delivered.load(Ordering::Relaxed);
     let mut quiet = 0;
@@ -427,7 +434,6 @@ pub(crate) async fn drain(ctx: &RunCtx, expected: Option<u64>, max: Duration) {
         }
         last = d;
     }
-    ctx.stop.cancel();
 }
 
 pub(crate) fn put_errors(row: &mut Row, m: &Measured) {
@@ -441,6 +447,8 @@ pub(crate) fn put_errors(row: &mut Row, m: &Measured) {
 // ------------------------------------------------------------------ S1
 
 /// S1 fan-out: one publisher, `subscribers` subscribers on one topic.
+/// `bare`: the target is `bare-fanout` (no STOMP; the baseline).
+#[allow(clippy::too_many_arguments)]
 pub async fn s1(
     c: &Common,
     subscribers: usize,
@@ -448,6 +456,8 @@ pub async fn s1(
     rate: Option<f64>,
     window: u64,
     topic: &str,
+    bare: bool,
+    hold: f64,
 ) -> Result<()> {
     fanout(
         c,
@@ -458,13 +468,41 @@ pub async fn s1(
         rate,
         window,
         topic,
+        bare,
+        hold,
     )
     .await
 }
 
+/// [`open_many_on`] for a bare fan-out server: WebSocket connections
+/// without CONNECT or SUBSCRIBE, each ready once the server registered it.
+async fn open_many_bare(
+    c: &Common,
+    target: &Target,
+    first: usize,
+    n: usize,
+) -> Result<Vec<Session>> {
+    let started = now_ns();
+    let mut out = Vec::with_capacity(n);
+    let mut s = stream::iter(first..first + n)
+        .map(|i| target.open_bare(i))
+        .buffer_unordered(c.connect_concurrency.max(1));
+    while let Some(r) = s.next().await {
+        out.push(r.with_context(|| format!("after {} of {n} connections", out.len()))?);
+    }
+    eprintln!(
+        "loadgen: {n} connections ready in {:.1} s",
+        (now_ns() - started) as f64 / 1e9
+    );
+    Ok(out)
+}
+
 /// One publisher on `c.target`, `subscribers` subscribers on one topic
 /// spread round-robin over `sub_targets` (S1: the same broker; S7: other
-/// cluster nodes).
+/// cluster nodes). `bare`: the targets are `bare-fanout` servers; the
+/// publisher sends the MESSAGE frames subscribers are to receive. `hold`:
+/// seconds to keep every connection open after the last delivery (the
+/// server is idle then: scripts/bench-callgrind-s1.sh stops measuring).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn fanout(
     c: &Common,
@@ -475,15 +513,25 @@ pub(crate) async fn fanout(
     rate: Option<f64>,
     window: u64,
     topic: &str,
+    bare: bool,
+    hold: f64,
 ) -> Result<()> {
     let mut subs = Vec::with_capacity(subscribers);
     let parts = sub_targets.len().max(1);
     for (k, t) in sub_targets.iter().enumerate() {
         let n = subscribers / parts + usize::from(k < subscribers % parts);
         let first = 1 + subs.len();
-        subs.extend(open_many_on(c, t, first, n, (0, 0), Some(&|_| topic.to_string())).await?);
+        if bare {
+            subs.extend(open_many_bare(c, t, first, n).await?);
+        } else {
+            subs.extend(open_many_on(c, t, first, n, (0, 0), Some(&|_| topic.to_string())).await?);
+        }
     }
-    let publisher = c.target.open_stomp(0, (0, 0)).await?;
+    let publisher = if bare {
+        c.target.open_bare(0).await?
+    } else {
+        c.target.open_stomp(0, (0, 0)).await?
+    };
     let t0 = now_ns() + 200_000_000;
     let w = Window {
         start: t0 + c.warm(),
@@ -492,7 +540,11 @@ pub(crate) async fn fanout(
     let ctx = RunCtx::new(vec![w]);
     let groups = spawn_groups(subs, c.conns_per_task, &ctx);
     let sampler = spawn_sampler(c.broker_pid, vec![w]);
-    let tpl = SendTemplate::new(topic, body);
+    let tpl = if bare {
+        SendTemplate::bare_message(topic, body)
+    } else {
+        SendTemplate::new(topic, body)
+    };
     let published = match rate {
         Some(r) => {
             publish_open_loop(
@@ -522,13 +574,21 @@ pub(crate) async fn fanout(
         }
     };
     let expected = published.sent * subscribers as u64;
-    drain(&ctx, Some(expected), Duration::from_secs(10)).await;
+    wait_delivered(&ctx, Some(expected), Duration::from_secs(10)).await;
+    if hold > 0.0 {
+        eprintln!("loadgen: all delivered; holding the connections for {hold} s");
+        tokio::time::sleep(Duration::from_secs_f64(hold)).await;
+    }
+    ctx.stop.cancel();
     let m = join_groups(groups, 1).await?;
     let edges = sampler.await?;
     let (a, b) = edges[0];
     let mut row = c.row(scenario);
     if scenario != "s1" {
         row.put("sub_nodes", parts as u64);
+    }
+    if bare {
+        row.put("server", "bare-fanout");
     }
     row.put("mode", if rate.is_some() { "open-loop" } else { "max" })
         .put("connections", subscribers as u64 + 1)

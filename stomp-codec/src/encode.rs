@@ -151,6 +151,34 @@ impl MessageTemplate {
         dst.extend_from_slice(&self.body);
         dst.put_u8(0);
     }
+
+    /// [`MessageTemplate::encode_for`] with the subscriber's own header
+    /// lines already encoded (escaped for `version`, each ending in `\n`,
+    /// e.g. from [`MessageTemplate::own_header_lines`]): fan-out to a
+    /// subscription whose headers never change (`subscription:<id>` of an
+    /// `auto` subscription) encodes them once, not once per message.
+    pub fn encode_with_lines(&self, version: Version, own_lines: &[u8], dst: &mut BytesMut) {
+        let block = self.block(version);
+        dst.reserve(8 + own_lines.len() + block.len() + self.body.len() + 1);
+        dst.extend_from_slice(b"MESSAGE\n");
+        dst.extend_from_slice(own_lines);
+        dst.extend_from_slice(block);
+        dst.extend_from_slice(&self.body);
+        dst.put_u8(0);
+    }
+
+    /// Encodes per-subscriber header lines once for
+    /// [`MessageTemplate::encode_with_lines`] (escaped as `version` wants;
+    /// a `content-length` is left out, as in `encode_for`).
+    pub fn own_header_lines(version: Version, headers: &[(&str, &[u8])]) -> Bytes {
+        let mut dst = BytesMut::new();
+        for (name, value) in headers {
+            if *name != "content-length" {
+                write_header(name.as_bytes(), value, version, &mut dst);
+            }
+        }
+        dst.freeze()
+    }
 }
 
 #[cfg(test)]
@@ -201,5 +229,22 @@ mod tests {
         let mut b = BytesMut::new();
         encode(&frame, Version::V1_2, &mut b);
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn pre_encoded_lines_match_encode_for_in_every_version() {
+        let headers: Headers = [("destination", "/topic/x"), ("message-id", "7")]
+            .into_iter()
+            .collect();
+        let t = MessageTemplate::new(headers, Bytes::from_static(b"body"));
+        // An id that needs escaping in 1.1/1.2 (colon, newline) but not in 1.0.
+        let own: [(&str, &[u8]); 2] = [("subscription", b"a:b\nc"), ("content-length", b"1")];
+        for v in [Version::V1_0, Version::V1_1, Version::V1_2] {
+            let mut a = BytesMut::new();
+            t.encode_for(v, &own, &mut a);
+            let mut b = BytesMut::new();
+            t.encode_with_lines(v, &MessageTemplate::own_header_lines(v, &own), &mut b);
+            assert_eq!(a, b, "{v:?}");
+        }
     }
 }
