@@ -7,7 +7,14 @@
 //!   exchange (literal children, a `*` child, a `#` child). Each node keeps
 //!   its values as a copy-on-write list, so a lookup hands out one `Arc`
 //!   per matching *pattern*, not a copy per subscriber, and does not
-//!   allocate for the usual few matches: there is no match cache to miss.
+//!   allocate for the usual few matches. A bounded match cache in front
+//!   (topic → those same `Arc`s, NATS-sublist style) serves hot topics
+//!   without the walk: direct-mapped by hash (a miss is one hash and one
+//!   store, never a sweep), a topic admitted on its second publish in a
+//!   row to its slot, at most [`CACHE_SLOTS`] entries and
+//!   [`CACHE_MAX_BYTES`] of topic names (none over [`CACHE_MAX_TOPIC`]
+//!   bytes), all dropped at once by a generation bump on every insert or
+//!   remove.
 //! * [`NameIndex`]: plain topic *names* (the retained store's
 //!   destinations), looked up by a wildcard pattern.
 //!
@@ -18,9 +25,13 @@
 
 use std::{
     collections::HashSet,
+    hash::BuildHasher,
     sync::{
-        atomic::{AtomicUsize, Ordering::Relaxed},
-        Arc, RwLock,
+        atomic::{
+            AtomicU64, AtomicUsize,
+            Ordering::{Acquire, Relaxed, Release},
+        },
+        Arc, Mutex, OnceLock, RwLock,
     },
 };
 
@@ -178,21 +189,156 @@ impl<T> Trie<T> {
 /// with the index, never copied), inline while there are few.
 pub type Matches<T> = SmallVec<[Arc<Vec<T>>; 4]>;
 
+/// Slots in a [`PatternIndex`]'s match cache (direct-mapped, a power of 2).
+pub const CACHE_SLOTS: usize = 4096;
+/// Topics longer than this (bytes) are never cached.
+pub const CACHE_MAX_TOPIC: usize = 256;
+/// Bytes of topic names the match cache may hold over all its slots.
+pub const CACHE_MAX_BYTES: usize = 256 * 1024;
+
+/// One cache slot: the topic it holds and what the walk found for it.
+#[derive(Debug)]
+struct Slot<T> {
+    /// The index's generation when `found` was walked; 0 = empty.
+    gen: u64,
+    topic: String,
+    found: Matches<T>,
+}
+
+#[derive(Debug)]
+struct Way<T> {
+    /// Hash of the last topic that hashed here (0 = none): a second
+    /// sighting in a row is what admits a topic into `slot`.
+    tag: AtomicU64,
+    slot: Mutex<Slot<T>>,
+}
+
+/// A topic → matches cache in the style of NATS's sublist cache, but
+/// direct-mapped so that a miss never sweeps: a topic has exactly one slot
+/// (by hash). A miss costs one hash and one tag store; a topic is admitted
+/// only when it is the last topic seen in its slot (a doorkeeper), so a
+/// workload cycling through more topics than there are slots pays no
+/// insert, no lock and no eviction. Entries are invalidated wholesale by
+/// the index's generation, bumped on every change of the trie.
+#[derive(Debug)]
+struct MatchCache<T> {
+    ways: Box<[Way<T>]>,
+    hasher: Hasher,
+    /// Bytes of topic names held (sum of the slots' `topic` capacities),
+    /// at most [`CACHE_MAX_BYTES`].
+    bytes: AtomicUsize,
+    #[cfg(test)]
+    hits: AtomicUsize,
+}
+
+impl<T: Clone> MatchCache<T> {
+    fn new() -> Self {
+        MatchCache {
+            ways: (0..CACHE_SLOTS)
+                .map(|_| Way {
+                    tag: AtomicU64::new(0),
+                    slot: Mutex::new(Slot {
+                        gen: 0,
+                        topic: String::new(),
+                        found: Matches::new(),
+                    }),
+                })
+                .collect(),
+            hasher: Hasher::default(),
+            bytes: AtomicUsize::new(0),
+            #[cfg(test)]
+            hits: AtomicUsize::new(0),
+        }
+    }
+
+    /// The cached matches of `topic` at generation `gen`, or `walk()`'s
+    /// (stored if `topic` was also the last topic seen in its slot).
+    fn get_or_walk(&self, topic: &str, gen: u64, walk: impl FnOnce() -> Matches<T>) -> Matches<T> {
+        if topic.len() > CACHE_MAX_TOPIC {
+            return walk();
+        }
+        let h = self.hasher.hash_one(topic) | 1;
+        let way = &self.ways[(h >> 1) as usize & (CACHE_SLOTS - 1)];
+        if way.tag.load(Relaxed) != h {
+            way.tag.store(h, Relaxed);
+            return walk();
+        }
+        // Busy (another thread at this slot): do not wait, walk.
+        let Ok(mut slot) = way.slot.try_lock() else {
+            return walk();
+        };
+        if slot.gen == gen && slot.topic == topic {
+            #[cfg(test)]
+            self.hits.fetch_add(1, Relaxed);
+            return slot.found.clone();
+        }
+        let found = walk();
+        // Only what fits inline: an entry's heap is its topic alone.
+        if !found.spilled() && self.store_topic(&mut slot, topic) {
+            slot.found.clone_from(&found);
+            slot.gen = gen;
+        }
+        found
+    }
+
+    /// Puts `topic` in `slot`, reusing its buffer when the size is about
+    /// right, else within [`CACHE_MAX_BYTES`]; whether it did (if not,
+    /// the slot is left empty).
+    fn store_topic(&self, slot: &mut Slot<T>, topic: &str) -> bool {
+        slot.gen = 0;
+        let cap = slot.topic.capacity();
+        if topic.len() <= cap && cap <= 2 * topic.len().max(32) {
+            slot.topic.clear();
+            slot.topic.push_str(topic);
+            return true;
+        }
+        // Right-size: give back the old buffer, then reserve the new one.
+        self.bytes.fetch_sub(cap, Relaxed);
+        slot.topic = String::new();
+        let want = topic.len();
+        if self.bytes.fetch_add(want, Relaxed) + want > CACHE_MAX_BYTES {
+            self.bytes.fetch_sub(want, Relaxed);
+            slot.found.clear();
+            return false;
+        }
+        let mut buf = String::with_capacity(want);
+        buf.push_str(topic);
+        // `with_capacity` may round up; count what is really held.
+        let extra = buf.capacity() - want;
+        if extra > 0 {
+            self.bytes.fetch_add(extra, Relaxed);
+        }
+        slot.topic = buf;
+        true
+    }
+}
+
 /// Wildcard subscriptions by pattern (`order.*`, `order.#`), looked up by
 /// a published topic name.
 ///
 /// A lookup walks the trie under a read lock, visiting only the nodes the
 /// topic can reach (one hash lookup per segment and level, plus the `*`
 /// and `#` branches), and returns each matching node's value list as an
-/// `Arc`. It costs the same for the first publish to a topic as for the
-/// millionth, whatever the number of topics published to: an earlier
-/// version cached match lists per topic, and a workload publishing to more
-/// topics than the cache held paid a miss, an insert and an eviction sweep
-/// on every publish (docs/benchmarks.md, "S8 index and the status walk").
+/// `Arc`. In front of the walk sits a bounded match cache
+/// ([`CACHE_SLOTS`] direct-mapped slots, topics up to
+/// [`CACHE_MAX_TOPIC`] bytes, [`CACHE_MAX_BYTES`] of names in all) holding
+/// the same `Arc`s, invalidated by a generation counter that every insert
+/// and remove bumps. A hit takes no trie lock and allocates nothing. A
+/// topic enters the cache on its second publish in a row to its slot, so
+/// a workload publishing round-robin to more topics than the cache holds
+/// (S8) pays one hash and one store per publish, not an insert and an
+/// eviction: an earlier cache (a map halved when full) made every such
+/// publish a miss plus a sweep (docs/benchmarks.md, "S8 index and the
+/// status walk").
 #[derive(Debug)]
 pub struct PatternIndex<T> {
     trie: RwLock<Trie<T>>,
     len: AtomicUsize,
+    /// Bumped (under the trie's write lock, after the change) by every
+    /// insert and remove; starts at 1 so 0 marks an empty cache slot.
+    gen: AtomicU64,
+    /// Allocated on the first lookup.
+    cache: OnceLock<MatchCache<T>>,
 }
 
 impl<T: Clone> Default for PatternIndex<T> {
@@ -200,6 +346,8 @@ impl<T: Clone> Default for PatternIndex<T> {
         PatternIndex {
             trie: RwLock::new(Trie::default()),
             len: AtomicUsize::new(0),
+            gen: AtomicU64::new(1),
+            cache: OnceLock::new(),
         }
     }
 }
@@ -230,6 +378,7 @@ impl<T: Clone> PatternIndex<T> {
             Arc::make_mut(&mut trie.nodes[at as usize].values).push(value);
             *trie.patterns.entry(pattern.into()).or_default() += 1;
             self.len.fetch_add(1, Relaxed);
+            self.gen.fetch_add(1, Release);
         }
     }
 
@@ -252,18 +401,35 @@ impl<T: Clone> PatternIndex<T> {
         }
         trie.prune(at);
         self.len.fetch_sub(1, Relaxed);
+        self.gen.fetch_add(1, Release);
         true
     }
 
     /// The value lists of every pattern matching `topic`: each stored
     /// value appears once over all of them.
     pub fn matches(&self, topic: &str) -> Matches<T> {
+        // Read before the walk: an entry is never tagged with a generation
+        // newer than the trie it was walked in, and a lookup that starts
+        // after an insert or remove returned sees its generation.
+        let gen = self.gen.load(Acquire);
+        self.cache
+            .get_or_init(MatchCache::new)
+            .get_or_walk(topic, gen, || self.walk_matches(topic))
+    }
+
+    /// [`matches`](Self::matches) without the cache.
+    fn walk_matches(&self, topic: &str) -> Matches<T> {
         let trie = self.read();
         let mut out = Matches::new();
         walk(&trie, topic, |at| {
             out.push(trie.nodes[at as usize].values.clone());
         });
         out
+    }
+
+    /// Bytes of topic names the match cache holds (for tests and bounds).
+    pub fn cache_bytes(&self) -> usize {
+        self.cache.get().map_or(0, |c| c.bytes.load(Relaxed))
     }
 
     /// Each pattern with how many values it holds (for the status page).
@@ -575,6 +741,84 @@ mod tests {
         assert!(idx.matches("order.x.y.z").len() == 1);
     }
 
+    fn hits<T: Clone>(idx: &PatternIndex<T>) -> usize {
+        idx.cache.get().map_or(0, |c| c.hits.load(Relaxed))
+    }
+
+    #[test]
+    fn repeated_topic_is_served_from_the_cache_until_a_change() {
+        let idx = PatternIndex::default();
+        idx.insert("a.*", 1u32);
+        // First sighting: tag only; second: walked and stored; third: hit.
+        for _ in 0..3 {
+            assert_eq!(flat(&idx.matches("a.x")), vec![1]);
+        }
+        assert_eq!(hits(&idx), 1);
+        let held = idx.matches("a.x");
+        assert_eq!(hits(&idx), 2);
+        assert!(!held.spilled(), "a hit allocates nothing");
+        idx.insert("a.#", 2);
+        assert_eq!(flat(&idx.matches("a.x")), vec![1, 2], "insert invalidates");
+        assert_eq!(hits(&idx), 2);
+        assert_eq!(flat(&idx.matches("a.x")), vec![1, 2]);
+        assert_eq!(hits(&idx), 3, "re-cached at once");
+        assert!(idx.remove("a.*", |v| *v == 1));
+        assert_eq!(flat(&idx.matches("a.x")), vec![2], "remove invalidates");
+        assert_eq!(flat(&held), vec![1], "a list handed out is not changed");
+        assert!(idx.remove("a.#", |v| *v == 2));
+        assert!(idx.matches("a.x").is_empty());
+        assert_eq!(hits(&idx), 3);
+    }
+
+    #[test]
+    fn topics_cycling_through_more_than_the_cache_never_insert() {
+        let idx = PatternIndex::default();
+        idx.insert("order.*", 1u32);
+        let topics: Vec<String> = (0..3 * CACHE_SLOTS).map(|i| format!("order.{i}")).collect();
+        for _ in 0..3 {
+            for t in &topics {
+                assert_eq!(flat(&idx.matches(t)), vec![1]);
+            }
+        }
+        // Only a topic alone in its slot gets in; nothing is swept.
+        let bytes = idx.cache_bytes();
+        assert!(bytes <= CACHE_SLOTS * "order.12287".len(), "{bytes}");
+    }
+
+    #[test]
+    fn cache_stays_within_its_byte_bound_under_long_topics() {
+        let idx = PatternIndex::default();
+        idx.insert("#", 7u32);
+        idx.insert("x.*.#", 8u32);
+        let n = 2 * CACHE_MAX_BYTES / CACHE_MAX_TOPIC;
+        for i in 0..n {
+            // Longest cacheable topic, published twice in a row (admitted).
+            let t = format!("x.{i}.{}", "y".repeat(CACHE_MAX_TOPIC));
+            let t = &t[..CACHE_MAX_TOPIC];
+            for _ in 0..3 {
+                assert_eq!(flat(&idx.matches(t)), vec![7, 8]);
+            }
+            assert!(idx.cache_bytes() <= CACHE_MAX_BYTES);
+        }
+        assert!(
+            idx.cache_bytes() > CACHE_MAX_BYTES / 2,
+            "it does cache them"
+        );
+        let before = hits(&idx);
+        let long = format!("x.y.{}", "z".repeat(CACHE_MAX_TOPIC));
+        for _ in 0..3 {
+            assert_eq!(flat(&idx.matches(&long)), vec![7, 8]);
+        }
+        assert_eq!(hits(&idx), before, "a topic over the limit is never cached");
+        // Short topics take slots over and give long buffers back.
+        for i in 0..4 * CACHE_SLOTS {
+            let t = format!("s.{i}");
+            idx.matches(&t);
+            idx.matches(&t);
+        }
+        assert!(idx.cache_bytes() <= CACHE_MAX_BYTES);
+    }
+
     #[test]
     fn hostile_patterns_stay_cheap() {
         let idx = PatternIndex::default();
@@ -625,12 +869,30 @@ mod tests {
             let patterns: Vec<String> = patterns.iter().map(|p| p.join(".")).collect();
             let topics: Vec<String> = topics.iter().map(|t| t.join(".")).collect();
             let idx = PatternIndex::default();
+            // Each topic looked up 3 times (tag, store, cache hit) after
+            // every change, against a linear scan of what is stored then.
+            let check = |idx: &PatternIndex<usize>, live: &[bool]| -> Result<(), TestCaseError> {
+                for t in &topics {
+                    let want: Vec<usize> = (0..patterns.len())
+                        .filter(|&i| live[i] && pattern_matches(&patterns[i], t))
+                        .collect();
+                    for _ in 0..3 {
+                        prop_assert_eq!(flat(&idx.matches(t)), want.clone(), "topic {:?}", t);
+                    }
+                }
+                Ok(())
+            };
+            let mut live = vec![false; patterns.len()];
             for (i, p) in patterns.iter().enumerate() {
                 idx.insert(p, i);
+                live[i] = true;
+                check(&idx, &live)?;
             }
             for (i, p) in patterns.iter().enumerate() {
                 if removed[i] {
                     prop_assert!(idx.remove(p, |v| *v == i));
+                    live[i] = false;
+                    check(&idx, &live)?;
                 }
             }
             let mut names = NameIndex::default();
