@@ -31,7 +31,7 @@ use std::{
             AtomicU64, AtomicUsize,
             Ordering::{Acquire, Relaxed, Release},
         },
-        Arc, Mutex, OnceLock, RwLock,
+        Arc, Mutex, OnceLock, RwLock, Weak,
     },
 };
 
@@ -202,7 +202,11 @@ struct Slot<T> {
     /// The index's generation when `found` was walked; 0 = empty.
     gen: u64,
     topic: String,
-    found: Matches<T>,
+    /// Weak, so a stale entry pins no values (for the router: no
+    /// subscriber's connection outlives its unsubscribe because of the
+    /// cache) and a change of a cached list moves it instead of copying
+    /// it (`Arc::make_mut` with no other strong reference).
+    found: SmallVec<[Weak<Vec<T>>; 4]>,
 }
 
 #[derive(Debug)]
@@ -240,7 +244,7 @@ impl<T: Clone> MatchCache<T> {
                     slot: Mutex::new(Slot {
                         gen: 0,
                         topic: String::new(),
-                        found: Matches::new(),
+                        found: SmallVec::new(),
                     }),
                 })
                 .collect(),
@@ -268,14 +272,20 @@ impl<T: Clone> MatchCache<T> {
             return walk();
         };
         if slot.gen == gen && slot.topic == topic {
-            #[cfg(test)]
-            self.hits.fetch_add(1, Relaxed);
-            return slot.found.clone();
+            // Every list is still alive at this generation (the trie holds
+            // it); a failed upgrade would only mean a change under way.
+            let hit: Option<Matches<T>> = slot.found.iter().map(Weak::upgrade).collect();
+            if let Some(hit) = hit {
+                #[cfg(test)]
+                self.hits.fetch_add(1, Relaxed);
+                return hit;
+            }
         }
         let found = walk();
         // Only what fits inline: an entry's heap is its topic alone.
         if !found.spilled() && self.store_topic(&mut slot, topic) {
-            slot.found.clone_from(&found);
+            slot.found.clear();
+            slot.found.extend(found.iter().map(Arc::downgrade));
             slot.gen = gen;
         }
         found
@@ -768,6 +778,23 @@ mod tests {
         assert!(idx.remove("a.#", |v| *v == 2));
         assert!(idx.matches("a.x").is_empty());
         assert_eq!(hits(&idx), 3);
+    }
+
+    #[test]
+    fn a_stale_cache_entry_pins_no_value() {
+        let idx = PatternIndex::default();
+        let v = Arc::new(5u32);
+        idx.insert("a.*", v.clone());
+        idx.insert("a.#", Arc::new(6u32));
+        for _ in 0..3 {
+            assert_eq!(idx.matches("a.x").len(), 2);
+        }
+        assert_eq!(hits(&idx), 1);
+        assert!(idx.remove("a.*", |x| Arc::ptr_eq(x, &v)));
+        // The cached entry for "a.x" still names the old list: it must not
+        // keep the removed value (a subscriber's connection) alive.
+        assert_eq!(Arc::strong_count(&v), 1);
+        assert_eq!(idx.matches("a.x").len(), 1);
     }
 
     #[test]
