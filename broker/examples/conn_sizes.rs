@@ -30,6 +30,9 @@ fn main() {
         "WebSocketStream<TokioIo<Upgraded>>: {} B",
         size_of::<tokio_tungstenite::WebSocketStream<Io>>()
     );
-    println!("stomp_codec::Decoder: {} B", size_of::<stomp_codec::Decoder>());
+    println!(
+        "stomp_codec::Decoder: {} B",
+        size_of::<stomp_codec::Decoder>()
+    );
     println!("tokio Sleep: {} B", size_of::<tokio::time::Sleep>());
 }

@@ -816,8 +816,8 @@ mod tests {
         let session = Session::new(core.clone(), conn);
         let task = Box::new(Task::new(core.clone(), transport, session, rx));
         tokio::time::timeout(Duration::from_secs(10), run(task, info))
-        .await
-        .ok()?;
+            .await
+            .ok()?;
         let log = std::mem::take(&mut *log.lock().expect("log"));
         Some(log)
     }
