@@ -25,6 +25,9 @@ fn main() {
         "connection::serve future (WebSocket over hyper's Upgraded, TLS): {} B",
         returned(connection::serve::<WsTransport<Io>>)
     );
+    for (what, bytes) in connection::sizes_ws_tcp() {
+        println!("{what} (WebSocket over TCP): {bytes} B");
+    }
     println!("Session: {} B", size_of::<Session>());
     println!(
         "WebSocketStream<TokioIo<Upgraded>>: {} B",

@@ -161,6 +161,30 @@ async fn run<T: Transport>(mut task: Box<Task<T>>, info: ConnInfo) {
     drop(info);
 }
 
+/// In-memory sizes (bytes) of a WebSocket-over-TCP connection's task
+/// state and the futures it awaits, for `examples/conn_sizes.rs` (the S3
+/// memory budget, docs/benchmarks.md).
+#[doc(hidden)]
+pub fn sizes_ws_tcp() -> Vec<(&'static str, usize)> {
+    type W = crate::transport::WsTransport<tokio::net::TcpStream>;
+    fn ret3<A, B, C, R>(_: impl Fn(A, B, C) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+    fn ret5<A, B, C, D, E, R>(_: impl Fn(A, B, C, D, E) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+    fn ret2<A, B, R>(_: impl Fn(A, B) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+    vec![
+        ("Task (boxed)", std::mem::size_of::<Task<W>>()),
+        ("run future", ret2(run::<W>)),
+        ("Task::next_event future", ret5(Task::<W>::next_event)),
+        ("Task::handle future", ret3(Task::<W>::handle)),
+        ("Task::finish_turn future", ret2(Task::<W>::finish_turn)),
+    ]
+}
+
 /// The connection's deadlines for one turn; `None` = not pending.
 struct Deadlines {
     /// CONNECT due (before CONNECT) or client heart-beat due (after).
