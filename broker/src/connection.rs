@@ -69,7 +69,16 @@ enum End {
 }
 
 /// Serves one client connection until it ends.
-pub async fn serve<T: Transport>(core: Arc<BrokerCore>, transport: T, info: ConnInfo) {
+///
+/// Not an `async fn`: an async function keeps its arguments in its future
+/// next to what it moves them into, and every idle connection holds that
+/// future for its whole life. The connection's state is built here, boxed
+/// once ([`Task`]), and only the box travels into [`run`].
+pub fn serve<T: Transport>(
+    core: Arc<BrokerCore>,
+    transport: T,
+    info: ConnInfo,
+) -> impl std::future::Future<Output = ()> + Send {
     let (conn, rx) = core.new_conn();
     let span = tracing::info_span!(
         "conn",
@@ -78,19 +87,9 @@ pub async fn serve<T: Transport>(core: Arc<BrokerCore>, transport: T, info: Conn
         transport = info.transport,
         login = tracing::field::Empty
     );
-    core.metrics.connections.fetch_add(1, Relaxed);
-    core.metrics.connections_total.fetch_add(1, Relaxed);
-    run(
-        core.clone(),
-        transport,
-        Session::new(core.clone(), conn),
-        rx,
-        &info,
-    )
-    .instrument(span)
-    .await;
-    core.metrics.connections.fetch_sub(1, Relaxed);
-    drop(info);
+    let session = Session::new(core.clone(), conn);
+    let task = Box::new(Task::new(core, transport, session, rx));
+    run(task, info).instrument(span)
 }
 
 /// The connection loop, one turn at a time: work out the deadlines and arm
@@ -99,14 +98,10 @@ pub async fn serve<T: Transport>(core: Arc<BrokerCore>, transport: T, info: Conn
 /// [`Task::on_read`], deliveries through [`Task::on_outbound`]), then write
 /// what the turn produced ([`Task::finish_turn`]). When the loop ends,
 /// [`Task::close`] closes the transport and requeues unsent queue messages.
-async fn run<T: Transport>(
-    core: Arc<BrokerCore>,
-    transport: T,
-    session: Session,
-    rx: crate::outbound::OutboundRx,
-    info: &ConnInfo,
-) {
-    let mut task = Task::new(core, transport, session, rx);
+async fn run<T: Transport>(mut task: Box<Task<T>>, info: ConnInfo) {
+    let metrics = task.core.metrics.clone();
+    metrics.connections.fetch_add(1, Relaxed);
+    metrics.connections_total.fetch_add(1, Relaxed);
     tracing::debug!("connection opened");
     // Created once: a fresh `cancelled()` per iteration would register and
     // unregister a waiter on the shared token for every message delivered.
@@ -153,13 +148,41 @@ async fn run<T: Transport>(
             }
             other => other,
         };
-        let ended = task.handle(event, info).await;
+        let ended = task.handle(event, &info).await;
         if let Some(end) = task.finish_turn(ended).await {
             break end;
         }
     };
-    task.close(end).await;
+    // Boxed, like the other once-per-connection steps: the task's future
+    // is as large as its largest await, and every idle connection holds it.
+    Box::pin(task.close(end)).await;
     tracing::debug!("connection closed");
+    metrics.connections.fetch_sub(1, Relaxed);
+    drop(info);
+}
+
+/// In-memory sizes (bytes) of a WebSocket-over-TCP connection's task
+/// state and the futures it awaits, for `examples/conn_sizes.rs` (the S3
+/// memory budget, docs/benchmarks.md).
+#[doc(hidden)]
+pub fn sizes_ws_tcp() -> Vec<(&'static str, usize)> {
+    type W = crate::transport::WsTransport<tokio::net::TcpStream>;
+    fn ret3<A, B, C, R>(_: impl Fn(A, B, C) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+    fn ret5<A, B, C, D, E, R>(_: impl Fn(A, B, C, D, E) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+    fn ret2<A, B, R>(_: impl Fn(A, B) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+    vec![
+        ("Task (boxed)", std::mem::size_of::<Task<W>>()),
+        ("run future", ret2(run::<W>)),
+        ("Task::next_event future", ret5(Task::<W>::next_event)),
+        ("Task::handle future", ret3(Task::<W>::handle)),
+        ("Task::finish_turn future", ret2(Task::<W>::finish_turn)),
+    ]
 }
 
 /// The connection's deadlines for one turn; `None` = not pending.
@@ -385,7 +408,8 @@ impl<T: Transport> Task<T> {
                 Step::Idle => break None,
                 Step::End(end) => break Some(end),
                 Step::Authenticate(frame) => {
-                    let result = authenticate(&self.core, &frame, info).await;
+                    // Boxed: once per connection, and large (see `run`).
+                    let result = Box::pin(authenticate(&self.core, &frame, info)).await;
                     match self.session.on_connect(frame, result) {
                         Ok(_) => {
                             if let Some(v) = self.session.version() {
@@ -404,7 +428,9 @@ impl<T: Transport> Task<T> {
                 }
             }
         };
-        if self.rbuf.is_empty() && self.rbuf.capacity() > 64 * 1024 {
+        if self.rbuf.is_empty() {
+            // Nothing partial: hold no read buffer while idle (the next
+            // read allocates what it needs; decoded frames keep theirs).
             self.rbuf = BytesMut::new();
         }
         self.frame_deadline = match (self.rbuf.is_empty(), self.frame_deadline) {
@@ -471,7 +497,7 @@ impl<T: Transport> Task<T> {
                     self.session.push_error(&err);
                     let _ = tokio::time::timeout(
                         Duration::from_secs(1),
-                        flush(&self.core, &mut self.transport, &mut self.session),
+                        Box::pin(flush(&self.core, &mut self.transport, &mut self.session)),
                     )
                     .await;
                     tracing::debug!(error = %e, "write abandoned");
@@ -494,7 +520,7 @@ impl<T: Transport> Task<T> {
     /// Closes the transport as `end` says, ends the session (unsubscribing
     /// first so requeued messages go to other consumers) and returns queue
     /// messages that were queued for this connection but never written.
-    async fn close(mut self, end: End) {
+    async fn close(mut self: Box<Self>, end: End) {
         match end {
             End::Gone => {}
             End::Close => self.transport.close(CloseKind::Normal).await,
@@ -636,12 +662,19 @@ async fn flush<T: Transport>(
     };
     let result = match first {
         Some(r) => r,
-        None => tokio::select! {
-            r = tokio::time::timeout(WRITE_TIMEOUT, &mut write) => {
-                r.unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out")))
-            }
-            _ = condemned(&conn) => Err(std::io::Error::other("slow consumer")),
-        },
+        // Slow path, boxed so its timers are not part of every idle
+        // connection's future (see `run`).
+        None => {
+            Box::pin(async {
+                tokio::select! {
+                    r = tokio::time::timeout(WRITE_TIMEOUT, &mut write) => {
+                        r.unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out")))
+                    }
+                    _ = condemned(&conn) => Err(std::io::Error::other("slow consumer")),
+                }
+            })
+            .await
+        }
     };
     conn.written(cost);
     core.metrics.bytes_out.fetch_add(bytes as u64, Relaxed);
@@ -805,12 +838,10 @@ mod tests {
             admission: core.admit(peer.ip()).expect("admitted"),
         };
         let session = Session::new(core.clone(), conn);
-        tokio::time::timeout(
-            Duration::from_secs(10),
-            run(core.clone(), transport, session, rx, &info),
-        )
-        .await
-        .ok()?;
+        let task = Box::new(Task::new(core.clone(), transport, session, rx));
+        tokio::time::timeout(Duration::from_secs(10), run(task, info))
+            .await
+            .ok()?;
         let log = std::mem::take(&mut *log.lock().expect("log"));
         Some(log)
     }

@@ -536,24 +536,28 @@ pub(crate) fn upgrade(
     let accept = derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
     let config = ws_config(&core);
+    let spawner = tracker.clone();
     tracker.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
                 let mut info = ConnInfo {
                     peer,
                     transport,
                     url_token: token,
                     admission,
                 };
-                match sockjs_heartbeat {
-                    None => connection::serve(core, WsTransport::new(ws), info).await,
-                    Some(hb) => match SockJsWsTransport::open(ws, hb).await {
+                let Some(hb) = sockjs_heartbeat else {
+                    serve_ws(core, upgraded, config, info, &spawner).await;
+                    return;
+                };
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                {
+                    match SockJsWsTransport::open(ws, hb).await {
                         Ok(t) => {
                             info.transport = if transport == "wss" {
                                 "sockjs-tls"
@@ -563,13 +567,16 @@ pub(crate) fn upgrade(
                             let metrics = core.metrics.clone();
                             metrics.sockjs_sessions.fetch_add(1, Relaxed);
                             metrics.sockjs_opened("websocket");
-                            connection::serve(core, t, info).await;
-                            metrics.sockjs_sessions.fetch_sub(1, Relaxed);
+                            // Its own task, like `serve_ws`'s.
+                            spawner.spawn(async move {
+                                connection::serve(core, t, info).await;
+                                metrics.sockjs_sessions.fetch_sub(1, Relaxed);
+                            });
                         }
                         Err(e) => {
                             tracing::debug!(%peer, error = %e, "SockJS websocket open failed")
                         }
-                    },
+                    }
                 }
             }
             Err(e) => tracing::debug!(%peer, error = %e, "websocket upgrade failed"),
@@ -587,6 +594,51 @@ pub(crate) fn upgrade(
         h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
     }
     r
+}
+
+/// Starts a STOMP WebSocket session on an upgraded connection. A plain
+/// TCP socket is taken back out of hyper's boxed I/O (and its HTTP clock):
+/// less memory per idle connection, no dynamic dispatch per read. Other
+/// sockets (TLS) stay wrapped.
+///
+/// The session runs as a task of its own, spawned on `spawner`, and the
+/// upgrade task ends: a task's allocation is as large as its largest
+/// state, and the upgrade's states (handshake, SockJS open, both transport
+/// types) would otherwise stay allocated for every idle connection's life
+/// (about 1 KiB each, docs/benchmarks.md).
+async fn serve_ws(
+    core: Arc<BrokerCore>,
+    upgraded: hyper::upgrade::Upgraded,
+    config: WebSocketConfig,
+    info: ConnInfo,
+    spawner: &TaskTracker,
+) {
+    match upgraded.downcast::<TokioIo<Watched<tokio::net::TcpStream>>>() {
+        Ok(parts) => {
+            let hyper::upgrade::Parts { io, read_buf, .. } = parts;
+            // Copied out and dropped now: the `Bytes` keeps hyper's whole
+            // read buffer alive, even when empty.
+            let part = read_buf.to_vec();
+            drop(read_buf);
+            let ws = WebSocketStream::from_partially_read(
+                io.into_inner().inner,
+                part,
+                Role::Server,
+                Some(config),
+            )
+            .await;
+            spawner.spawn(connection::serve(core, WsTransport::new(ws), info));
+        }
+        Err(upgraded) => {
+            let ws = WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Server,
+                Some(config),
+            )
+            .await;
+            spawner.spawn(connection::serve(core, WsTransport::new(ws), info));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,9 @@ use tracing_subscriber::EnvFilter;
 /// time (a message is built by its publisher's task and dropped by its
 /// subscribers'); glibc's malloc pays for that in `_int_malloc`/`_int_free`
 /// (8 % of the broker's time in the S2 profile, docs/benchmarks.md).
+/// The `system-alloc` feature keeps the system allocator instead, so heap
+/// profilers that hook `malloc` (heaptrack) see every allocation.
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

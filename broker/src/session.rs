@@ -208,8 +208,14 @@ pub fn negotiate_heart_beats(
 type RateLimit = Option<governor::DefaultDirectRateLimiter>;
 
 fn rate_limit(per_sec: u32) -> RateLimit {
-    std::num::NonZeroU32::new(per_sec)
-        .map(|n| governor::RateLimiter::direct(governor::Quota::per_second(n)))
+    // One clock for every limiter: building a `quanta` clock probes the CPU
+    // (`cpuid`) each time, 6.6 % of the broker's CPU in the S4 connect
+    // profile (docs/benchmarks.md); a clone is a copy.
+    static CLOCK: std::sync::LazyLock<governor::clock::DefaultClock> =
+        std::sync::LazyLock::new(Default::default);
+    std::num::NonZeroU32::new(per_sec).map(|n| {
+        governor::RateLimiter::direct_with_clock(governor::Quota::per_second(n), CLOCK.clone())
+    })
 }
 
 /// Longest `unconfirmed-receipt-ids` value; ids that do not fit are left
@@ -412,7 +418,9 @@ pub struct Session {
     version: Option<Version>,
     identity: Identity,
     rate: RateLimit,
-    backend_writes: Arc<std::sync::Mutex<BackendWrites>>,
+    /// Kafka and `[[app_http]]` writes in flight; created by the first
+    /// such SEND (most sessions never make one).
+    backend_writes: Option<Arc<std::sync::Mutex<BackendWrites>>>,
     heart_beats: HeartBeats,
     subs: HashMap<Arc<str>, SubState, foldhash::fast::RandomState>,
     /// The `auto` subscription the last live delivery went to, and its
@@ -458,7 +466,7 @@ impl Session {
             version: None,
             identity: Identity::default(),
             rate,
-            backend_writes: Arc::default(),
+            backend_writes: None,
             heart_beats: HeartBeats::default(),
             subs: HashMap::default(),
             last_auto: None,
@@ -474,6 +482,11 @@ impl Session {
             temp_bytes: 0,
             anon_name: None,
         }
+    }
+
+    /// The session's backend-write state, created on first use.
+    fn backend_writes(&mut self) -> &Arc<std::sync::Mutex<BackendWrites>> {
+        self.backend_writes.get_or_insert_with(Arc::default)
     }
 
     /// The negotiated version, once CONNECTED was sent.
@@ -604,7 +617,11 @@ impl Session {
         }
         // Whatever ends the session, name the SENDs to Kafka left without
         // an answer (the connection closes after this frame).
-        let unconfirmed = lock_writes(&self.backend_writes).unconfirmed_receipts();
+        let unconfirmed = self
+            .backend_writes
+            .as_deref()
+            .map(|w| lock_writes(w).unconfirmed_receipts())
+            .unwrap_or_default();
         if !unconfirmed.is_empty() {
             let (list, complete) = join_bounded(&unconfirmed, MAX_UNCONFIRMED_HEADER);
             f.headers.push(UNCONFIRMED_RECEIPTS_HEADER, list);
@@ -766,7 +783,10 @@ impl Session {
                 // was processed, so SENDs to Kafka still in flight get their
                 // RECEIPT (or the ERROR) first. Each settles within the
                 // bridge's produce timeout.
-                let mut w = lock_writes(&self.backend_writes);
+                let Some(writes) = &self.backend_writes else {
+                    return Ok(Flow::Close);
+                };
+                let mut w = lock_writes(writes);
                 if w.inflight.is_empty() {
                     return Ok(Flow::Close);
                 }
@@ -1068,8 +1088,9 @@ impl Session {
         receipt: Option<&str>,
     ) -> Result<bool, StompError> {
         let receipt = receipt.map(str::to_owned);
+        let writes = self.backend_writes().clone();
         let seq = {
-            let mut w = lock_writes(&self.backend_writes);
+            let mut w = lock_writes(&writes);
             let over = (w.inflight.len() >= MAX_KAFKA_INFLIGHT).then(kafka_writes_limit);
             match w.begin(receipt.clone(), over, &self.conn)? {
                 Some(seq) => seq,
@@ -1095,7 +1116,6 @@ impl Session {
         let body = frame.body.clone();
         let destination = destination.to_owned();
         let conn = self.conn.clone();
-        let writes = self.backend_writes.clone();
         tokio::spawn(async move {
             let result = bridge.produce(&destination, &headers, body, &stamp).await;
             let result = result.map_err(|e| {
@@ -1129,8 +1149,9 @@ impl Session {
         receipt: Option<&str>,
     ) -> Result<bool, StompError> {
         let receipt = receipt.map(str::to_owned);
+        let writes = self.backend_writes().clone();
         let seq = {
-            let mut w = lock_writes(&self.backend_writes);
+            let mut w = lock_writes(&writes);
             let over = (w.inflight.len() >= MAX_KAFKA_INFLIGHT).then(kafka_writes_limit);
             match w.begin(receipt.clone(), over, &self.conn)? {
                 Some(seq) => seq,
@@ -1150,7 +1171,6 @@ impl Session {
         );
         let destination = destination.to_owned();
         let conn = self.conn.clone();
-        let writes = self.backend_writes.clone();
         tokio::spawn(async move {
             let result = sent.await.map_err(|e| {
                 tracing::warn!(%destination, error = %e, "cluster queue write failed");
@@ -1225,8 +1245,9 @@ impl Session {
         let reply_dest = self.app_reply_destination(frame)?;
         let receipt = receipt.map(str::to_owned);
         let max = self.core.config.limits.max_app_requests_per_connection;
+        let writes = self.backend_writes().clone();
         let seq = {
-            let mut w = lock_writes(&self.backend_writes);
+            let mut w = lock_writes(&writes);
             let over = (w.app_requests >= max).then(|| {
                 StompError::new(
                     "limit",
@@ -1266,7 +1287,6 @@ impl Session {
         };
         let core = self.core.clone();
         let conn = self.conn.clone();
-        let writes = self.backend_writes.clone();
         let destination = destination.to_owned();
         tokio::spawn(async move {
             let result = match core.app_http.as_ref() {
