@@ -307,6 +307,19 @@ impl Broker {
     }
 }
 
+/// Options of every accepted connection: no Nagle delay, and TCP keepalive
+/// so half-open peers (gone without FIN) are found even when no heart-beats
+/// were negotiated. Best effort: a refused option is not a reason to drop
+/// a listener or a connection.
+fn tune_accepted(socket: &socket2::Socket) {
+    let _ = socket.set_tcp_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    let _ = socket.set_tcp_keepalive(&keepalive);
+}
+
 /// A listening socket with an explicit backlog (tokio's `bind` uses 128,
 /// so a burst of connects waits out SYN retries).
 fn bind(addr: &str, backlog: u32) -> std::io::Result<TcpListener> {
@@ -318,6 +331,11 @@ fn bind(addr: &str, backlog: u32) -> std::io::Result<TcpListener> {
     // As tokio's `bind` does: restart without waiting out TIME_WAIT.
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
+    // Linux copies these to every socket `accept` returns (one call each
+    // here instead of five per connection); elsewhere `accept_loop` sets them.
+    if cfg!(target_os = "linux") {
+        tune_accepted(&socket);
+    }
     socket.bind(&addr.into())?;
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
     TcpListener::from_std(socket.into())
@@ -344,14 +362,9 @@ async fn accept_loop(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
-        // Half-open peers (gone without FIN) are found by TCP keepalive even
-        // when no heart-beats were negotiated.
-        let keepalive = socket2::TcpKeepalive::new()
-            .with_time(Duration::from_secs(60))
-            .with_interval(Duration::from_secs(10))
-            .with_retries(3);
-        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+        if !cfg!(target_os = "linux") {
+            tune_accepted(&socket2::SockRef::from(&stream));
+        }
         let core = core.clone();
         // HTTP sockets hold a connection slot from accept on, idle or not;
         // a WebSocket session keeps its socket's slot.
@@ -443,4 +456,31 @@ async fn serve_stomp<S>(
         admission,
     };
     connection::serve(core, StreamTransport::new(stream), info).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Accepted sockets carry TCP_NODELAY and the keepalive settings,
+    /// whether set on the listener (Linux) or per connection.
+    #[tokio::test]
+    async fn accepted_sockets_have_nodelay_and_keepalive() {
+        let listener = bind("127.0.0.1:0", 16).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        if !cfg!(target_os = "linux") {
+            tune_accepted(&socket2::SockRef::from(&stream));
+        }
+        let sock = socket2::SockRef::from(&stream);
+        assert!(sock.tcp_nodelay().unwrap(), "TCP_NODELAY");
+        assert!(sock.keepalive().unwrap(), "SO_KEEPALIVE");
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(60));
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(10)
+        );
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), 3);
+    }
 }
