@@ -62,7 +62,18 @@ unset KAFKA_BOOTSTRAP
 export KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms1g -Xmx1g}"
 export KAFKA_GC_OPTS="${KAFKA_GC_OPTS:--XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+UnlockExperimentalVMOptions -XX:G1NewSizePercent=50}"
 if [ "$BENCH_NICE" != 0 ]; then echo "$BENCH_NICE" >/proc/self/autogroup 2>/dev/null || true; fi
-cleanup() { bash "$ROOT/scripts/cluster.sh" stop >/dev/null 2>&1 || true; rm -rf "$CLUSTER_DIR"; }
+# Stop Kafka at the end only if this script started it (cluster.sh reuses a running one and
+# leaves it running); a Kafka already running keeps its own JVM settings, not the ones above.
+KAFKA_WAS_RUNNING=
+if bash "$ROOT/scripts/kafka.sh" status >/dev/null 2>&1; then
+  KAFKA_WAS_RUNNING=1
+  echo "note: reusing the Kafka already running (its JVM settings, not KAFKA_HEAP_OPTS/KAFKA_GC_OPTS)" >&2
+fi
+cleanup() {
+  bash "$ROOT/scripts/cluster.sh" stop >/dev/null 2>&1 || true
+  rm -rf "$CLUSTER_DIR"
+  [ -n "$KAFKA_WAS_RUNNING" ] || bash "$ROOT/scripts/kafka.sh" stop >/dev/null 2>&1 || true
+}
 trap cleanup EXIT
 
 eval "$(bash scripts/cluster.sh start | grep -E '^CLUSTER_[A-Z0-9_]+=')"
