@@ -320,6 +320,14 @@ fn tune_accepted(socket: &socket2::Socket) {
     let _ = socket.set_tcp_keepalive(&keepalive);
 }
 
+/// Applies [`tune_accepted`] to an accepted stream where the system does
+/// not copy the listener's options to it (everywhere but Linux).
+fn tune_if_not_inherited(stream: &tokio::net::TcpStream) {
+    if !cfg!(target_os = "linux") {
+        tune_accepted(&socket2::SockRef::from(stream));
+    }
+}
+
 /// A listening socket with an explicit backlog (tokio's `bind` uses 128,
 /// so a burst of connects waits out SYN retries).
 fn bind(addr: &str, backlog: u32) -> std::io::Result<TcpListener> {
@@ -362,9 +370,7 @@ async fn accept_loop(
                 continue;
             }
         };
-        if !cfg!(target_os = "linux") {
-            tune_accepted(&socket2::SockRef::from(&stream));
-        }
+        tune_if_not_inherited(&stream);
         let core = core.clone();
         // HTTP sockets hold a connection slot from accept on, idle or not;
         // a WebSocket session keeps its socket's slot.
@@ -463,16 +469,15 @@ mod tests {
     use super::*;
 
     /// Accepted sockets carry TCP_NODELAY and the keepalive settings,
-    /// whether set on the listener (Linux) or per connection.
+    /// whether inherited from the listener (Linux) or set per connection.
     #[tokio::test]
     async fn accepted_sockets_have_nodelay_and_keepalive() {
         let listener = bind("127.0.0.1:0", 16).unwrap();
         let addr = listener.local_addr().unwrap();
         let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (stream, _) = listener.accept().await.unwrap();
-        if !cfg!(target_os = "linux") {
-            tune_accepted(&socket2::SockRef::from(&stream));
-        }
+        // What `accept_loop` does with every accepted stream.
+        tune_if_not_inherited(&stream);
         let sock = socket2::SockRef::from(&stream);
         assert!(sock.tcp_nodelay().unwrap(), "TCP_NODELAY");
         assert!(sock.keepalive().unwrap(), "SO_KEEPALIVE");
